@@ -1,0 +1,8 @@
+//! Long-term credentials: TURN REST (ephemeral) credentials with several secrets, static users,
+//! and stateless nonces.
+
+mod credentials;
+mod nonce;
+
+pub use credentials::{long_term_key, rest_password, AuthError, Authenticator, KeySet, LongTermKey, StaticKey};
+pub use nonce::{Nonce, NonceCheck, NonceMint};

@@ -1,0 +1,113 @@
+//! Configuration: `turnserver.toml` + CLI flags + environment, validated into one typed
+//! [`Config`] before anything binds.
+
+mod cli;
+mod load;
+
+pub use cli::{Cli, Command, CredentialsArgs, ServeArgs};
+pub use load::{load, ConfigError};
+
+use crate::auth::StaticKey;
+use crate::policy::IpRange;
+use std::fmt;
+use std::net::IpAddr;
+
+/// A REST secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `external-ip`: the address advertised in XOR-RELAYED-ADDRESS, either for every relay address
+/// (`public`) or for one private relay address (`public/private`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
+/// The validated configuration. Defaults are the embedded zero-config run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `listening-ip`: addresses to listen on; `0.0.0.0` / `::` mean every local address of that family.
+    pub listening_ips: Vec<IpAddr>,
+    /// `listening-port` (3478): UDP (and later TCP) port.
+    pub listening_port: u16,
+    /// `relay-ip`: addresses relay sockets bind to; empty = the address the client reached.
+    pub relay_ips: Vec<IpAddr>,
+    /// `external-ip`.
+    pub external_ips: Vec<ExternalIp>,
+    /// `min-port` / `max-port` (49152–65535): relay port range, inclusive.
+    pub min_port: u16,
+    pub max_port: u16,
+    /// `realm` ("tern").
+    pub realm: String,
+    /// `static-auth-secret`: one or more REST secrets (rotation).
+    pub static_auth_secrets: Vec<Secret>,
+    /// `[users]`: static users.
+    pub users: Vec<(String, StaticKey)>,
+    /// `denied-peer-ip` (added to the secure defaults) / `allowed-peer-ip`.
+    pub denied_peer_ips: Vec<IpRange>,
+    pub allowed_peer_ips: Vec<IpRange>,
+    /// `allow-loopback-peers` (false).
+    pub allow_loopback_peers: bool,
+    /// `default-allocate-lifetime` (600) and `max-allocate-lifetime` (3600), seconds.
+    pub default_allocate_lifetime: u32,
+    pub max_allocate_lifetime: u32,
+    /// `permission-lifetime` (300) and `channel-lifetime` (600), seconds.
+    pub permission_lifetime: u32,
+    pub channel_lifetime: u32,
+    /// `stale-nonce` (600), seconds.
+    pub stale_nonce: u32,
+    /// `max-credential-ttl` (86400), seconds.
+    pub max_credential_ttl: u64,
+    /// `user-quota` / `total-quota` (0 = unlimited): concurrent allocations.
+    pub user_quota: u32,
+    pub total_quota: u32,
+    /// `software` (none): SOFTWARE attribute text; off by default (no amplification, no fingerprinting).
+    pub software: Option<String>,
+    /// `relay-threads` (0 = number of cores).
+    pub relay_threads: usize,
+    /// `sock-buf-size` (0 = kernel default): SO_RCVBUF/SO_SNDBUF of relay sockets, bytes.
+    pub sock_buf_size: usize,
+    /// `log-level` ("info"): a tracing filter.
+    pub log_level: String,
+    /// `no-udp` (false).
+    pub no_udp: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listening_ips: vec![IpAddr::from([0, 0, 0, 0])],
+            listening_port: 3478,
+            relay_ips: Vec::new(),
+            external_ips: Vec::new(),
+            min_port: 49152,
+            max_port: 65535,
+            realm: "tern".to_string(),
+            static_auth_secrets: Vec::new(),
+            users: Vec::new(),
+            denied_peer_ips: Vec::new(),
+            allowed_peer_ips: Vec::new(),
+            allow_loopback_peers: false,
+            default_allocate_lifetime: 600,
+            max_allocate_lifetime: 3600,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            stale_nonce: 600,
+            max_credential_ttl: 86400,
+            user_quota: 0,
+            total_quota: 0,
+            software: None,
+            relay_threads: 0,
+            sock_buf_size: 0,
+            log_level: "info".to_string(),
+            no_udp: false,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! tern: a TURN/STUN relay server.
+//!
+//! The protocol core (`stun`, `turn`, `auth`, `policy`) is sans-IO: bytes and `now` in, what to
+//! send out. `net` is the only module with sockets.
+
+pub mod auth;
+pub mod config;
+pub mod net;
+pub mod policy;
+pub mod stun;
+pub mod turn;

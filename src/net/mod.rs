@@ -1,0 +1,1 @@
+//! Sockets: listeners, relay sockets, the port pool, workers.

@@ -1,0 +1,9 @@
+//! Peer-address policy and quotas: pure functions over configuration.
+
+mod peer;
+mod quota;
+mod range;
+
+pub use peer::{default_denied, normalize, PeerPolicy};
+pub use quota::{QuotaError, Quotas};
+pub use range::{IpRange, RangeParseError};

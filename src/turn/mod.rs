@@ -1,0 +1,1 @@
+//! The TURN server state machine (RFC 8656), sans-IO.
