@@ -1,1 +1,113 @@
-//! Sockets: listeners, relay sockets, the port pool, workers.
+//! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
+
+mod addresses;
+mod port_pool;
+mod sockets;
+mod stats;
+mod udp_worker;
+
+pub use addresses::{expand_listening_ips, RelayPlan};
+pub use port_pool::PortPool;
+pub use stats::WorkerStats;
+
+use crate::auth::NonceMint;
+use crate::config::Config;
+use crate::policy::Quotas;
+use crate::turn::{CoreConfig, Server};
+use mio::Waker;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use udp_worker::{Control, UdpWorker, WorkerSetup};
+
+struct WorkerHandle {
+    thread: JoinHandle<()>,
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+/// The UDP relay: one worker thread per core, each with its own SO_REUSEPORT listeners.
+pub struct UdpService {
+    workers: Vec<WorkerHandle>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    pub ports: Arc<Mutex<PortPool>>,
+    pub listening: Vec<SocketAddr>,
+}
+
+/// Workers to run: `relay-threads`, or one per core.
+pub fn worker_count(config: &Config) -> usize {
+    match config.relay_threads {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        n => n,
+    }
+}
+
+impl UdpService {
+    /// Binds every listener of every worker, then starts the workers. Nothing serves if any
+    /// bind fails.
+    pub fn start(
+        config: &Config,
+        core: Arc<CoreConfig>,
+        nonces: NonceMint,
+        quotas: Arc<Quotas>,
+    ) -> io::Result<UdpService> {
+        let listening_ips = expand_listening_ips(&config.listening_ips)?;
+        if listening_ips.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to listen on"));
+        }
+        let listening: Vec<SocketAddr> =
+            listening_ips.iter().map(|ip| SocketAddr::new(*ip, config.listening_port)).collect();
+        let plan = Arc::new(RelayPlan { relay_ips: config.relay_ips.clone(), listening_ips });
+        let ports = Arc::new(Mutex::new(PortPool::new(config.min_port, config.max_port)));
+        let mut bound = Vec::new();
+        for id in 0..worker_count(config) {
+            let (poll, waker) = udp_worker::new_poll()?;
+            let (control, receiver) = mpsc::channel();
+            let stats = Arc::new(WorkerStats::default());
+            let now = Instant::now();
+            let server = Server::new(core.clone(), nonces.clone(), quotas.clone(), now, udp_worker::unix_now());
+            let worker = UdpWorker::bind(WorkerSetup {
+                id,
+                listen: listening.clone(),
+                server,
+                ports: ports.clone(),
+                plan: plan.clone(),
+                sock_buf_size: config.sock_buf_size,
+                control: receiver,
+                poll,
+                stats: stats.clone(),
+            })?;
+            bound.push((worker, control, waker, stats));
+        }
+        let mut workers = Vec::new();
+        let mut all_stats = Vec::new();
+        for (id, (worker, control, waker, stats)) in bound.into_iter().enumerate() {
+            let thread = std::thread::Builder::new().name(format!("tern-udp-{id}")).spawn(move || worker.run())?;
+            workers.push(WorkerHandle { thread, control, waker });
+            all_stats.push(stats);
+        }
+        Ok(UdpService { workers, stats: all_stats, ports, listening })
+    }
+
+    /// Hands every worker a new configuration snapshot; traffic does not pause.
+    pub fn reload(&self, core: Arc<CoreConfig>) {
+        for worker in &self.workers {
+            let _ = worker.control.send(Control::Reload(core.clone()));
+            let _ = worker.waker.wake();
+        }
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn shutdown(self) {
+        for worker in &self.workers {
+            let _ = worker.control.send(Control::Shutdown);
+            let _ = worker.waker.wake();
+        }
+        for worker in self.workers {
+            let _ = worker.thread.join();
+        }
+    }
+}

@@ -1,1 +1,18 @@
 //! The TURN server state machine (RFC 8656), sans-IO.
+//!
+//! A [`Server`] owns allocations, permissions, channels and their timers. It never touches a
+//! socket or a clock: the I/O layer passes `now` and bytes in and carries out the [`Output`].
+//! Each worker thread owns one `Server`; only quotas are shared between them.
+
+mod allocation;
+mod core_config;
+mod errors;
+mod server;
+mod timers;
+
+pub use allocation::AllocationInfo;
+pub use core_config::CoreConfig;
+pub use server::{AllocId, Event, Family, FiveTuple, Output, RelayError, RelayRequest, Server, Transport};
+
+#[cfg(test)]
+mod tests;

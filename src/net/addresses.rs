@@ -1,0 +1,83 @@
+//! Which concrete addresses to listen and relay on.
+
+use crate::turn::Family;
+use std::io;
+use std::net::IpAddr;
+
+/// Expands `0.0.0.0` / `::` into every local address of that family (as coTURN does), so each
+/// listener knows the address clients reach it on, and relays can bind to that same address.
+/// IPv6 link-local addresses are skipped (they need a scope and cannot serve as relays).
+pub fn expand_listening_ips(configured: &[IpAddr]) -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    let needs_interfaces = configured.iter().any(IpAddr::is_unspecified);
+    let interfaces = if needs_interfaces { if_addrs::get_if_addrs()? } else { Vec::new() };
+    for ip in configured {
+        if ip.is_unspecified() {
+            let family_matches = |candidate: &IpAddr| candidate.is_ipv4() == ip.is_ipv4();
+            let link_local_v6 = |candidate: &IpAddr| match candidate {
+                IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                IpAddr::V4(_) => false,
+            };
+            out.extend(
+                interfaces
+                    .iter()
+                    .map(|i| i.ip())
+                    .filter(|c| family_matches(c) && !link_local_v6(c)),
+            );
+        } else {
+            out.push(*ip);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Chooses the address a relay socket binds to.
+#[derive(Clone, Debug)]
+pub struct RelayPlan {
+    /// `relay-ip` as configured; empty = use the address the client reached.
+    pub relay_ips: Vec<IpAddr>,
+    /// Every concrete listening address.
+    pub listening_ips: Vec<IpAddr>,
+}
+
+impl RelayPlan {
+    pub fn ip_for(&self, family: Family, reached: IpAddr) -> Option<IpAddr> {
+        let of_family = |ip: &&IpAddr| (family == Family::V4) == ip.is_ipv4();
+        if !self.relay_ips.is_empty() {
+            return self.relay_ips.iter().find(of_family).copied();
+        }
+        if (family == Family::V4) == reached.is_ipv4() {
+            return Some(reached);
+        }
+        self.listening_ips.iter().find(of_family).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_ip_follows_config_then_reached_address() {
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        let plan = RelayPlan { relay_ips: vec![], listening_ips: vec![v4, v6] };
+        assert_eq!(plan.ip_for(Family::V4, v4), Some(v4));
+        assert_eq!(plan.ip_for(Family::V6, v4), Some(v6));
+        let configured: IpAddr = "192.0.2.99".parse().unwrap();
+        let plan = RelayPlan { relay_ips: vec![configured], listening_ips: vec![v4] };
+        assert_eq!(plan.ip_for(Family::V4, v4), Some(configured));
+        assert_eq!(plan.ip_for(Family::V6, v4), None);
+    }
+
+    #[test]
+    fn explicit_addresses_are_kept_and_wildcard_expands() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(expand_listening_ips(&[lo]).unwrap(), vec![lo]);
+        let all = expand_listening_ips(&["0.0.0.0".parse().unwrap()]).unwrap();
+        assert!(all.contains(&lo), "loopback is a local address: {all:?}");
+        assert!(all.iter().all(IpAddr::is_ipv4));
+    }
+}

@@ -1,0 +1,37 @@
+//! Per-worker counters published for metrics. Each worker writes only its own `WorkerStats`
+//! (relaxed stores, a few times a second), so readers never slow the packet path.
+
+use crate::turn::Server;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub allocations: AtomicU64,
+    pub allocations_created: AtomicU64,
+    pub allocations_expired: AtomicU64,
+    pub allocations_deleted: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub peers_denied: AtomicU64,
+    pub quota_rejections: AtomicU64,
+    pub packets_to_peer: AtomicU64,
+    pub bytes_to_peer: AtomicU64,
+    pub packets_to_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn publish(&self, server: &Server) {
+        let c = server.counters();
+        self.allocations.store(server.allocation_count() as u64, Relaxed);
+        self.allocations_created.store(c.allocations_created, Relaxed);
+        self.allocations_expired.store(c.allocations_expired, Relaxed);
+        self.allocations_deleted.store(c.allocations_deleted, Relaxed);
+        self.auth_failures.store(c.auth_failures, Relaxed);
+        self.peers_denied.store(c.peers_denied, Relaxed);
+        self.quota_rejections.store(c.quota_rejections, Relaxed);
+        self.packets_to_peer.store(c.traffic.packets_to_peer, Relaxed);
+        self.bytes_to_peer.store(c.traffic.bytes_to_peer, Relaxed);
+        self.packets_to_client.store(c.traffic.packets_to_client, Relaxed);
+        self.bytes_to_client.store(c.traffic.bytes_to_client, Relaxed);
+    }
+}

@@ -1,0 +1,293 @@
+//! One UDP worker: a thread with its own poll loop, its own listener sockets (SO_REUSEPORT), the
+//! relay sockets of the allocations it owns, and its own `turn::Server`. Nothing on the packet
+//! path is shared with other workers.
+
+use super::addresses::RelayPlan;
+use super::port_pool::PortPool;
+use super::sockets;
+use super::stats::WorkerStats;
+use crate::stun::DATA_INDICATION_MAX_PREFIX;
+use crate::turn::{AllocId, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest, Server, Transport};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, warn};
+
+/// Relay sockets use tokens `0..`, equal to the allocation's slab index; listeners and the
+/// waker sit at the top of the token space.
+const LISTENER_TOKEN_BASE: usize = 1 << 40;
+pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Largest UDP payload plus room for framing in front and padding behind.
+const PACKET_BUFFER: usize = DATA_INDICATION_MAX_PREFIX + 65536 + 4;
+/// Responses are small; 4 KiB is plenty for any we write.
+const REPLY_BUFFER: usize = 4096;
+/// Upper bound on how long the loop sleeps, so wall-clock sync and stats stay fresh.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Tries before giving up on finding a bindable relay port (ports taken by other programs).
+const BIND_ATTEMPTS: usize = 64;
+
+/// Messages from the rest of the process, delivered with a wake-up.
+pub(crate) enum Control {
+    Reload(Arc<CoreConfig>),
+    Shutdown,
+}
+
+struct Listener {
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+struct Relay {
+    socket: UdpSocket,
+    generation: u32,
+    port: u16,
+}
+
+/// What a worker needs to start.
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub listen: Vec<SocketAddr>,
+    pub server: Server,
+    pub ports: Arc<Mutex<PortPool>>,
+    pub plan: Arc<RelayPlan>,
+    pub sock_buf_size: usize,
+    pub control: Receiver<Control>,
+    pub poll: Poll,
+    pub stats: Arc<WorkerStats>,
+}
+
+pub(crate) struct UdpWorker {
+    id: usize,
+    poll: Poll,
+    listeners: Vec<Listener>,
+    relays: Vec<Option<Relay>>,
+    server: Server,
+    ports: Arc<Mutex<PortPool>>,
+    plan: Arc<RelayPlan>,
+    sock_buf_size: usize,
+    control: Receiver<Control>,
+    stats: Arc<WorkerStats>,
+    packet: Box<[u8]>,
+    reply: Box<[u8]>,
+}
+
+/// Creates the poll and its waker before the thread starts, so the caller can wake it.
+pub(crate) fn new_poll() -> io::Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+    Ok((poll, waker))
+}
+
+impl UdpWorker {
+    /// Binds this worker's listeners; fails (before serving anything) if one cannot bind.
+    pub fn bind(setup: WorkerSetup) -> io::Result<UdpWorker> {
+        let mut listeners = Vec::new();
+        for (i, addr) in setup.listen.iter().enumerate() {
+            let std_socket = sockets::reuseport_udp(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}")))?;
+            let mut socket = UdpSocket::from_std(std_socket);
+            setup.poll.registry().register(&mut socket, Token(LISTENER_TOKEN_BASE + i), Interest::READABLE)?;
+            listeners.push(Listener { socket, local: *addr });
+        }
+        Ok(UdpWorker {
+            id: setup.id,
+            poll: setup.poll,
+            listeners,
+            relays: Vec::new(),
+            server: setup.server,
+            ports: setup.ports,
+            plan: setup.plan,
+            sock_buf_size: setup.sock_buf_size,
+            control: setup.control,
+            stats: setup.stats,
+            packet: vec![0u8; PACKET_BUFFER].into_boxed_slice(),
+            reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
+        })
+    }
+
+    /// The poll loop; returns on `Control::Shutdown`.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut last_sync = Instant::now();
+        loop {
+            let now = Instant::now();
+            let sleep = self
+                .server
+                .poll_timeout()
+                .map(|deadline| deadline.saturating_duration_since(now))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            if let Err(error) = self.poll.poll(&mut events, Some(sleep)) {
+                if error.kind() != ErrorKind::Interrupted {
+                    warn!(worker = self.id, %error, "poll failed");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER_TOKEN => {
+                        if !self.handle_control() {
+                            self.release_all();
+                            return;
+                        }
+                    }
+                    Token(t) if t >= LISTENER_TOKEN_BASE => self.drain_listener(now, t - LISTENER_TOKEN_BASE),
+                    Token(index) => self.drain_relay(index),
+                }
+            }
+            self.server.handle_timeout(now);
+            self.apply_events();
+            if now.duration_since(last_sync) >= MAX_SLEEP {
+                last_sync = now;
+                self.server.sync_wall_clock(now, unix_now());
+                self.stats.publish(&self.server);
+            }
+        }
+    }
+
+    /// Applies pending control messages; false on shutdown.
+    fn handle_control(&mut self) -> bool {
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::Reload(config) => self.server.set_config(config),
+                Control::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    fn drain_listener(&mut self, now: Instant, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            let (len, client) = match listener.socket.recv_from(&mut self.packet) {
+                Ok(received) => received,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(worker = self.id, error = %e, "udp receive failed");
+                    return;
+                }
+            };
+            let tuple = FiveTuple { client, server: listener.local, transport: Transport::Udp };
+            let output = self.server.handle_client(now, tuple, &self.packet[..len], &mut self.reply);
+            match output {
+                Output::BindRelay(request) => self.bind_relay(now, request),
+                other => send(&self.listeners, &self.relays, other),
+            }
+            self.apply_events();
+        }
+    }
+
+    fn drain_relay(&mut self, index: usize) {
+        loop {
+            let Some(relay) = self.relays.get(index).and_then(Option::as_ref) else { return };
+            let alloc = AllocId { index, generation: relay.generation };
+            let payload = &mut self.packet[DATA_INDICATION_MAX_PREFIX..PACKET_BUFFER - 4];
+            let (len, peer) = match relay.socket.recv_from(payload) {
+                Ok(received) => received,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(worker = self.id, error = %e, "relay receive failed");
+                    return;
+                }
+            };
+            let output = self.server.handle_peer(alloc, peer, &mut self.packet, len);
+            send(&self.listeners, &self.relays, output);
+        }
+    }
+
+    /// Binds a relay socket for a new allocation and completes the Allocate.
+    fn bind_relay(&mut self, now: Instant, request: RelayRequest) {
+        let result = self.open_relay(request);
+        let relay_addr = result.as_ref().map(|(addr, _)| *addr).map_err(|e| *e);
+        if let Ok((_, relay)) = result {
+            let index = request.alloc.index;
+            if self.relays.len() <= index {
+                self.relays.resize_with(index + 1, || None);
+            }
+            self.relays[index] = Some(relay);
+        }
+        let output = self.server.relay_bound(now, request.alloc, relay_addr, &mut self.reply);
+        send(&self.listeners, &self.relays, output);
+    }
+
+    fn open_relay(&mut self, request: RelayRequest) -> Result<(SocketAddr, Relay), RelayError> {
+        let ip = self.plan.ip_for(request.family, request.tuple.server.ip()).ok_or(RelayError::FamilyUnsupported)?;
+        for _ in 0..BIND_ATTEMPTS {
+            let port = lock(&self.ports).take(request.even_port).ok_or(RelayError::NoPorts)?;
+            match sockets::relay_udp(SocketAddr::new(ip, port), self.sock_buf_size) {
+                Ok(std_socket) => {
+                    let mut socket = UdpSocket::from_std(std_socket);
+                    let token = Token(request.alloc.index);
+                    if let Err(error) = self.poll.registry().register(&mut socket, token, Interest::READABLE) {
+                        warn!(%error, "cannot register relay socket");
+                        lock(&self.ports).give_back(port);
+                        return Err(RelayError::NoPorts);
+                    }
+                    let generation = request.alloc.generation;
+                    return Ok((SocketAddr::new(ip, port), Relay { socket, generation, port }));
+                }
+                Err(error) => {
+                    // Taken by another program, most likely: try the next one.
+                    debug!(%error, port, "relay port not bindable");
+                    lock(&self.ports).give_back(port);
+                }
+            }
+        }
+        warn!(ip = %ip, "no bindable relay port after {BIND_ATTEMPTS} attempts");
+        Err(RelayError::NoPorts)
+    }
+
+    /// Closes the relay sockets of allocations the server has ended.
+    fn apply_events(&mut self) {
+        while let Some(Event::Released { alloc, .. }) = self.server.poll_event() {
+            let slot = self.relays.get_mut(alloc.index);
+            let Some(slot) = slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation)) else {
+                continue;
+            };
+            if let Some(mut relay) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut relay.socket);
+                lock(&self.ports).give_back(relay.port);
+            }
+        }
+    }
+
+    fn release_all(&mut self) {
+        for relay in self.relays.iter_mut().filter_map(Option::take) {
+            lock(&self.ports).give_back(relay.port);
+        }
+    }
+}
+
+/// Carries out a reply or a relayed packet. A full socket buffer drops the datagram, as UDP would.
+fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
+    let result = match output {
+        Output::ToClient { tuple, data } => match listeners.iter().find(|l| l.local == tuple.server) {
+            Some(listener) => listener.socket.send_to(data, tuple.client),
+            None => return,
+        },
+        Output::ToPeer { alloc, peer, data } => match relays.get(alloc.index).and_then(Option::as_ref) {
+            Some(relay) => relay.socket.send_to(data, peer),
+            None => return,
+        },
+        Output::Nothing | Output::BindRelay(_) => return,
+    };
+    if let Err(error) = result {
+        if error.kind() != ErrorKind::WouldBlock {
+            debug!(%error, "udp send failed");
+        }
+    }
+}
+
+fn lock(ports: &Mutex<PortPool>) -> std::sync::MutexGuard<'_, PortPool> {
+    // A poisoned pool only means another worker panicked mid-update of a free list of integers.
+    ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

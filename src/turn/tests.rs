@@ -1,0 +1,575 @@
+//! State-machine tests with injected time: no sockets, no clock.
+
+use super::*;
+use crate::auth::{long_term_key, NonceMint};
+use crate::config::{Config, Secret};
+use crate::credentials::mint;
+use crate::policy::Quotas;
+use crate::stun;
+use crate::stun::{attr, ChannelData, Class, IntegrityCheck, IntegrityKind, Message, MessageWriter, Method};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "test-secret";
+const UNIX_START: u64 = 1_700_000_000;
+
+struct Harness {
+    server: Server,
+    start: Instant,
+    now: Instant,
+    tuple: FiveTuple,
+    out: Vec<u8>,
+    next_tid: u8,
+    username: String,
+    key: [u8; 16],
+    nonce: String,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn config() -> Config {
+    Config { static_auth_secrets: vec![Secret(SECRET.into())], ..Config::default() }
+}
+
+impl Harness {
+    fn new(config: Config) -> Harness {
+        let start = Instant::now();
+        let quotas = Arc::new(Quotas::new());
+        Self::with_quotas(config, quotas, start)
+    }
+
+    fn with_quotas(config: Config, quotas: Arc<Quotas>, start: Instant) -> Harness {
+        let core = Arc::new(CoreConfig::from_config(&config));
+        let server = Server::new(core, NonceMint::with_key([7; 32]), quotas, start, UNIX_START);
+        let minted = mint(SECRET, Some("alice"), 3600, UNIX_START);
+        Harness {
+            server,
+            start,
+            now: start,
+            tuple: FiveTuple { client: addr("198.51.100.7:40000"), server: addr("192.0.2.1:3478"), transport: Transport::Udp },
+            out: vec![0; 4096],
+            next_tid: 0,
+            key: long_term_key(&minted.username, &config.realm, &minted.password),
+            username: minted.username,
+            nonce: String::new(),
+        }
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.server.handle_timeout(self.now);
+    }
+
+    fn tid(&mut self) -> [u8; 12] {
+        self.next_tid += 1;
+        [self.next_tid; 12]
+    }
+
+    /// Builds a request; `auth` adds USERNAME/REALM/NONCE and MESSAGE-INTEGRITY with the harness key.
+    fn build(&mut self, method: Method, attrs: &[(u16, Vec<u8>)], auth: bool, tid: [u8; 12]) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
+        for (typ, value) in attrs {
+            w.add_bytes(*typ, value);
+        }
+        if auth {
+            w.add_bytes(attr::USERNAME, self.username.as_bytes());
+            w.add_bytes(attr::REALM, b"tern");
+            w.add_bytes(attr::NONCE, self.nonce.as_bytes());
+            w.add_message_integrity(&self.key);
+        }
+        w.finish().unwrap().to_vec()
+    }
+
+    /// Sends a request and returns the response bytes (panics if the server said nothing).
+    fn request(&mut self, method: Method, attrs: &[(u16, Vec<u8>)], auth: bool) -> Vec<u8> {
+        let tid = self.tid();
+        let msg = self.build(method, attrs, auth, tid);
+        self.send(&msg)
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Vec<u8> {
+        let tuple = self.tuple;
+        match self.server.handle_client(self.now, tuple, msg, &mut self.out) {
+            Output::ToClient { tuple: t, data } => {
+                assert_eq!(t, tuple);
+                data.to_vec()
+            }
+            Output::BindRelay(request) => {
+                let relay = addr("192.0.2.1:50000");
+                let alloc = request.alloc;
+                match self.server.relay_bound(self.now, alloc, Ok(relay), &mut self.out) {
+                    Output::ToClient { data, .. } => data.to_vec(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn learn_nonce(&mut self) {
+        let reply = self.request(Method::ALLOCATE, &[udp_transport()], false);
+        let msg = Message::parse(&reply).unwrap();
+        assert_eq!(msg.error_code().map(|(c, _)| c), Some(401));
+        self.nonce = msg.get_str(attr::NONCE).unwrap().unwrap().to_string();
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        self.learn_nonce();
+        let reply = self.request(Method::ALLOCATE, &[udp_transport()], true);
+        let msg = Message::parse(&reply).unwrap();
+        assert_eq!(msg.class(), Class::Success, "{:?}", msg.error_code());
+        assert_eq!(msg.verify_integrity(&self.key), IntegrityCheck::Valid(IntegrityKind::Sha1));
+        stun::decode_xor_address(msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(), msg.transaction_id()).unwrap()
+    }
+
+    fn peer_attr(&self, peer: SocketAddr, tid: &[u8; 12]) -> (u16, Vec<u8>) {
+        // Encode via a scratch message so the XOR uses this request's transaction id.
+        let mut buf = vec![0u8; 64];
+        let mut w = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, tid);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        let msg = w.finish().unwrap().to_vec();
+        let value = Message::parse(&msg).unwrap().get(attr::XOR_PEER_ADDRESS).unwrap().to_vec();
+        (attr::XOR_PEER_ADDRESS, value)
+    }
+
+    fn create_permission(&mut self, peers: &[SocketAddr]) -> Option<u16> {
+        let tid = self.tid();
+        let attrs: Vec<_> = peers.iter().map(|p| self.peer_attr(*p, &tid)).collect();
+        let msg = self.build(Method::CREATE_PERMISSION, &attrs, true, tid);
+        code(&self.send(&msg))
+    }
+
+    fn channel_bind(&mut self, number: u16, peer: SocketAddr) -> Option<u16> {
+        let tid = self.tid();
+        let mut number_value = number.to_be_bytes().to_vec();
+        number_value.extend([0, 0]);
+        let attrs = vec![(attr::CHANNEL_NUMBER, number_value), self.peer_attr(peer, &tid)];
+        let msg = self.build(Method::CHANNEL_BIND, &attrs, true, tid);
+        code(&self.send(&msg))
+    }
+
+    /// Delivers a peer datagram; returns what reaches the client.
+    fn from_peer(&mut self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; stun::DATA_INDICATION_MAX_PREFIX + payload.len() + 4];
+        buf[stun::DATA_INDICATION_MAX_PREFIX..][..payload.len()].copy_from_slice(payload);
+        let alloc = AllocId { index: 0, generation: self.server.allocations.get(0).map(|a| a.generation)? };
+        match self.server.handle_peer(alloc, peer, &mut buf, payload.len()) {
+            Output::ToClient { data, .. } => Some(data.to_vec()),
+            Output::Nothing => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Sends client bytes that must not produce a reply; returns the peer-bound output if any.
+    fn to_peer(&mut self, bytes: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+        let tuple = self.tuple;
+        match self.server.handle_client(self.now, tuple, bytes, &mut self.out) {
+            Output::ToPeer { peer, data, .. } => Some((peer, data.to_vec())),
+            Output::Nothing => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+        let tid = self.tid();
+        let mut buf = vec![0u8; 2048];
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, &tid);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        w.add_bytes(attr::DATA, data);
+        w.finish().unwrap().to_vec()
+    }
+
+    fn released(&mut self) -> usize {
+        std::iter::from_fn(|| self.server.poll_event()).count()
+    }
+}
+
+fn udp_transport() -> (u16, Vec<u8>) {
+    (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+fn code(reply: &[u8]) -> Option<u16> {
+    Message::parse(reply).unwrap().error_code().map(|(c, _)| c)
+}
+
+fn lifetime(secs: u32) -> (u16, Vec<u8>) {
+    (attr::LIFETIME, secs.to_be_bytes().to_vec())
+}
+
+const PEER: &str = "203.0.114.9:5000";
+
+#[test]
+fn binding_answers_without_auth_and_stays_small() {
+    let mut h = Harness::new(config());
+    let request = h.build(Method::BINDING, &[], false, [9; 12]);
+    let reply = h.send(&request);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.class(), Class::Success);
+    let mapped = stun::decode_xor_address(msg.get(attr::XOR_MAPPED_ADDRESS).unwrap(), msg.transaction_id()).unwrap();
+    assert_eq!(mapped, h.tuple.client);
+    assert!(reply.len() <= 3 * request.len(), "{} vs {}", reply.len(), request.len());
+    assert!(msg.get(attr::SOFTWARE).is_none(), "SOFTWARE is off by default");
+}
+
+#[test]
+fn allocate_is_challenged_then_succeeds_with_the_relay_address() {
+    let mut h = Harness::new(config());
+    let relay = h.allocate();
+    assert_eq!(relay, addr("192.0.2.1:50000"));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn external_ip_is_what_the_relay_advertises() {
+    let mut cfg = config();
+    cfg.external_ips = vec![crate::config::ExternalIp { public: "203.0.113.50".parse().unwrap(), private: None }];
+    let mut h = Harness::new(cfg);
+    assert_eq!(h.allocate(), addr("203.0.113.50:50000"));
+}
+
+#[test]
+fn wrong_password_unknown_user_and_expired_credentials_get_401() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    h.key = long_term_key(&h.username, "tern", "not-the-password");
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+
+    let expired = mint(SECRET, Some("bob"), 0, UNIX_START - 10);
+    h.username = expired.username.clone();
+    h.key = long_term_key(&expired.username, "tern", &expired.password);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+
+    h.username = "not-rest-and-not-static".into();
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.counters().auth_failures, 3);
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    h.advance(601);
+    let reply = h.request(Method::ALLOCATE, &[udp_transport()], true);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.error_code().map(|(c, _)| c), Some(438));
+    let fresh = msg.get_str(attr::NONCE).unwrap().unwrap().to_string();
+    assert_ne!(fresh, h.nonce);
+    h.nonce = fresh;
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), None);
+}
+
+#[test]
+fn allocation_expires_after_its_lifetime() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    h.advance(599);
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(2);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.released(), 1);
+    assert_eq!(h.server.counters().allocations_expired, 1);
+}
+
+#[test]
+fn requested_lifetime_is_capped_by_the_maximum() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let reply = h.request(Method::ALLOCATE, &[udp_transport(), lifetime(100_000)], true);
+    let granted = Message::parse(&reply).unwrap().get_u32(attr::LIFETIME);
+    assert_eq!(granted, Some(3600));
+}
+
+#[test]
+fn refresh_extends_and_lifetime_zero_deletes() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    h.advance(500);
+    assert_eq!(code(&h.request(Method::REFRESH, &[lifetime(600)], true)), None);
+    h.advance(500);
+    assert_eq!(h.server.allocation_count(), 1, "refreshed at 500 s for another 600 s");
+    let reply = h.request(Method::REFRESH, &[lifetime(0)], true);
+    assert_eq!(Message::parse(&reply).unwrap().get_u32(attr::LIFETIME), Some(0));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.released(), 1);
+    assert_eq!(code(&h.request(Method::REFRESH, &[lifetime(600)], true)), Some(437));
+}
+
+#[test]
+fn allocate_retransmission_gets_the_same_answer_and_another_tid_gets_437() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let request = h.build(Method::ALLOCATE, &[udp_transport()], true, [42; 12]);
+    let first = h.send(&request);
+    let again = h.send(&request);
+    assert_eq!(first, again);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(437));
+}
+
+#[test]
+fn permissions_gate_peer_traffic_and_expire_after_300_s() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let peer = addr(PEER);
+    assert_eq!(h.from_peer(peer, b"early"), None, "no permission yet");
+    assert_eq!(h.create_permission(&[peer]), None);
+    let indication = h.from_peer(peer, b"hello").expect("relayed as a Data indication");
+    let msg = Message::parse(&indication).unwrap();
+    assert_eq!((msg.method(), msg.class()), (Method::DATA, Class::Indication));
+    assert_eq!(msg.get(attr::DATA), Some(&b"hello"[..]));
+    let from = stun::decode_xor_address(msg.get(attr::XOR_PEER_ADDRESS).unwrap(), msg.transaction_id()).unwrap();
+    assert_eq!(from, peer);
+    // Same IP, other port: permissions are per IP.
+    assert!(h.from_peer(addr("203.0.114.9:6000"), b"x").is_some());
+    h.advance(299);
+    assert!(h.from_peer(peer, b"still").is_some());
+    h.advance(2);
+    assert_eq!(h.from_peer(peer, b"late"), None, "permission expired");
+}
+
+#[test]
+fn send_indication_needs_a_permission_and_an_allowed_peer() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let peer = addr(PEER);
+    let send = h.send_indication(peer, b"payload");
+    assert_eq!(h.to_peer(&send), None, "no permission");
+    h.create_permission(&[peer]);
+    let send = h.send_indication(peer, b"payload");
+    assert_eq!(h.to_peer(&send), Some((peer, b"payload".to_vec())));
+    let denied = h.send_indication(addr("10.0.0.1:5000"), b"payload");
+    assert_eq!(h.to_peer(&denied), None);
+}
+
+#[test]
+fn create_permission_is_all_or_nothing() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let good = addr(PEER);
+    assert_eq!(h.create_permission(&[good, addr("169.254.169.254:80")]), Some(403));
+    assert_eq!(h.from_peer(good, b"x"), None, "the allowed peer got no permission either");
+    assert_eq!(h.create_permission(&[addr("[2001:db8::1]:5000")]), Some(443));
+    assert_eq!(h.server.counters().peers_denied, 1);
+}
+
+#[test]
+fn loopback_peers_only_when_allowed() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    assert_eq!(h.create_permission(&[addr("127.0.0.1:9")]), Some(403));
+    let mut cfg = config();
+    cfg.allow_loopback_peers = true;
+    let mut h = Harness::new(cfg);
+    h.allocate();
+    assert_eq!(h.create_permission(&[addr("127.0.0.1:9")]), None);
+}
+
+#[test]
+fn channel_data_flows_both_ways() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let peer = addr(PEER);
+    assert_eq!(h.channel_bind(0x4001, peer), None);
+    let mut frame = vec![0x40, 0x01, 0, 3];
+    frame.extend(b"abc");
+    assert_eq!(h.to_peer(&frame), Some((peer, b"abc".to_vec())));
+    let to_client = h.from_peer(peer, b"reply").unwrap();
+    let parsed = ChannelData::parse(&to_client).unwrap();
+    assert_eq!((parsed.channel, parsed.data), (0x4001, &b"reply"[..]));
+    assert_eq!(to_client.len(), 4 + 5, "no padding over UDP");
+    let unbound = [0x40, 0x02, 0, 1, b'z'];
+    assert_eq!(h.to_peer(&unbound), None);
+}
+
+#[test]
+fn channel_data_is_padded_over_streams() {
+    let mut h = Harness::new(config());
+    h.tuple.transport = Transport::Tcp;
+    h.allocate();
+    let peer = addr(PEER);
+    h.channel_bind(0x4000, peer);
+    let to_client = h.from_peer(peer, b"reply").unwrap();
+    assert_eq!(to_client.len(), 12);
+    assert_eq!(&to_client[9..], &[0, 0, 0]);
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let peer = addr(PEER);
+    let other = addr("203.0.114.10:5000");
+    assert_eq!(h.channel_bind(0x3FFF, peer), Some(400));
+    assert_eq!(h.channel_bind(0x5000, peer), Some(400));
+    assert_eq!(h.channel_bind(0x4000, peer), None);
+    assert_eq!(h.channel_bind(0x4000, peer), None, "refresh of the same binding");
+    assert_eq!(h.channel_bind(0x4000, other), Some(400), "number taken by another peer");
+    assert_eq!(h.channel_bind(0x4001, peer), Some(400), "peer bound to another number");
+    assert_eq!(h.channel_bind(0x4002, addr("192.168.1.1:5000")), Some(403));
+}
+
+#[test]
+fn channel_expires_after_600_s_even_with_a_fresh_permission() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let peer = addr(PEER);
+    h.channel_bind(0x4000, peer);
+    h.advance(290);
+    h.create_permission(&[peer]);
+    h.advance(290);
+    h.create_permission(&[peer]);
+    h.request(Method::REFRESH, &[], true);
+    let frame = [0x40, 0x00, 0, 1, b'q'];
+    assert!(h.to_peer(&frame).is_some(), "bound at 580 s");
+    h.advance(21);
+    assert_eq!(h.to_peer(&frame), None, "channel gone after 600 s");
+    let reply = h.from_peer(peer, b"data").unwrap();
+    assert_eq!(Message::parse(&reply).unwrap().method(), Method::DATA, "back to Data indications");
+}
+
+#[test]
+fn user_and_total_quotas_answer_486_and_free_up_on_delete() {
+    let mut cfg = config();
+    cfg.user_quota = 1;
+    let quotas = Arc::new(Quotas::new());
+    let start = Instant::now();
+    let mut first = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
+    first.allocate();
+    let mut second = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
+    second.tuple.client = addr("198.51.100.8:40000");
+    second.learn_nonce();
+    assert_eq!(code(&second.request(Method::ALLOCATE, &[udp_transport()], true)), Some(486));
+    first.request(Method::REFRESH, &[lifetime(0)], true);
+    assert_eq!(code(&second.request(Method::ALLOCATE, &[udp_transport()], true)), None);
+
+    let mut cfg = config();
+    cfg.total_quota = 1;
+    let quotas = Arc::new(Quotas::new());
+    let mut first = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
+    first.allocate();
+    let mut other_user = Harness::with_quotas(cfg, quotas, start);
+    other_user.tuple.client = addr("198.51.100.9:40000");
+    let minted = mint(SECRET, Some("carol"), 3600, UNIX_START);
+    other_user.key = long_term_key(&minted.username, "tern", &minted.password);
+    other_user.username = minted.username;
+    other_user.learn_nonce();
+    assert_eq!(code(&other_user.request(Method::ALLOCATE, &[udp_transport()], true)), Some(486));
+}
+
+#[test]
+fn requests_without_an_allocation_get_437() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    assert_eq!(code(&h.request(Method::REFRESH, &[], true)), Some(437));
+    assert_eq!(code(&h.request(Method::CREATE_PERMISSION, &[], true)), Some(437));
+}
+
+#[test]
+fn another_username_on_the_allocation_gets_441() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let minted = mint(SECRET, Some("mallory"), 3600, UNIX_START);
+    h.username = minted.username.clone();
+    h.key = long_term_key(&minted.username, "tern", &minted.password);
+    assert_eq!(code(&h.request(Method::REFRESH, &[], true)), Some(441));
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let reply = h.request(Method::ALLOCATE, &[udp_transport(), (0x7777, vec![1, 2, 3, 4])], true);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.error_code().map(|(c, _)| c), Some(420));
+    assert_eq!(msg.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
+    let binding = h.request(Method::BINDING, &[(0x7777, vec![0; 4])], false);
+    assert_eq!(code(&binding), Some(420));
+    // Comprehension-optional unknowns are ignored.
+    assert_eq!(code(&h.request(Method::BINDING, &[(0xC001, vec![0; 4])], false)), None);
+}
+
+#[test]
+fn allocate_checks_transport_and_family() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[], true)), Some(400));
+    let tcp = (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[tcp], true)), Some(442));
+    let bad_family = (attr::REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0]);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport(), bad_family], true)), Some(440));
+}
+
+#[test]
+fn relay_bind_failure_answers_508_and_releases_the_quota() {
+    let mut cfg = config();
+    cfg.user_quota = 1;
+    let mut h = Harness::new(cfg);
+    h.learn_nonce();
+    let tid = h.tid();
+    let request = h.build(Method::ALLOCATE, &[udp_transport()], true, tid);
+    let tuple = h.tuple;
+    let Output::BindRelay(bind) = h.server.handle_client(h.now, tuple, &request, &mut h.out) else {
+        panic!("expected BindRelay");
+    };
+    let reply = match h.server.relay_bound(h.now, bind.alloc, Err(RelayError::NoPorts), &mut h.out) {
+        Output::ToClient { data, .. } => data.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code(&reply), Some(508));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), None, "quota was given back");
+}
+
+#[test]
+fn sha256_integrity_is_answered_in_kind() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let mut buf = vec![0u8; 512];
+    let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, &[3; 12]);
+    w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    w.add_bytes(attr::USERNAME, h.username.as_bytes());
+    w.add_bytes(attr::REALM, b"tern");
+    w.add_bytes(attr::NONCE, h.nonce.as_bytes());
+    w.add_message_integrity_sha256(&h.key);
+    w.add_fingerprint();
+    let request = w.finish().unwrap().to_vec();
+    let reply = h.send(&request);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.class(), Class::Success);
+    assert_eq!(msg.verify_integrity(&h.key), IntegrityCheck::Valid(IntegrityKind::Sha256));
+    assert_eq!(msg.fingerprint_ok(), Some(true));
+}
+
+#[test]
+fn static_users_authenticate() {
+    let mut cfg = Config::default();
+    cfg.users = vec![("alice".into(), crate::auth::StaticKey::Password("wonderland".into()))];
+    let mut h = Harness::new(cfg);
+    h.username = "alice".into();
+    h.key = long_term_key("alice", "tern", "wonderland");
+    h.allocate();
+}
+
+#[test]
+fn garbage_never_panics_and_gets_no_answer() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let mut state = 0x1234_5678_u32;
+    for len in 0..2000usize {
+        let bytes: Vec<u8> = (0..len % 200)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        let tuple = h.tuple;
+        let output = h.server.handle_client(h.now, tuple, &bytes, &mut h.out);
+        assert!(matches!(output, Output::Nothing), "random bytes answered: {bytes:?}");
+    }
+}
