@@ -41,7 +41,12 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address to listen on (repeatable) [default: 0.0.0.0].
-    #[arg(long, env = "TERN_LISTENING_IP", value_name = "IP", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TERN_LISTENING_IP",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
     pub listening_ip: Option<Vec<String>>,
     /// UDP port to listen on [default: 3478].
     #[arg(long, env = "TERN_LISTENING_PORT", value_name = "PORT")]
@@ -50,7 +55,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TERN_RELAY_IP", value_name = "IP", value_delimiter = ',')]
     pub relay_ip: Option<Vec<String>>,
     /// Public address to advertise, `PUBLIC` or `PUBLIC/PRIVATE` (repeatable).
-    #[arg(long, env = "TERN_EXTERNAL_IP", value_name = "IP[/IP]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TERN_EXTERNAL_IP",
+        value_name = "IP[/IP]",
+        value_delimiter = ','
+    )]
     pub external_ip: Option<Vec<String>>,
     /// Lowest relay port [default: 49152].
     #[arg(long, env = "TERN_MIN_PORT", value_name = "PORT")]
@@ -83,10 +93,20 @@ pub struct ServeArgs {
     )]
     pub users: Option<Vec<Secret>>,
     /// Peer addresses to deny, in addition to the built-in list (repeatable).
-    #[arg(long, env = "TERN_DENIED_PEER_IP", value_name = "RANGE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TERN_DENIED_PEER_IP",
+        value_name = "RANGE",
+        value_delimiter = ','
+    )]
     pub denied_peer_ip: Option<Vec<String>>,
     /// Peer addresses to allow even if denied (repeatable).
-    #[arg(long, env = "TERN_ALLOWED_PEER_IP", value_name = "RANGE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TERN_ALLOWED_PEER_IP",
+        value_name = "RANGE",
+        value_delimiter = ','
+    )]
     pub allowed_peer_ip: Option<Vec<String>>,
     /// Allow relaying to loopback addresses [default: false].
     #[arg(

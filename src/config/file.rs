@@ -8,7 +8,9 @@ use toml::Value;
 /// Applies the keys of a TOML document on top of `config`. `origin` names the document (its path)
 /// in syntax errors. Cross-key checks are left to [`super::validate`].
 pub(super) fn apply_toml(config: &mut Config, text: &str, origin: &str) -> Result<(), ConfigError> {
-    let table: toml::Table = text.parse().map_err(|err| syntax_error(origin, text, &err))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err| syntax_error(origin, text, &err))?;
     for (key, value) in &table {
         apply_key(config, key, value)?;
     }
@@ -28,7 +30,10 @@ fn syntax_error(origin: &str, text: &str, err: &toml::de::Error) -> ConfigError 
         }
         None => message.to_string(),
     };
-    ConfigError::Syntax { path: origin.to_string(), message }
+    ConfigError::Syntax {
+        path: origin.to_string(),
+        message,
+    }
 }
 
 fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), ConfigError> {
@@ -41,8 +46,10 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "max-port" => config.max_port = integer(key, value)?,
         "realm" => config.realm = string(key, value)?,
         "static-auth-secret" => {
-            config.static_auth_secrets =
-                secret_strings(key, value)?.into_iter().map(Secret).collect();
+            config.static_auth_secrets = secret_strings(key, value)?
+                .into_iter()
+                .map(Secret)
+                .collect();
         }
         "users" => config.users = users(value)?,
         "denied-peer-ip" => config.denied_peer_ips = each(key, value, values::range)?,
@@ -65,7 +72,11 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "use-auth-secret" | "lt-cred-mech" | "fingerprint" => {
             boolean(key, value)?;
         }
-        _ => return Err(ConfigError::UnknownKey { key: key.to_string() }),
+        _ => {
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+            })
+        }
     }
     Ok(())
 }
@@ -95,7 +106,9 @@ fn string(key: &str, value: &Value) -> Result<String, ConfigError> {
 }
 
 fn boolean(key: &str, value: &Value) -> Result<bool, ConfigError> {
-    value.as_bool().ok_or_else(|| wrong_type(key, value, "true or false"))
+    value
+        .as_bool()
+        .ok_or_else(|| wrong_type(key, value, "true or false"))
 }
 
 fn integer<T: TryFrom<i64> + Bounded>(key: &str, value: &Value) -> Result<T, ConfigError> {
@@ -149,19 +162,30 @@ fn each<T>(
     value: &Value,
     parse: fn(&str, &str) -> Result<T, ConfigError>,
 ) -> Result<Vec<T>, ConfigError> {
-    strings(key, value)?.iter().map(|text| parse(key, text)).collect()
+    strings(key, value)?
+        .iter()
+        .map(|text| parse(key, text))
+        .collect()
 }
 
 /// `[users]`: `name = "password"` or `name = "0x<32 hex digits>"`.
 fn users(value: &Value) -> Result<Vec<(String, crate::auth::StaticKey)>, ConfigError> {
     let Value::Table(table) = value else {
-        return Err(invalid("users", REDACTED, "expected a table: [users] name = \"password\""));
+        return Err(invalid(
+            "users",
+            REDACTED,
+            "expected a table: [users] name = \"password\"",
+        ));
     };
     table
         .iter()
         .map(|(name, secret)| {
             let Value::String(secret) = secret else {
-                return Err(invalid(&format!("users.{name}"), REDACTED, "expected a string"));
+                return Err(invalid(
+                    &format!("users.{name}"),
+                    REDACTED,
+                    "expected a string",
+                ));
             };
             Ok((name.clone(), values::static_key(name, secret)?))
         })
@@ -201,9 +225,21 @@ mod tests {
         assert!(config.static_auth_secrets.is_empty() && config.users.is_empty());
         assert!(config.denied_peer_ips.is_empty() && config.allowed_peer_ips.is_empty());
         assert!(!config.allow_loopback_peers);
-        assert_eq!((config.default_allocate_lifetime, config.max_allocate_lifetime), (600, 3600));
-        assert_eq!((config.permission_lifetime, config.channel_lifetime), (300, 600));
-        assert_eq!((config.stale_nonce, config.max_credential_ttl), (600, 86400));
+        assert_eq!(
+            (
+                config.default_allocate_lifetime,
+                config.max_allocate_lifetime
+            ),
+            (600, 3600)
+        );
+        assert_eq!(
+            (config.permission_lifetime, config.channel_lifetime),
+            (300, 600)
+        );
+        assert_eq!(
+            (config.stale_nonce, config.max_credential_ttl),
+            (600, 86400)
+        );
         assert_eq!((config.user_quota, config.total_quota), (0, 0));
         assert_eq!(config.software, None);
         assert_eq!((config.relay_threads, config.sock_buf_size), (0, 0));
@@ -214,19 +250,44 @@ mod tests {
 
     #[test]
     fn example_file_is_the_defaults() {
-        assert_eq!(parse(include_str!("../../turnserver.toml")), Config::default());
+        assert_eq!(
+            parse(include_str!("../../turnserver.toml")),
+            Config::default()
+        );
     }
 
     #[test]
     fn example_file_lists_every_key() {
         let example = include_str!("../../turnserver.toml");
         let keys = [
-            "listening-ip", "listening-port", "relay-ip", "external-ip", "min-port", "max-port",
-            "realm", "static-auth-secret", "[users]", "denied-peer-ip", "allowed-peer-ip",
-            "allow-loopback-peers", "default-allocate-lifetime", "max-allocate-lifetime",
-            "permission-lifetime", "channel-lifetime", "stale-nonce", "max-credential-ttl",
-            "user-quota", "total-quota", "software", "relay-threads", "sock-buf-size",
-            "log-level", "no-udp", "use-auth-secret", "lt-cred-mech", "fingerprint",
+            "listening-ip",
+            "listening-port",
+            "relay-ip",
+            "external-ip",
+            "min-port",
+            "max-port",
+            "realm",
+            "static-auth-secret",
+            "[users]",
+            "denied-peer-ip",
+            "allowed-peer-ip",
+            "allow-loopback-peers",
+            "default-allocate-lifetime",
+            "max-allocate-lifetime",
+            "permission-lifetime",
+            "channel-lifetime",
+            "stale-nonce",
+            "max-credential-ttl",
+            "user-quota",
+            "total-quota",
+            "software",
+            "relay-threads",
+            "sock-buf-size",
+            "log-level",
+            "no-udp",
+            "use-auth-secret",
+            "lt-cred-mech",
+            "fingerprint",
         ];
         for key in keys {
             let listed = example.lines().any(|line| {
@@ -265,8 +326,17 @@ mod tests {
         assert_eq!((config.min_port, config.max_port), (40000, 40100));
         assert_eq!(config.realm, "example.org");
         assert!(config.allow_loopback_peers);
-        assert_eq!((config.default_allocate_lifetime, config.max_allocate_lifetime), (300, 1200));
-        assert_eq!((config.permission_lifetime, config.channel_lifetime), (120, 240));
+        assert_eq!(
+            (
+                config.default_allocate_lifetime,
+                config.max_allocate_lifetime
+            ),
+            (300, 1200)
+        );
+        assert_eq!(
+            (config.permission_lifetime, config.channel_lifetime),
+            (120, 240)
+        );
         assert_eq!((config.stale_nonce, config.max_credential_ttl), (60, 3600));
         assert_eq!((config.user_quota, config.total_quota), (5, 1000));
         assert_eq!(config.software.as_deref(), Some("tern/1"));
@@ -282,7 +352,10 @@ mod tests {
 
     #[test]
     fn listening_ip_list_or_string() {
-        assert_eq!(parse(r#"listening-ip = "::""#).listening_ips, vec![ip("::")]);
+        assert_eq!(
+            parse(r#"listening-ip = "::""#).listening_ips,
+            vec![ip("::")]
+        );
         assert_eq!(
             parse(r#"listening-ip = ["192.0.2.1", "2001:db8::1"]"#).listening_ips,
             vec![ip("192.0.2.1"), ip("2001:db8::1")]
@@ -291,7 +364,10 @@ mod tests {
 
     #[test]
     fn relay_ip_list_or_string() {
-        assert_eq!(parse(r#"relay-ip = "10.0.0.5""#).relay_ips, vec![ip("10.0.0.5")]);
+        assert_eq!(
+            parse(r#"relay-ip = "10.0.0.5""#).relay_ips,
+            vec![ip("10.0.0.5")]
+        );
         assert_eq!(
             parse(r#"relay-ip = ["10.0.0.5", "fd00::5"]"#).relay_ips,
             vec![ip("10.0.0.5"), ip("fd00::5")]
@@ -300,9 +376,18 @@ mod tests {
 
     #[test]
     fn external_ip_list_or_string_and_forms() {
-        let public = ExternalIp { public: ip("203.0.113.7"), private: None };
-        let mapped = ExternalIp { public: ip("203.0.113.8"), private: Some(ip("10.0.0.5")) };
-        assert_eq!(parse(r#"external-ip = "203.0.113.7""#).external_ips, vec![public]);
+        let public = ExternalIp {
+            public: ip("203.0.113.7"),
+            private: None,
+        };
+        let mapped = ExternalIp {
+            public: ip("203.0.113.8"),
+            private: Some(ip("10.0.0.5")),
+        };
+        assert_eq!(
+            parse(r#"external-ip = "203.0.113.7""#).external_ips,
+            vec![public]
+        );
         assert_eq!(
             parse(r#"external-ip = ["203.0.113.7", "203.0.113.8/10.0.0.5"]"#).external_ips,
             vec![public, mapped]
@@ -356,7 +441,10 @@ mod tests {
         );
         let mut users = config.users;
         users.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(users[0], ("alice".into(), StaticKey::Password("password".into())));
+        assert_eq!(
+            users[0],
+            ("alice".into(), StaticKey::Password("password".into()))
+        );
         assert_eq!(
             users[1],
             (
@@ -373,12 +461,18 @@ mod tests {
     fn coturn_compatibility_booleans_change_nothing() {
         let text = "use-auth-secret = true\nlt-cred-mech = false\nfingerprint = true\n";
         assert_eq!(parse(text), Config::default());
-        assert_eq!(invalid_key_value(r#"fingerprint = "yes""#), ("fingerprint".into(), "yes".into()));
+        assert_eq!(
+            invalid_key_value(r#"fingerprint = "yes""#),
+            ("fingerprint".into(), "yes".into())
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
-        for (text, key) in [("listening-prot = 3478", "listening-prot"), ("[extra]\na = 1", "extra")] {
+        for (text, key) in [
+            ("listening-prot = 3478", "listening-prot"),
+            ("[extra]\na = 1", "extra"),
+        ] {
             match from_toml_str(text) {
                 Err(ConfigError::UnknownKey { key: named }) => assert_eq!(named, key),
                 other => panic!("{text}: {other:?}"),
@@ -396,7 +490,11 @@ mod tests {
             ("min-port = -1", "min-port", "-1"),
             ("max-port = 1.5", "max-port", "1.5"),
             ("realm = 5", "realm", "5"),
-            (r#"allow-loopback-peers = "true""#, "allow-loopback-peers", "true"),
+            (
+                r#"allow-loopback-peers = "true""#,
+                "allow-loopback-peers",
+                "true",
+            ),
             ("no-udp = 1", "no-udp", "1"),
             ("stale-nonce = 4294967296", "stale-nonce", "4294967296"),
             ("relay-threads = -4", "relay-threads", "-4"),
@@ -406,36 +504,60 @@ mod tests {
             ("software = []", "software", "[]"),
         ];
         for (text, key, value) in cases {
-            assert_eq!(invalid_key_value(text), (key.to_string(), value.to_string()), "{text}");
+            assert_eq!(
+                invalid_key_value(text),
+                (key.to_string(), value.to_string()),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn unparsable_addresses_name_key_and_value() {
         let cases = [
-            (r#"listening-ip = ["0.0.0.0", "1.2.3"]"#, "listening-ip", "1.2.3"),
+            (
+                r#"listening-ip = ["0.0.0.0", "1.2.3"]"#,
+                "listening-ip",
+                "1.2.3",
+            ),
             (r#"relay-ip = "eth0""#, "relay-ip", "eth0"),
             (r#"external-ip = "1.2.3.4/x""#, "external-ip", "1.2.3.4/x"),
         ];
         for (text, key, value) in cases {
-            assert_eq!(invalid_key_value(text), (key.to_string(), value.to_string()), "{text}");
+            assert_eq!(
+                invalid_key_value(text),
+                (key.to_string(), value.to_string()),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn secrets_of_wrong_type_are_redacted() {
         let (key, value) = invalid_key_value("static-auth-secret = [\"hunter2\", 5]");
-        assert_eq!((key.as_str(), value.as_str()), ("static-auth-secret", REDACTED));
-        let err = from_toml_str("[users]\nalice = 12345").unwrap_err().to_string();
-        assert!(err.contains("users.alice") && !err.contains("12345"), "{err}");
-        let err = from_toml_str("users = \"alice:hunter2\"").unwrap_err().to_string();
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("static-auth-secret", REDACTED)
+        );
+        let err = from_toml_str("[users]\nalice = 12345")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("users.alice") && !err.contains("12345"),
+            "{err}"
+        );
+        let err = from_toml_str("users = \"alice:hunter2\"")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
     fn syntax_error_names_path_line_and_column() {
         let err = from_toml_str("realm = \"ok\"\nstatic-auth-secret = \"hunter2\n").unwrap_err();
-        let ConfigError::Syntax { path, message } = &err else { panic!("{err:?}") };
+        let ConfigError::Syntax { path, message } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(path, "<string>");
         assert!(message.contains("line 2"), "{message}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -443,7 +565,10 @@ mod tests {
         let mut config = Config::default();
         let err = apply_toml(&mut config, "a = = 1", "/etc/tern/turnserver.toml").unwrap_err();
         let shown = err.to_string();
-        assert!(shown.starts_with("/etc/tern/turnserver.toml: line 1, column"), "{shown}");
+        assert!(
+            shown.starts_with("/etc/tern/turnserver.toml: line 1, column"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -9,16 +9,26 @@ use std::net::IpAddr;
 pub(super) const REDACTED: &str = "<redacted>";
 
 pub(super) fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_string(), value: value.to_string(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 pub(super) fn ip(key: &str, text: &str) -> Result<IpAddr, ConfigError> {
-    text.trim().parse().map_err(|_| invalid(key, text, "not an IP address"))
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(key, text, "not an IP address"))
 }
 
 pub(super) fn range(key: &str, text: &str) -> Result<IpRange, ConfigError> {
     text.trim().parse().map_err(|_| {
-        invalid(key, text, "not an IP address, CIDR block or coTURN a.b.c.d-e.f.g.h range")
+        invalid(
+            key,
+            text,
+            "not an IP address, CIDR block or coTURN a.b.c.d-e.f.g.h range",
+        )
     })
 }
 
@@ -29,8 +39,10 @@ pub(super) fn external_ip(key: &str, text: &str) -> Result<ExternalIp, ConfigErr
         None => (text.trim(), None),
         Some((public, private)) => (public, Some(private)),
     };
-    let public: IpAddr =
-        public.trim().parse().map_err(|_| bad("expected PUBLIC-IP or PUBLIC-IP/PRIVATE-IP"))?;
+    let public: IpAddr = public
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected PUBLIC-IP or PUBLIC-IP/PRIVATE-IP"))?;
     let private: Option<IpAddr> = match private {
         None => None,
         Some(private) => Some(
@@ -41,7 +53,9 @@ pub(super) fn external_ip(key: &str, text: &str) -> Result<ExternalIp, ConfigErr
         ),
     };
     if private.is_some_and(|private| private.is_ipv4() != public.is_ipv4()) {
-        return Err(bad("public and private addresses must be of the same family"));
+        return Err(bad(
+            "public and private addresses must be of the same family",
+        ));
     }
     Ok(ExternalIp { public, private })
 }
@@ -69,7 +83,11 @@ pub(super) fn static_key(user: &str, text: &str) -> Result<StaticKey, ConfigErro
 /// A user given as a flag or environment value: `NAME:PASSWORD` or `NAME:0x<hex>`.
 pub(super) fn user_entry(text: &str) -> Result<(String, StaticKey), ConfigError> {
     let Some((name, secret)) = text.split_once(':') else {
-        return Err(invalid("users", REDACTED, "expected NAME:PASSWORD or NAME:0x<32 hex digits>"));
+        return Err(invalid(
+            "users",
+            REDACTED,
+            "expected NAME:PASSWORD or NAME:0x<32 hex digits>",
+        ));
     };
     Ok((name.to_string(), static_key(name, secret)?))
 }
@@ -81,7 +99,13 @@ mod tests {
     #[test]
     fn external_ip_public_only() {
         let parsed = external_ip("external-ip", "203.0.113.7").unwrap();
-        assert_eq!(parsed, ExternalIp { public: "203.0.113.7".parse().unwrap(), private: None });
+        assert_eq!(
+            parsed,
+            ExternalIp {
+                public: "203.0.113.7".parse().unwrap(),
+                private: None
+            }
+        );
     }
 
     #[test]
@@ -100,7 +124,14 @@ mod tests {
 
     #[test]
     fn external_ip_rejects_garbage_and_mixed_families() {
-        for text in ["", "nope", "1.2.3.4/", "/1.2.3.4", "1.2.3.4/x", "1.2.3.4/fd00::1"] {
+        for text in [
+            "",
+            "nope",
+            "1.2.3.4/",
+            "/1.2.3.4",
+            "1.2.3.4/x",
+            "1.2.3.4/fd00::1",
+        ] {
             let err = external_ip("external-ip", text).unwrap_err();
             assert!(
                 matches!(&err, ConfigError::Invalid { key, value, .. } if key == "external-ip" && value == text),
@@ -111,11 +142,14 @@ mod tests {
 
     #[test]
     fn static_key_forms() {
-        assert_eq!(static_key("alice", "pw").unwrap(), StaticKey::Password("pw".into()));
+        assert_eq!(
+            static_key("alice", "pw").unwrap(),
+            StaticKey::Password("pw".into())
+        );
         let key = static_key("bob", "0x00112233445566778899aabbccddeeff").unwrap();
         let expected = [
-            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
-            0xff,
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
         ];
         assert_eq!(key, StaticKey::Key(expected));
         assert_eq!(
@@ -129,10 +163,17 @@ mod tests {
 
     #[test]
     fn static_key_bad_hex_is_redacted() {
-        for text in ["0x1234", "0x00112233445566778899aabbccddeeffaa", "0xzz112233445566778899aabbccddeeff"] {
+        for text in [
+            "0x1234",
+            "0x00112233445566778899aabbccddeeffaa",
+            "0xzz112233445566778899aabbccddeeff",
+        ] {
             let err = static_key("bob", text).unwrap_err();
             let shown = err.to_string();
-            assert!(shown.contains("users.bob") && shown.contains(REDACTED), "{shown}");
+            assert!(
+                shown.contains("users.bob") && shown.contains(REDACTED),
+                "{shown}"
+            );
             assert!(!shown.contains(&text[2..]), "{shown}");
         }
     }
@@ -144,6 +185,9 @@ mod tests {
             ("alice".to_string(), StaticKey::Password("pa:ss".into()))
         );
         let err = user_entry("alice-no-colon-secret").unwrap_err().to_string();
-        assert!(err.contains("users") && !err.contains("no-colon-secret"), "{err}");
+        assert!(
+            err.contains("users") && !err.contains("no-colon-secret"),
+            "{err}"
+        );
     }
 }
