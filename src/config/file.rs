@@ -256,6 +256,30 @@ mod tests {
         );
     }
 
+    /// The commented-out examples are valid too (they include ranges, hence `range_`).
+    #[test]
+    fn range_example_file_commented_lines_parse() {
+        let uncommented: String = include_str!("../../turnserver.toml")
+            .lines()
+            .map(|line| {
+                let rest = line.strip_prefix("# ").unwrap_or(line);
+                let is_setting = rest == "[users]"
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                    });
+                if is_setting {
+                    rest
+                } else {
+                    line
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&uncommented);
+        assert!(!config.static_auth_secrets.is_empty() && config.users.len() == 2);
+        assert!(config.software.is_some() && !config.allowed_peer_ips.is_empty());
+    }
+
     #[test]
     fn example_file_lists_every_key() {
         let example = include_str!("../../turnserver.toml");
