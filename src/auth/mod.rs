@@ -4,5 +4,7 @@
 mod credentials;
 mod nonce;
 
-pub use credentials::{long_term_key, rest_password, AuthError, Authenticator, KeySet, LongTermKey, StaticKey};
+pub use credentials::{
+    long_term_key, rest_password, AuthError, Authenticator, KeySet, LongTermKey, StaticKey,
+};
 pub use nonce::{Nonce, NonceCheck, NonceMint};

@@ -1,20 +1,457 @@
-//! Reading and validating the configuration.
+//! Reading and merging the sources: defaults, the file, the environment and flags.
 
-use super::{Config, ServeArgs};
+use super::file::{apply_toml, optional_text};
+use super::values;
+use super::{validate::validate, Config, ServeArgs};
 
 /// A configuration problem, naming the key and the offending value (never a secret's value).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key}: invalid value {value:?}: {reason}")]
-    Invalid { key: String, value: String, reason: String },
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
     #[error("unknown key {key:?}")]
     UnknownKey { key: String },
     #[error("cannot read {path}: {reason}")]
     Io { path: String, reason: String },
+    /// The file is not valid TOML; `message` has the line and column.
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
 }
 
+/// What syntax errors of [`from_toml_str`] name as the path.
+const INLINE_ORIGIN: &str = "<string>";
+
 /// Builds the config from (in rising precedence) defaults, the file, the environment and flags.
+///
+/// The environment and the flags both arrive in `args` (clap's `env`, a flag beating its
+/// variable). A list given by a higher source replaces the lower one's list.
 pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-    let _ = args;
-    todo!("config helper")
+    let mut config = Config::default();
+    if let Some(path) = &args.config {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
+            path: shown.clone(),
+            reason: err.to_string(),
+        })?;
+        apply_toml(&mut config, &text, &shown)?;
+    }
+    apply_args(&mut config, args)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Parses a TOML document on top of the defaults and validates it (no environment, no flags).
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    apply_toml(&mut config, text, INLINE_ORIGIN)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Applies every flag (or environment variable) that was given.
+fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
+    if let Some(ips) = &args.listening_ip {
+        config.listening_ips = each("listening-ip", ips, values::ip)?;
+    }
+    if let Some(ips) = &args.relay_ip {
+        config.relay_ips = each("relay-ip", ips, values::ip)?;
+    }
+    if let Some(ips) = &args.external_ip {
+        config.external_ips = each("external-ip", ips, values::external_ip)?;
+    }
+    if let Some(ranges) = &args.denied_peer_ip {
+        config.denied_peer_ips = each("denied-peer-ip", ranges, values::range)?;
+    }
+    if let Some(ranges) = &args.allowed_peer_ip {
+        config.allowed_peer_ips = each("allowed-peer-ip", ranges, values::range)?;
+    }
+    if let Some(secrets) = &args.static_auth_secret {
+        config.static_auth_secrets = secrets.clone();
+    }
+    if let Some(users) = &args.users {
+        config.users = users
+            .iter()
+            .map(|user| values::user_entry(&user.0))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(realm) = &args.realm {
+        config.realm = realm.clone();
+    }
+    if let Some(software) = &args.software {
+        config.software = optional_text(software.clone());
+    }
+    if let Some(log_level) = &args.log_level {
+        config.log_level = log_level.clone();
+    }
+    set(&mut config.listening_port, args.listening_port);
+    set(&mut config.min_port, args.min_port);
+    set(&mut config.max_port, args.max_port);
+    set(&mut config.allow_loopback_peers, args.allow_loopback_peers);
+    set(
+        &mut config.default_allocate_lifetime,
+        args.default_allocate_lifetime,
+    );
+    set(
+        &mut config.max_allocate_lifetime,
+        args.max_allocate_lifetime,
+    );
+    set(&mut config.permission_lifetime, args.permission_lifetime);
+    set(&mut config.channel_lifetime, args.channel_lifetime);
+    set(&mut config.stale_nonce, args.stale_nonce);
+    set(&mut config.max_credential_ttl, args.max_credential_ttl);
+    set(&mut config.user_quota, args.user_quota);
+    set(&mut config.total_quota, args.total_quota);
+    set(&mut config.relay_threads, args.relay_threads);
+    set(&mut config.sock_buf_size, args.sock_buf_size);
+    set(&mut config.no_udp, args.no_udp);
+    // use-auth-secret, lt-cred-mech, fingerprint: accepted for coTURN compatibility; tern
+    // always does this.
+    let _ = (args.use_auth_secret, args.lt_cred_mech, args.fingerprint);
+    Ok(())
+}
+
+fn set<T: Copy>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
+fn each<T>(
+    key: &str,
+    texts: &[String],
+    parse: fn(&str, &str) -> Result<T, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
+    texts.iter().map(|text| parse(key, text)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, ExternalIp, Secret};
+    use super::*;
+    use crate::auth::StaticKey;
+    use clap::Parser;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// Clap reads `TERN_*` from the process environment, which tests share across threads: every
+    /// test here that parses a command line holds this lock, and env tests set variables only
+    /// while holding it.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    fn env_lock() -> MutexGuard<'static, ()> {
+        ENV_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes the variables again even if the test panics.
+    struct EnvVars(Vec<&'static str>);
+
+    impl EnvVars {
+        fn set(vars: &[(&'static str, &str)]) -> Self {
+            for (name, value) in vars {
+                std::env::set_var(name, value);
+            }
+            EnvVars(vars.iter().map(|(name, _)| *name).collect())
+        }
+    }
+
+    impl Drop for EnvVars {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                std::env::remove_var(name);
+            }
+        }
+    }
+
+    fn args_with_env(env: &[(&'static str, &str)], argv: &[&str]) -> ServeArgs {
+        let _lock = env_lock();
+        let _vars = EnvVars::set(env);
+        let argv = std::iter::once("tern").chain(argv.iter().copied());
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|err| panic!("{err}"))
+            .serve
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        args_with_env(&[], argv)
+    }
+
+    /// A config file in the temp directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "tern-config-test-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn no_sources_is_the_default() {
+        assert_eq!(load(&ServeArgs::default()).unwrap(), Config::default());
+        assert_eq!(load(&args(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn precedence_file_then_env_then_flag() {
+        let file = TempFile::new(
+            "precedence",
+            "realm = \"from-file\"\nlistening-port = 1111\nuser-quota = 3\ntotal-quota = 9\n",
+        );
+        let env = [
+            ("TERN_REALM", "from-env"),
+            ("TERN_LISTENING_PORT", "2222"),
+            ("TERN_USER_QUOTA", "4"),
+        ];
+        let args = args_with_env(&env, &["-c", file.arg(), "--listening-port", "3333"]);
+        let config = load(&args).unwrap();
+        assert_eq!(config.total_quota, 9, "file beats default");
+        assert_eq!(config.user_quota, 4, "env beats file");
+        assert_eq!(config.realm, "from-env", "env beats file");
+        assert_eq!(config.listening_port, 3333, "flag beats env");
+    }
+
+    #[test]
+    fn config_path_from_env() {
+        let file = TempFile::new("env-path", "realm = \"via-tern-config\"\n");
+        let args = args_with_env(&[("TERN_CONFIG", file.arg())], &[]);
+        assert_eq!(load(&args).unwrap().realm, "via-tern-config");
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated_and_replace_the_file() {
+        let file = TempFile::new(
+            "env-lists",
+            "listening-ip = \"192.0.2.1\"\nstatic-auth-secret = \"old\"\n",
+        );
+        let env = [
+            ("TERN_LISTENING_IP", "192.0.2.2,2001:db8::2"),
+            ("TERN_STATIC_AUTH_SECRET", "new1,new2"),
+            ("TERN_ALLOW_LOOPBACK_PEERS", "yes"),
+        ];
+        let config = load(&args_with_env(&env, &["--config", file.arg()])).unwrap();
+        let expected: Vec<std::net::IpAddr> =
+            vec!["192.0.2.2".parse().unwrap(), "2001:db8::2".parse().unwrap()];
+        assert_eq!(config.listening_ips, expected);
+        assert_eq!(
+            config.static_auth_secrets,
+            vec![Secret("new1".into()), Secret("new2".into())]
+        );
+        assert!(config.allow_loopback_peers);
+    }
+
+    #[test]
+    fn every_scalar_flag() {
+        let config = load(&args(&[
+            "--listening-port=3479",
+            "--min-port=40000",
+            "--max-port=40100",
+            "--realm=example.org",
+            "--allow-loopback-peers",
+            "--default-allocate-lifetime=300",
+            "--max-allocate-lifetime=1200",
+            "--permission-lifetime=120",
+            "--channel-lifetime=240",
+            "--stale-nonce=60",
+            "--max-credential-ttl=3600",
+            "--user-quota=5",
+            "--total-quota=1000",
+            "--software=tern/1",
+            "--relay-threads=4",
+            "--sock-buf-size=65536",
+            "--log-level=debug",
+            "--no-udp",
+            "--use-auth-secret",
+            "--lt-cred-mech",
+            "--fingerprint=false",
+        ]))
+        .unwrap();
+        let expected = Config {
+            listening_port: 3479,
+            min_port: 40000,
+            max_port: 40100,
+            realm: "example.org".into(),
+            allow_loopback_peers: true,
+            default_allocate_lifetime: 300,
+            max_allocate_lifetime: 1200,
+            permission_lifetime: 120,
+            channel_lifetime: 240,
+            stale_nonce: 60,
+            max_credential_ttl: 3600,
+            user_quota: 5,
+            total_quota: 1000,
+            software: Some("tern/1".into()),
+            relay_threads: 4,
+            sock_buf_size: 65536,
+            log_level: "debug".into(),
+            no_udp: true,
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn repeatable_flags() {
+        let config = load(&args(&[
+            "--listening-ip=192.0.2.1",
+            "--listening-ip=::",
+            "--relay-ip=10.0.0.5",
+            "--external-ip=203.0.113.7/10.0.0.5",
+            "--external-ip=203.0.113.8",
+            "--static-auth-secret=s1",
+            "--static-auth-secret=s2",
+            "--user",
+            "alice:pw",
+            "--users=bob:0x00112233445566778899aabbccddeeff",
+        ]))
+        .unwrap();
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(config.listening_ips, vec![ip("192.0.2.1"), ip("::")]);
+        assert_eq!(config.relay_ips, vec![ip("10.0.0.5")]);
+        assert_eq!(
+            config.external_ips,
+            vec![
+                ExternalIp {
+                    public: ip("203.0.113.7"),
+                    private: Some(ip("10.0.0.5"))
+                },
+                ExternalIp {
+                    public: ip("203.0.113.8"),
+                    private: None
+                },
+            ]
+        );
+        assert_eq!(
+            config.static_auth_secrets,
+            vec![Secret("s1".into()), Secret("s2".into())]
+        );
+        assert_eq!(
+            config.users[0],
+            ("alice".into(), StaticKey::Password("pw".into()))
+        );
+        assert!(matches!(config.users[1], (ref name, StaticKey::Key(_)) if name == "bob"));
+    }
+
+    #[test]
+    fn range_peer_ip_flags() {
+        let config = load(&args(&[
+            "--denied-peer-ip=203.0.113.0/24",
+            "--allowed-peer-ip=10.0.0.1-10.0.0.9,fd00::/8",
+        ]))
+        .unwrap();
+        assert_eq!(config.denied_peer_ips.len(), 1);
+        assert_eq!(config.allowed_peer_ips.len(), 2);
+    }
+
+    #[test]
+    fn bool_flag_can_turn_off_the_file() {
+        let file = TempFile::new("bool-off", "no-udp = true\nallow-loopback-peers = true\n");
+        let config = load(&args(&[
+            "-c",
+            file.arg(),
+            "--no-udp=false",
+            "--allow-loopback-peers=no",
+        ]))
+        .unwrap();
+        assert!(!config.no_udp && !config.allow_loopback_peers);
+    }
+
+    #[test]
+    fn absent_flags_keep_the_file() {
+        let file = TempFile::new(
+            "keep",
+            "realm = \"kept\"\nrelay-ip = \"10.0.0.5\"\nno-udp = true\n",
+        );
+        let config = load(&args(&["-c", file.arg()])).unwrap();
+        assert_eq!(config.realm, "kept");
+        assert_eq!(config.relay_ips.len(), 1);
+        assert!(config.no_udp);
+    }
+
+    #[test]
+    fn flags_are_validated_across_sources() {
+        let file = TempFile::new("cross", "max-port = 40000\n");
+        let err = load(&args(&["-c", file.arg(), "--min-port=50000"])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, value, .. } if key == "min-port" && value == "50000"),
+            "{err:?}"
+        );
+        let err = load(&args(&["--relay-ip=nope"])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, value, .. } if key == "relay-ip" && value == "nope")
+        );
+    }
+
+    #[test]
+    fn flag_secrets_never_shown() {
+        let parsed = args(&["--static-auth-secret=hunter2", "--user=alice:swordfish"]);
+        let debug = format!("{parsed:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("swordfish"),
+            "{debug}"
+        );
+
+        let err = load(&args(&["--user=alice:0xswordfish"]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("swordfish"), "{err}");
+        let err = load(&args(&["--user=no-colon-swordfish"]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("swordfish"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_io_error_naming_path() {
+        let path = std::env::temp_dir().join("tern-config-test-does-not-exist.toml");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        match load(&args) {
+            Err(ConfigError::Io { path: named, .. }) => {
+                assert_eq!(named, path.display().to_string())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_syntax_error_names_the_file() {
+        let file = TempFile::new("syntax", "realm = \n");
+        let err = load(&args(&["-c", file.arg()])).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(file.arg()) && shown.contains("line 1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn file_unknown_key() {
+        let file = TempFile::new("unknown", "lisening-port = 3478\n");
+        let err = load(&args(&["-c", file.arg()])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownKey { key } if key == "lisening-port"),
+            "{err:?}"
+        );
+    }
 }

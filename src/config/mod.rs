@@ -2,10 +2,13 @@
 //! [`Config`] before anything binds.
 
 mod cli;
+mod file;
 mod load;
+mod validate;
+mod values;
 
 pub use cli::{Cli, Command, CredentialsArgs, ServeArgs};
-pub use load::{load, ConfigError};
+pub use load::{from_toml_str, load, ConfigError};
 
 use crate::auth::StaticKey;
 use crate::policy::IpRange;

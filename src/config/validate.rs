@@ -1,0 +1,262 @@
+//! Checks on the merged configuration: ranges, cross-key relations, and text formats.
+//!
+//! These run once all sources are applied, so e.g. `--max-port` may fix a file's `min-port`.
+
+use super::values::{invalid, REDACTED};
+use super::{Config, ConfigError};
+use crate::auth::StaticKey;
+use std::collections::HashSet;
+
+/// RFC 8489: REALM and SOFTWARE are fewer than 128 characters.
+const MAX_TEXT_CHARS: usize = 127;
+const MAX_RELAY_THREADS: usize = 1024;
+
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.listening_ips.is_empty() {
+        return Err(invalid(
+            "listening-ip",
+            "[]",
+            "at least one address is needed",
+        ));
+    }
+    nonzero_port("listening-port", config.listening_port)?;
+    nonzero_port("min-port", config.min_port)?;
+    nonzero_port("max-port", config.max_port)?;
+    if config.min_port > config.max_port {
+        let reason = format!("greater than max-port ({})", config.max_port);
+        return Err(invalid("min-port", &config.min_port.to_string(), reason));
+    }
+
+    at_least_one_second(
+        "default-allocate-lifetime",
+        config.default_allocate_lifetime.into(),
+    )?;
+    at_least_one_second("max-allocate-lifetime", config.max_allocate_lifetime.into())?;
+    at_least_one_second("permission-lifetime", config.permission_lifetime.into())?;
+    at_least_one_second("channel-lifetime", config.channel_lifetime.into())?;
+    at_least_one_second("stale-nonce", config.stale_nonce.into())?;
+    at_least_one_second("max-credential-ttl", config.max_credential_ttl)?;
+    if config.default_allocate_lifetime > config.max_allocate_lifetime {
+        let reason = format!(
+            "greater than max-allocate-lifetime ({})",
+            config.max_allocate_lifetime
+        );
+        let value = config.default_allocate_lifetime.to_string();
+        return Err(invalid("default-allocate-lifetime", &value, reason));
+    }
+
+    realm(&config.realm)?;
+    if let Some(software) = &config.software {
+        if software.chars().count() > MAX_TEXT_CHARS {
+            return Err(invalid(
+                "software",
+                software,
+                "must be fewer than 128 characters",
+            ));
+        }
+    }
+    if config
+        .static_auth_secrets
+        .iter()
+        .any(|secret| secret.0.is_empty())
+    {
+        return Err(invalid("static-auth-secret", REDACTED, "must not be empty"));
+    }
+    users(&config.users)?;
+    if config.relay_threads > MAX_RELAY_THREADS {
+        let reason = format!("at most {MAX_RELAY_THREADS} (0 = number of cores)");
+        return Err(invalid(
+            "relay-threads",
+            &config.relay_threads.to_string(),
+            reason,
+        ));
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+        let reason = format!("not a tracing filter: {err}");
+        return Err(invalid("log-level", &config.log_level, reason));
+    }
+    Ok(())
+}
+
+fn nonzero_port(key: &str, port: u16) -> Result<(), ConfigError> {
+    if port == 0 {
+        return Err(invalid(key, "0", "must be in 1..=65535"));
+    }
+    Ok(())
+}
+
+fn at_least_one_second(key: &str, seconds: u64) -> Result<(), ConfigError> {
+    if seconds == 0 {
+        return Err(invalid(key, "0", "must be at least 1 second"));
+    }
+    Ok(())
+}
+
+fn realm(realm: &str) -> Result<(), ConfigError> {
+    if realm.is_empty() {
+        return Err(invalid("realm", realm, "must not be empty"));
+    }
+    if realm.contains('"') {
+        return Err(invalid("realm", realm, "must not contain '\"'"));
+    }
+    if realm.chars().count() > MAX_TEXT_CHARS {
+        return Err(invalid("realm", realm, "must be fewer than 128 characters"));
+    }
+    Ok(())
+}
+
+fn users(users: &[(String, StaticKey)]) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (name, key) in users {
+        if name.is_empty() {
+            return Err(invalid("users", name, "user names must not be empty"));
+        }
+        if name.contains(':') {
+            return Err(invalid("users", name, "user names must not contain ':'"));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(invalid("users", name, "user given twice"));
+        }
+        if matches!(key, StaticKey::Password(password) if password.is_empty()) {
+            return Err(invalid(
+                &format!("users.{name}"),
+                REDACTED,
+                "password must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_toml_str;
+    use super::*;
+
+    fn rejected(text: &str) -> (String, String, String) {
+        match from_toml_str(text) {
+            Err(err @ ConfigError::Invalid { .. }) => {
+                let shown = err.to_string();
+                let ConfigError::Invalid { key, value, .. } = err else {
+                    unreachable!()
+                };
+                (key, value, shown)
+            }
+            other => panic!("{text}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn assert_rejected(text: &str, key: &str, value: &str) {
+        let (k, v, shown) = rejected(text);
+        assert_eq!((k.as_str(), v.as_str()), (key, value), "{text}");
+        assert!(
+            shown.contains(key) && shown.contains(&format!("{value:?}")),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn ports() {
+        assert_rejected("listening-port = 0", "listening-port", "0");
+        assert_rejected("min-port = 0", "min-port", "0");
+        assert_rejected("max-port = 0\nmin-port = 0", "min-port", "0");
+        assert_rejected("min-port = 50000\nmax-port = 40000", "min-port", "50000");
+        let config = from_toml_str("min-port = 1\nmax-port = 1").unwrap();
+        assert_eq!((config.min_port, config.max_port), (1, 1));
+    }
+
+    #[test]
+    fn lifetimes_at_least_one_second() {
+        for key in [
+            "default-allocate-lifetime",
+            "max-allocate-lifetime",
+            "permission-lifetime",
+            "channel-lifetime",
+            "stale-nonce",
+            "max-credential-ttl",
+        ] {
+            assert_rejected(&format!("{key} = 0"), key, "0");
+        }
+    }
+
+    #[test]
+    fn default_lifetime_not_above_max() {
+        assert_rejected(
+            "default-allocate-lifetime = 3601",
+            "default-allocate-lifetime",
+            "3601",
+        );
+        assert!(from_toml_str("default-allocate-lifetime = 3600").is_ok());
+    }
+
+    #[test]
+    fn realm_text() {
+        assert_rejected(r#"realm = """#, "realm", "");
+        assert_rejected(r#"realm = 'a"b'"#, "realm", "a\"b");
+        let long = "r".repeat(128);
+        assert_rejected(&format!("realm = \"{long}\""), "realm", &long);
+        assert!(from_toml_str(&format!("realm = \"{}\"", "r".repeat(127))).is_ok());
+    }
+
+    #[test]
+    fn software_length() {
+        let long = "s".repeat(128);
+        assert_rejected(&format!("software = \"{long}\""), "software", &long);
+    }
+
+    #[test]
+    fn relay_threads_limit() {
+        assert_rejected("relay-threads = 1025", "relay-threads", "1025");
+        assert!(from_toml_str("relay-threads = 1024").is_ok());
+    }
+
+    #[test]
+    fn log_level_must_be_a_filter() {
+        assert_rejected(r#"log-level = "tern=loud""#, "log-level", "tern=loud");
+        assert!(from_toml_str(r#"log-level = "warn,tern::turn=debug""#).is_ok());
+    }
+
+    #[test]
+    fn empty_listening_ip_list() {
+        assert_rejected("listening-ip = []", "listening-ip", "[]");
+    }
+
+    #[test]
+    fn user_names() {
+        assert_rejected("[users]\n\"\" = \"pw\"", "users", "");
+        assert_rejected("[users]\n\"a:b\" = \"pw\"", "users", "a:b");
+    }
+
+    #[test]
+    fn secrets_never_shown() {
+        let (key, value, shown) = rejected("[users]\nbob = \"0xdeadbeefdeadbeef\"");
+        assert_eq!((key.as_str(), value.as_str()), ("users.bob", REDACTED));
+        assert!(!shown.contains("deadbeef"), "{shown}");
+
+        let (key, value, _) = rejected("[users]\nalice = \"\"");
+        assert_eq!((key.as_str(), value.as_str()), ("users.alice", REDACTED));
+
+        let (key, value, _) = rejected(r#"static-auth-secret = ["good-secret", ""]"#);
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("static-auth-secret", REDACTED)
+        );
+    }
+
+    #[test]
+    fn duplicate_users_from_flags() {
+        let users = vec![
+            ("alice".to_string(), StaticKey::Password("a".into())),
+            ("alice".to_string(), StaticKey::Password("b".into())),
+        ];
+        let config = Config {
+            users,
+            ..Config::default()
+        };
+        let err = validate(&config).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, value, .. } if key == "users" && value == "alice"),
+            "{err:?}"
+        );
+    }
+}
