@@ -16,7 +16,6 @@ const UNIX_START: u64 = 1_700_000_000;
 
 struct Harness {
     server: Server,
-    start: Instant,
     now: Instant,
     tuple: FiveTuple,
     out: Vec<u8>,
@@ -47,7 +46,7 @@ impl Harness {
         let minted = mint(SECRET, Some("alice"), 3600, UNIX_START);
         Harness {
             server,
-            start,
+
             now: start,
             tuple: FiveTuple { client: addr("198.51.100.7:40000"), server: addr("192.0.2.1:3478"), transport: Transport::Udp },
             out: vec![0; 4096],

@@ -113,6 +113,14 @@ impl Tern {
         panic!("tern did not answer a Binding within 10 s; logs:\n{}", self.logs.lock().unwrap().join("\n"));
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self._config.0.clone()
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -1,0 +1,138 @@
+//! The binary as an operator meets it: config errors, the credentials subcommand, reloads.
+
+mod common;
+
+use common::{free_port, relay_range, unix_now, Tern, TempFile, SECRET};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use turn::client::{Client, ClientConfig};
+
+fn tern() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn bad_config_value_names_key_and_value_and_exits_before_binding() {
+    let port = free_port();
+    let config = TempFile::new("bad-value.toml", &format!("listening-ip = \"127.0.0.1\"\nlistening-port = {port}\nmin-port = 60000\nmax-port = 50000\n"));
+    let output = tern().arg("--config").arg(&config.0).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("min-port") && stderr.contains("60000"), "{stderr}");
+    // Nothing was bound: the port is still free.
+    std::net::UdpSocket::bind(("127.0.0.1", port)).expect("port still free");
+}
+
+#[test]
+fn unknown_key_and_bad_address_are_named() {
+    let config = TempFile::new("typo.toml", "listening-prot = 3478\n");
+    let output = tern().arg("--config").arg(&config.0).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listening-prot"));
+
+    let config = TempFile::new("bad-ip.toml", "denied-peer-ip = [\"10.0.0.0/33\"]\n");
+    let output = tern().arg("--config").arg(&config.0).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("denied-peer-ip") && stderr.contains("10.0.0.0/33"), "{stderr}");
+}
+
+#[test]
+fn secret_is_never_echoed_in_a_config_error() {
+    let config = TempFile::new("bad-secret.toml", "static-auth-secret = 42\n");
+    let output = tern().arg("--config").arg(&config.0).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("static-auth-secret"));
+}
+
+#[test]
+fn credentials_subcommand_prints_a_working_rest_credential() {
+    let output = tern()
+        .args(["credentials", "--secret", SECRET, "--user", "alice", "--ttl", "600", "--uri", "turn:127.0.0.1:3478"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let field = |name: &str| {
+        stdout.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("{name} in {stdout}")).to_string()
+    };
+    let username = field("username:");
+    let password = field("password:");
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(expiry.abs_diff(unix_now() + 600) <= 5);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["username"], username.as_str());
+    assert_eq!(json["credential"], password.as_str());
+    assert_eq!(json["urls"][0], "turn:127.0.0.1:3478");
+
+    // And the server accepts it.
+    let tern = Tern::start("");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = client(tern.addr, &username, &password).await;
+        client.allocate().await.expect("allocation with the printed credential");
+        client.close().await.unwrap();
+    });
+}
+
+async fn client(server: std::net::SocketAddr, username: &str, password: &str) -> Client {
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: "tern".into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+async fn can_allocate(server: std::net::SocketAddr, secret: &str) -> bool {
+    let minted = tern::credentials::mint(secret, Some("rotation"), 600, unix_now());
+    let client = client(server, &minted.username, &minted.password).await;
+    let ok = client.allocate().await.is_ok();
+    client.close().await.unwrap();
+    ok
+}
+
+#[test]
+fn sighup_rotates_secrets_and_a_bad_file_keeps_the_running_config() {
+    let port = free_port();
+    let (min, max) = relay_range();
+    let base = format!("listening-ip = \"127.0.0.1\"\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\nlog-level = \"info\"\n");
+    let tern = Tern::start_with_config(port, &format!("{base}static-auth-secret = \"old-secret\"\n"));
+    let config_path = tern.config_path();
+    let hangup = || {
+        let status = Command::new("kill").args(["-HUP", &tern.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(700));
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    assert!(runtime.block_on(can_allocate(tern.addr, "old-secret")));
+    assert!(!runtime.block_on(can_allocate(tern.addr, "new-secret")));
+
+    // Rotation: both secrets verify during the overlap.
+    std::fs::write(&config_path, format!("{base}static-auth-secret = [\"new-secret\", \"old-secret\"]\n")).unwrap();
+    hangup();
+    assert!(runtime.block_on(can_allocate(tern.addr, "new-secret")));
+    assert!(runtime.block_on(can_allocate(tern.addr, "old-secret")));
+
+    // A broken file is refused and the running config stays.
+    std::fs::write(&config_path, "this is = not [valid toml").unwrap();
+    hangup();
+    assert!(runtime.block_on(can_allocate(tern.addr, "new-secret")));
+    assert!(tern.logs().contains("reload refused"), "{}", tern.logs());
+    assert!(!tern.logs().contains("new-secret"), "secrets stay out of logs");
+}
