@@ -4,10 +4,17 @@
 //! Writing goes into a caller's buffer; a buffer that is too small makes `finish` fail rather
 //! than panic.
 
+mod address;
 pub mod attr;
 mod channel_data;
+mod data_indication;
+mod header;
+mod integrity;
 mod message;
 mod writer;
+
+#[cfg(test)]
+mod tests;
 
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use message::{AttrIter, IntegrityCheck, IntegrityKind, Message, ParseError, RawAttr};
@@ -68,8 +75,7 @@ pub fn frame_kind(buf: &[u8]) -> FrameKind {
 
 /// Decodes an XOR-MAPPED/XOR-PEER/XOR-RELAYED-ADDRESS attribute value (IPv4 or IPv6).
 pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Result<SocketAddr, ParseError> {
-    let _ = (value, tid);
-    todo!("stun helper")
+    address::decode(value, Some(tid))
 }
 
 /// Total length in bytes of the complete frame (STUN message or ChannelData) at the start of a
@@ -77,8 +83,18 @@ pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Result<SocketAdd
 /// ChannelData over streams is padded to a multiple of 4 (RFC 8656 §12.5); `padded` says whether to
 /// count that padding.
 pub fn frame_len(buf: &[u8], padded: bool) -> Option<usize> {
-    let _ = (buf, padded);
-    todo!("stun helper")
+    let len = match buf {
+        [_, _, l0, l1, ..] => usize::from(u16::from_be_bytes([*l0, *l1])),
+        _ => return None,
+    };
+    match frame_kind(buf) {
+        FrameKind::Stun => Some(HEADER_LEN + len),
+        FrameKind::ChannelData if padded => {
+            header::padded(len).map(|p| CHANNEL_DATA_HEADER_LEN + p)
+        }
+        FrameKind::ChannelData => Some(CHANNEL_DATA_HEADER_LEN + len),
+        FrameKind::Other => None,
+    }
 }
 
 /// Largest Data indication prefix: header (20) + XOR-PEER-ADDRESS for IPv6 (4 + 20) + DATA
@@ -87,20 +103,19 @@ pub const DATA_INDICATION_MAX_PREFIX: usize = 48;
 
 /// Length of the Data indication prefix for a peer of this family (36 for IPv4, 48 for IPv6).
 pub fn data_indication_prefix_len(peer: &SocketAddr) -> usize {
-    let _ = peer;
-    todo!("stun helper")
+    data_indication::prefix_len(peer)
 }
 
 /// Writes a Data indication's prefix (STUN header, XOR-PEER-ADDRESS, DATA attribute header) into
 /// `buf`, whose length must be `data_indication_prefix_len(&peer)`; the caller places `data_len`
 /// payload bytes right after it followed by zero padding to a multiple of 4. The header length
-/// field counts that padding. Returns the total message length (prefix + padded payload).
+/// field counts that padding. Returns the total message length (prefix + padded payload), or 0
+/// (writing nothing) if `buf` is shorter than the prefix or `data_len` cannot fit a STUN message.
 pub fn write_data_indication_prefix(
     buf: &mut [u8],
     tid: &TransactionId,
     peer: SocketAddr,
     data_len: usize,
 ) -> usize {
-    let _ = (buf, tid, peer, data_len);
-    todo!("stun helper")
+    data_indication::write_prefix(buf, tid, peer, data_len)
 }
