@@ -19,7 +19,11 @@ pub fn mint(secret: &str, user: Option<&str>, ttl: u64, now_unix: u64) -> Minted
         None => expiry.to_string(),
     };
     let password = rest_password(secret, &username);
-    Minted { username, password, ttl }
+    Minted {
+        username,
+        password,
+        ttl,
+    }
 }
 
 /// The browser's `RTCIceServer` shape for a minted credential.

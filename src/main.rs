@@ -54,7 +54,9 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
     if let Some(secret) = &generated_secret {
         print_first_run_banner(secret, &config);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(wait_for_signals(cli, &udp, generated_secret.as_deref()))?;
     info!("shutting down");
     udp.shutdown();
@@ -62,7 +64,11 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
 }
 
 /// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config).
-async fn wait_for_signals(cli: &Cli, udp: &UdpService, generated_secret: Option<&str>) -> std::io::Result<()> {
+async fn wait_for_signals(
+    cli: &Cli,
+    udp: &UdpService,
+    generated_secret: Option<&str>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -92,7 +98,6 @@ fn print_first_run_banner(secret: &str, config: &Config) {
     println!("Example credential, valid for one hour:");
     println!("  username:   {}", minted.username);
     println!("  credential: {}", minted.password);
-    println!("  try it:     turnutils_uclient -u '{}' -w '{}' -y 127.0.0.1 -p {port}", minted.username, minted.password);
     let ice = ice_server_json(&minted, &[format!("turn:127.0.0.1:{port}?transport=udp")]);
     println!("  RTCIceServer: {ice}");
 }
@@ -110,12 +115,19 @@ fn random_secret() -> String {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
 }

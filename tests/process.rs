@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{free_port, relay_range, unix_now, Tern, TempFile, SECRET};
+use common::{free_port, relay_range, unix_now, TempFile, Tern, SECRET};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,10 @@ fn bad_config_value_names_key_and_value_and_exits_before_binding() {
     let output = tern().arg("--config").arg(&config.0).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("min-port") && stderr.contains("60000"), "{stderr}");
+    assert!(
+        stderr.contains("min-port") && stderr.contains("60000"),
+        "{stderr}"
+    );
     // Nothing was bound: the port is still free.
     std::net::UdpSocket::bind(("127.0.0.1", port)).expect("port still free");
 }
@@ -37,7 +40,10 @@ fn unknown_key_and_bad_address_are_named() {
     let output = tern().arg("--config").arg(&config.0).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("denied-peer-ip") && stderr.contains("10.0.0.0/33"), "{stderr}");
+    assert!(
+        stderr.contains("denied-peer-ip") && stderr.contains("10.0.0.0/33"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -51,13 +57,28 @@ fn secret_is_never_echoed_in_a_config_error() {
 #[test]
 fn credentials_subcommand_prints_a_working_rest_credential() {
     let output = tern()
-        .args(["credentials", "--secret", SECRET, "--user", "alice", "--ttl", "600", "--uri", "turn:127.0.0.1:3478"])
+        .args([
+            "credentials",
+            "--secret",
+            SECRET,
+            "--user",
+            "alice",
+            "--ttl",
+            "600",
+            "--uri",
+            "turn:127.0.0.1:3478",
+        ])
         .output()
         .unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let field = |name: &str| {
-        stdout.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("{name} in {stdout}")).to_string()
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {stdout}"))
+            .to_string()
     };
     let username = field("username:");
     let password = field("password:");
@@ -75,7 +96,10 @@ fn credentials_subcommand_prints_a_working_rest_credential() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = client(tern.addr, &username, &password).await;
-        client.allocate().await.expect("allocation with the printed credential");
+        client
+            .allocate()
+            .await
+            .expect("allocation with the printed credential");
         client.close().await.unwrap();
     });
 }
@@ -112,10 +136,16 @@ fn sighup_rotates_secrets_and_a_bad_file_keeps_the_running_config() {
     let port = free_port();
     let (min, max) = relay_range();
     let base = format!("listening-ip = \"127.0.0.1\"\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\nlog-level = \"info\"\n");
-    let tern = Tern::start_with_config(port, &format!("{base}static-auth-secret = \"old-secret\"\n"));
+    let tern = Tern::start_with_config(
+        port,
+        &format!("{base}static-auth-secret = \"old-secret\"\n"),
+    );
     let config_path = tern.config_path();
     let hangup = || {
-        let status = Command::new("kill").args(["-HUP", &tern.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &tern.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         std::thread::sleep(Duration::from_millis(700));
     };
@@ -124,7 +154,11 @@ fn sighup_rotates_secrets_and_a_bad_file_keeps_the_running_config() {
     assert!(!runtime.block_on(can_allocate(tern.addr, "new-secret")));
 
     // Rotation: both secrets verify during the overlap.
-    std::fs::write(&config_path, format!("{base}static-auth-secret = [\"new-secret\", \"old-secret\"]\n")).unwrap();
+    std::fs::write(
+        &config_path,
+        format!("{base}static-auth-secret = [\"new-secret\", \"old-secret\"]\n"),
+    )
+    .unwrap();
     hangup();
     assert!(runtime.block_on(can_allocate(tern.addr, "new-secret")));
     assert!(runtime.block_on(can_allocate(tern.addr, "old-secret")));
@@ -134,5 +168,8 @@ fn sighup_rotates_secrets_and_a_bad_file_keeps_the_running_config() {
     hangup();
     assert!(runtime.block_on(can_allocate(tern.addr, "new-secret")));
     assert!(tern.logs().contains("reload refused"), "{}", tern.logs());
-    assert!(!tern.logs().contains("new-secret"), "secrets stay out of logs");
+    assert!(
+        !tern.logs().contains("new-secret"),
+        "secrets stay out of logs"
+    );
 }

@@ -14,6 +14,10 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 
+/// Slack on the `max-credential-ttl` ceiling for the minting backend's clock running ahead of
+/// ours (and for our second-granular clock): a credential minted "now + ttl" elsewhere must pass.
+pub const CLOCK_SKEW_GRACE: u64 = 300;
+
 /// The 16-byte long-term key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
 pub type LongTermKey = [u8; 16];
 
@@ -144,7 +148,7 @@ impl Authenticator {
     /// `<user>:<expiry>` as coTURN also accepts) and one key per secret is returned.
     ///
     /// A REST credential is valid while `expiry >= now_unix` (it expires *after* its expiry
-    /// second), and refused if `expiry > now_unix + max_credential_ttl` (unless that is 0).
+    /// second), and refused if `expiry > now_unix + max_credential_ttl + CLOCK_SKEW_GRACE` (unless the ttl is 0).
     pub fn keys(&self, username: &str, now_unix: u64) -> Result<KeySet, AuthError> {
         let inner = &*self.inner;
         let mut set = KeySet::default();
@@ -162,7 +166,10 @@ impl Authenticator {
         // coTURN accepts any future expiry; we refuse far-future ones so a leaked credential
         // cannot live forever.
         if inner.max_credential_ttl != 0
-            && rest.expiry > now_unix.saturating_add(inner.max_credential_ttl)
+            && rest.expiry
+                > now_unix
+                    .saturating_add(inner.max_credential_ttl)
+                    .saturating_add(CLOCK_SKEW_GRACE)
         {
             return Err(AuthError::TtlTooLong);
         }
@@ -383,7 +390,9 @@ mod tests {
         let auth = rest_auth(&["s"], DAY);
         let at_limit = format!("{}:alice", NOW + DAY);
         assert!(auth.keys(&at_limit, NOW).is_ok());
-        let beyond = format!("{}:alice", NOW + DAY + 1);
+        let backend_clock_ahead = format!("{}:alice", NOW + DAY + CLOCK_SKEW_GRACE);
+        assert!(auth.keys(&backend_clock_ahead, NOW).is_ok());
+        let beyond = format!("{}:alice", NOW + DAY + CLOCK_SKEW_GRACE + 1);
         assert_eq!(auth.keys(&beyond, NOW).unwrap_err(), AuthError::TtlTooLong);
     }
 

@@ -118,6 +118,16 @@ pub struct ServeArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub allow_loopback_peers: Option<bool>,
+    /// Also accept channel numbers 0x5000-0x7FFF (RFC 5766 clients) [default: false].
+    #[arg(
+        long,
+        env = "TERN_ALLOW_RFC5766_CHANNEL_NUMBERS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub allow_rfc5766_channel_numbers: Option<bool>,
     /// Allocation lifetime when the client asks for none, seconds [default: 600].
     #[arg(long, env = "TERN_DEFAULT_ALLOCATE_LIFETIME", value_name = "SECONDS")]
     pub default_allocate_lifetime: Option<u32>,

@@ -55,6 +55,9 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "denied-peer-ip" => config.denied_peer_ips = each(key, value, values::range)?,
         "allowed-peer-ip" => config.allowed_peer_ips = each(key, value, values::range)?,
         "allow-loopback-peers" => config.allow_loopback_peers = boolean(key, value)?,
+        "allow-rfc5766-channel-numbers" => {
+            config.allow_rfc5766_channel_numbers = boolean(key, value)?
+        }
         "default-allocate-lifetime" => config.default_allocate_lifetime = integer(key, value)?,
         "max-allocate-lifetime" => config.max_allocate_lifetime = integer(key, value)?,
         "permission-lifetime" => config.permission_lifetime = integer(key, value)?,
@@ -296,6 +299,7 @@ mod tests {
             "denied-peer-ip",
             "allowed-peer-ip",
             "allow-loopback-peers",
+            "allow-rfc5766-channel-numbers",
             "default-allocate-lifetime",
             "max-allocate-lifetime",
             "permission-lifetime",

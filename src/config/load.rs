@@ -92,6 +92,10 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
     set(&mut config.max_port, args.max_port);
     set(&mut config.allow_loopback_peers, args.allow_loopback_peers);
     set(
+        &mut config.allow_rfc5766_channel_numbers,
+        args.allow_rfc5766_channel_numbers,
+    );
+    set(
         &mut config.default_allocate_lifetime,
         args.default_allocate_lifetime,
     );

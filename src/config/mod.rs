@@ -58,6 +58,9 @@ pub struct Config {
     pub allowed_peer_ips: Vec<IpRange>,
     /// `allow-loopback-peers` (false).
     pub allow_loopback_peers: bool,
+    /// `allow-rfc5766-channel-numbers` (false): also bind channels 0x5000–0x7FFF, as RFC 5766
+    /// clients (coTURN's turnutils_uclient among them) pick; RFC 8656 allows 0x4000–0x4FFF.
+    pub allow_rfc5766_channel_numbers: bool,
     /// `default-allocate-lifetime` (600) and `max-allocate-lifetime` (3600), seconds.
     pub default_allocate_lifetime: u32,
     pub max_allocate_lifetime: u32,
@@ -98,6 +101,7 @@ impl Default for Config {
             denied_peer_ips: Vec::new(),
             allowed_peer_ips: Vec::new(),
             allow_loopback_peers: false,
+            allow_rfc5766_channel_numbers: false,
             default_allocate_lifetime: 600,
             max_allocate_lifetime: 3600,
             permission_lifetime: 300,

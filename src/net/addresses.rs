@@ -10,7 +10,11 @@ use std::net::IpAddr;
 pub fn expand_listening_ips(configured: &[IpAddr]) -> io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     let needs_interfaces = configured.iter().any(IpAddr::is_unspecified);
-    let interfaces = if needs_interfaces { if_addrs::get_if_addrs()? } else { Vec::new() };
+    let interfaces = if needs_interfaces {
+        if_addrs::get_if_addrs()?
+    } else {
+        Vec::new()
+    };
     for ip in configured {
         if ip.is_unspecified() {
             let family_matches = |candidate: &IpAddr| candidate.is_ipv4() == ip.is_ipv4();
@@ -63,11 +67,17 @@ mod tests {
     fn relay_ip_follows_config_then_reached_address() {
         let v4: IpAddr = "192.0.2.10".parse().unwrap();
         let v6: IpAddr = "2001:db8::10".parse().unwrap();
-        let plan = RelayPlan { relay_ips: vec![], listening_ips: vec![v4, v6] };
+        let plan = RelayPlan {
+            relay_ips: vec![],
+            listening_ips: vec![v4, v6],
+        };
         assert_eq!(plan.ip_for(Family::V4, v4), Some(v4));
         assert_eq!(plan.ip_for(Family::V6, v4), Some(v6));
         let configured: IpAddr = "192.0.2.99".parse().unwrap();
-        let plan = RelayPlan { relay_ips: vec![configured], listening_ips: vec![v4] };
+        let plan = RelayPlan {
+            relay_ips: vec![configured],
+            listening_ips: vec![v4],
+        };
         assert_eq!(plan.ip_for(Family::V4, v4), Some(configured));
         assert_eq!(plan.ip_for(Family::V6, v4), None);
     }

@@ -2,12 +2,14 @@
 
 mod addresses;
 mod port_pool;
+mod relay_ports;
 mod sockets;
 mod stats;
 mod udp_worker;
 
 pub use addresses::{expand_listening_ips, RelayPlan};
 pub use port_pool::PortPool;
+pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
 
 use crate::auth::NonceMint;
@@ -33,14 +35,16 @@ struct WorkerHandle {
 pub struct UdpService {
     workers: Vec<WorkerHandle>,
     pub stats: Vec<Arc<WorkerStats>>,
-    pub ports: Arc<Mutex<PortPool>>,
+    pub ports: Arc<Mutex<RelayPorts>>,
     pub listening: Vec<SocketAddr>,
 }
 
 /// Workers to run: `relay-threads`, or one per core.
 pub fn worker_count(config: &Config) -> usize {
     match config.relay_threads {
-        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1),
         n => n,
     }
 }
@@ -56,26 +60,40 @@ impl UdpService {
     ) -> io::Result<UdpService> {
         let listening_ips = expand_listening_ips(&config.listening_ips)?;
         if listening_ips.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to listen on"));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no address to listen on",
+            ));
         }
-        let listening: Vec<SocketAddr> =
-            listening_ips.iter().map(|ip| SocketAddr::new(*ip, config.listening_port)).collect();
-        let plan = Arc::new(RelayPlan { relay_ips: config.relay_ips.clone(), listening_ips });
-        let ports = Arc::new(Mutex::new(PortPool::new(config.min_port, config.max_port)));
+        let listening: Vec<SocketAddr> = listening_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, config.listening_port))
+            .collect();
+        let plan = Arc::new(RelayPlan {
+            relay_ips: config.relay_ips.clone(),
+            listening_ips,
+        });
+        let pool = PortPool::new(config.min_port, config.max_port);
+        let ports = Arc::new(Mutex::new(RelayPorts::new(pool, config.sock_buf_size)));
         let mut bound = Vec::new();
         for id in 0..worker_count(config) {
             let (poll, waker) = udp_worker::new_poll()?;
             let (control, receiver) = mpsc::channel();
             let stats = Arc::new(WorkerStats::default());
             let now = Instant::now();
-            let server = Server::new(core.clone(), nonces.clone(), quotas.clone(), now, udp_worker::unix_now());
+            let server = Server::new(
+                core.clone(),
+                nonces.clone(),
+                quotas.clone(),
+                now,
+                udp_worker::unix_now(),
+            );
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),
                 server,
                 ports: ports.clone(),
                 plan: plan.clone(),
-                sock_buf_size: config.sock_buf_size,
                 control: receiver,
                 poll,
                 stats: stats.clone(),
@@ -85,11 +103,22 @@ impl UdpService {
         let mut workers = Vec::new();
         let mut all_stats = Vec::new();
         for (id, (worker, control, waker, stats)) in bound.into_iter().enumerate() {
-            let thread = std::thread::Builder::new().name(format!("tern-udp-{id}")).spawn(move || worker.run())?;
-            workers.push(WorkerHandle { thread, control, waker });
+            let thread = std::thread::Builder::new()
+                .name(format!("tern-udp-{id}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                thread,
+                control,
+                waker,
+            });
             all_stats.push(stats);
         }
-        Ok(UdpService { workers, stats: all_stats, ports, listening })
+        Ok(UdpService {
+            workers,
+            stats: all_stats,
+            ports,
+            listening,
+        })
     }
 
     /// Hands every worker a new configuration snapshot; traffic does not pause.

@@ -16,7 +16,10 @@ impl PortPool {
     pub fn new(min: u16, max: u16) -> Self {
         let mut ports: Vec<u16> = (min..=max).collect();
         ports.shuffle(&mut rand::thread_rng());
-        PortPool { size: ports.len(), free: ports.into() }
+        PortPool {
+            size: ports.len(),
+            free: ports.into(),
+        }
     }
 
     /// A free port (an even one if asked), or `None` when none is left.
@@ -26,6 +29,18 @@ impl PortPool {
         }
         let position = self.free.iter().position(|p| p % 2 == 0)?;
         self.free.remove(position)
+    }
+
+    /// An even port whose successor is free too; both leave the pool (RTP/RTCP pairs).
+    pub fn take_pair(&mut self) -> Option<(u16, u16)> {
+        let position = self
+            .free
+            .iter()
+            .position(|&p| p % 2 == 0 && p < u16::MAX && self.free.contains(&(p + 1)))?;
+        let even = self.free.remove(position)?;
+        let odd_position = self.free.iter().position(|&p| p == even + 1)?;
+        self.free.remove(odd_position);
+        Some((even, even + 1))
     }
 
     pub fn give_back(&mut self, port: u16) {
@@ -63,6 +78,17 @@ mod tests {
         let next_two = [pool.take(false).unwrap(), pool.take(false).unwrap()];
         assert!(!next_two.contains(&first));
         assert_eq!(pool.take(false), Some(first));
+    }
+
+    #[test]
+    fn pairs_are_even_then_odd_and_leave_the_pool() {
+        let mut pool = PortPool::new(50000, 50003);
+        let (even, odd) = pool.take_pair().unwrap();
+        assert_eq!((even % 2, odd), (0, even + 1));
+        let (second, _) = pool.take_pair().unwrap();
+        assert_ne!(second, even);
+        assert_eq!(pool.take_pair(), None);
+        assert_eq!(pool.free(), 0);
     }
 
     #[test]

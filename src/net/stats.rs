@@ -22,16 +22,23 @@ pub struct WorkerStats {
 impl WorkerStats {
     pub fn publish(&self, server: &Server) {
         let c = server.counters();
-        self.allocations.store(server.allocation_count() as u64, Relaxed);
-        self.allocations_created.store(c.allocations_created, Relaxed);
-        self.allocations_expired.store(c.allocations_expired, Relaxed);
-        self.allocations_deleted.store(c.allocations_deleted, Relaxed);
+        self.allocations
+            .store(server.allocation_count() as u64, Relaxed);
+        self.allocations_created
+            .store(c.allocations_created, Relaxed);
+        self.allocations_expired
+            .store(c.allocations_expired, Relaxed);
+        self.allocations_deleted
+            .store(c.allocations_deleted, Relaxed);
         self.auth_failures.store(c.auth_failures, Relaxed);
         self.peers_denied.store(c.peers_denied, Relaxed);
         self.quota_rejections.store(c.quota_rejections, Relaxed);
-        self.packets_to_peer.store(c.traffic.packets_to_peer, Relaxed);
+        self.packets_to_peer
+            .store(c.traffic.packets_to_peer, Relaxed);
         self.bytes_to_peer.store(c.traffic.bytes_to_peer, Relaxed);
-        self.packets_to_client.store(c.traffic.packets_to_client, Relaxed);
-        self.bytes_to_client.store(c.traffic.bytes_to_client, Relaxed);
+        self.packets_to_client
+            .store(c.traffic.packets_to_client, Relaxed);
+        self.bytes_to_client
+            .store(c.traffic.bytes_to_client, Relaxed);
     }
 }

@@ -3,11 +3,14 @@
 //! path is shared with other workers.
 
 use super::addresses::RelayPlan;
-use super::port_pool::PortPool;
+use super::relay_ports::RelayPorts;
 use super::sockets;
 use super::stats::WorkerStats;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
-use crate::turn::{AllocId, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest, Server, Transport};
+use crate::turn::{
+    AllocId, BoundRelay, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest, Server,
+    Transport,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, ErrorKind};
@@ -27,8 +30,6 @@ const PACKET_BUFFER: usize = DATA_INDICATION_MAX_PREFIX + 65536 + 4;
 const REPLY_BUFFER: usize = 4096;
 /// Upper bound on how long the loop sleeps, so wall-clock sync and stats stay fresh.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
-/// Tries before giving up on finding a bindable relay port (ports taken by other programs).
-const BIND_ATTEMPTS: usize = 64;
 
 /// Messages from the rest of the process, delivered with a wake-up.
 pub(crate) enum Control {
@@ -52,9 +53,8 @@ pub(crate) struct WorkerSetup {
     pub id: usize,
     pub listen: Vec<SocketAddr>,
     pub server: Server,
-    pub ports: Arc<Mutex<PortPool>>,
+    pub ports: Arc<Mutex<RelayPorts>>,
     pub plan: Arc<RelayPlan>,
-    pub sock_buf_size: usize,
     pub control: Receiver<Control>,
     pub poll: Poll,
     pub stats: Arc<WorkerStats>,
@@ -66,9 +66,8 @@ pub(crate) struct UdpWorker {
     listeners: Vec<Listener>,
     relays: Vec<Option<Relay>>,
     server: Server,
-    ports: Arc<Mutex<PortPool>>,
+    ports: Arc<Mutex<RelayPorts>>,
     plan: Arc<RelayPlan>,
-    sock_buf_size: usize,
     control: Receiver<Control>,
     stats: Arc<WorkerStats>,
     packet: Box<[u8]>,
@@ -87,11 +86,19 @@ impl UdpWorker {
     pub fn bind(setup: WorkerSetup) -> io::Result<UdpWorker> {
         let mut listeners = Vec::new();
         for (i, addr) in setup.listen.iter().enumerate() {
-            let std_socket = sockets::reuseport_udp(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}")))?;
+            let std_socket = sockets::reuseport_udp(*addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
+            })?;
             let mut socket = UdpSocket::from_std(std_socket);
-            setup.poll.registry().register(&mut socket, Token(LISTENER_TOKEN_BASE + i), Interest::READABLE)?;
-            listeners.push(Listener { socket, local: *addr });
+            setup.poll.registry().register(
+                &mut socket,
+                Token(LISTENER_TOKEN_BASE + i),
+                Interest::READABLE,
+            )?;
+            listeners.push(Listener {
+                socket,
+                local: *addr,
+            });
         }
         Ok(UdpWorker {
             id: setup.id,
@@ -101,7 +108,6 @@ impl UdpWorker {
             server: setup.server,
             ports: setup.ports,
             plan: setup.plan,
-            sock_buf_size: setup.sock_buf_size,
             control: setup.control,
             stats: setup.stats,
             packet: vec![0u8; PACKET_BUFFER].into_boxed_slice(),
@@ -136,7 +142,9 @@ impl UdpWorker {
                             return;
                         }
                     }
-                    Token(t) if t >= LISTENER_TOKEN_BASE => self.drain_listener(now, t - LISTENER_TOKEN_BASE),
+                    Token(t) if t >= LISTENER_TOKEN_BASE => {
+                        self.drain_listener(now, t - LISTENER_TOKEN_BASE)
+                    }
                     Token(index) => self.drain_relay(index),
                 }
             }
@@ -163,7 +171,9 @@ impl UdpWorker {
 
     fn drain_listener(&mut self, now: Instant, index: usize) {
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             let (len, client) = match listener.socket.recv_from(&mut self.packet) {
                 Ok(received) => received,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -172,8 +182,14 @@ impl UdpWorker {
                     return;
                 }
             };
-            let tuple = FiveTuple { client, server: listener.local, transport: Transport::Udp };
-            let output = self.server.handle_client(now, tuple, &self.packet[..len], &mut self.reply);
+            let tuple = FiveTuple {
+                client,
+                server: listener.local,
+                transport: Transport::Udp,
+            };
+            let output =
+                self.server
+                    .handle_client(now, tuple, &self.packet[..len], &mut self.reply);
             match output {
                 Output::BindRelay(request) => self.bind_relay(now, request),
                 other => send(&self.listeners, &self.relays, other),
@@ -184,8 +200,13 @@ impl UdpWorker {
 
     fn drain_relay(&mut self, index: usize) {
         loop {
-            let Some(relay) = self.relays.get(index).and_then(Option::as_ref) else { return };
-            let alloc = AllocId { index, generation: relay.generation };
+            let Some(relay) = self.relays.get(index).and_then(Option::as_ref) else {
+                return;
+            };
+            let alloc = AllocId {
+                index,
+                generation: relay.generation,
+            };
             let payload = &mut self.packet[DATA_INDICATION_MAX_PREFIX..PACKET_BUFFER - 4];
             let (len, peer) = match relay.socket.recv_from(payload) {
                 Ok(received) => received,
@@ -202,8 +223,8 @@ impl UdpWorker {
 
     /// Binds a relay socket for a new allocation and completes the Allocate.
     fn bind_relay(&mut self, now: Instant, request: RelayRequest) {
-        let result = self.open_relay(request);
-        let relay_addr = result.as_ref().map(|(addr, _)| *addr).map_err(|e| *e);
+        let result = self.open_relay(now, request);
+        let bound = result.as_ref().map(|(bound, _)| *bound).map_err(|e| *e);
         if let Ok((_, relay)) = result {
             let index = request.alloc.index;
             if self.relays.len() <= index {
@@ -211,54 +232,66 @@ impl UdpWorker {
             }
             self.relays[index] = Some(relay);
         }
-        let output = self.server.relay_bound(now, request.alloc, relay_addr, &mut self.reply);
+        let output = self
+            .server
+            .relay_bound(now, request.alloc, bound, &mut self.reply);
         send(&self.listeners, &self.relays, output);
     }
 
-    fn open_relay(&mut self, request: RelayRequest) -> Result<(SocketAddr, Relay), RelayError> {
-        let ip = self.plan.ip_for(request.family, request.tuple.server.ip()).ok_or(RelayError::FamilyUnsupported)?;
-        for _ in 0..BIND_ATTEMPTS {
-            let port = lock(&self.ports).take(request.even_port).ok_or(RelayError::NoPorts)?;
-            match sockets::relay_udp(SocketAddr::new(ip, port), self.sock_buf_size) {
-                Ok(std_socket) => {
-                    let mut socket = UdpSocket::from_std(std_socket);
-                    let token = Token(request.alloc.index);
-                    if let Err(error) = self.poll.registry().register(&mut socket, token, Interest::READABLE) {
-                        warn!(%error, "cannot register relay socket");
-                        lock(&self.ports).give_back(port);
-                        return Err(RelayError::NoPorts);
-                    }
-                    let generation = request.alloc.generation;
-                    return Ok((SocketAddr::new(ip, port), Relay { socket, generation, port }));
-                }
-                Err(error) => {
-                    // Taken by another program, most likely: try the next one.
-                    debug!(%error, port, "relay port not bindable");
-                    lock(&self.ports).give_back(port);
-                }
-            }
+    fn open_relay(
+        &mut self,
+        now: Instant,
+        request: RelayRequest,
+    ) -> Result<(BoundRelay, Relay), RelayError> {
+        let ip = self
+            .plan
+            .ip_for(request.family, request.tuple.server.ip())
+            .ok_or(RelayError::FamilyUnsupported)?;
+        let opened = lock(&self.ports).open(ip, request.port, now)?;
+        let mut socket = UdpSocket::from_std(opened.socket);
+        let token = Token(request.alloc.index);
+        if let Err(error) = self
+            .poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+        {
+            warn!(%error, "cannot register relay socket");
+            lock(&self.ports).release(opened.port);
+            return Err(RelayError::NoPorts);
         }
-        warn!(ip = %ip, "no bindable relay port after {BIND_ATTEMPTS} attempts");
-        Err(RelayError::NoPorts)
+        let bound = BoundRelay {
+            local: opened.local,
+            reservation: opened.reservation,
+        };
+        Ok((
+            bound,
+            Relay {
+                socket,
+                generation: request.alloc.generation,
+                port: opened.port,
+            },
+        ))
     }
 
     /// Closes the relay sockets of allocations the server has ended.
     fn apply_events(&mut self) {
         while let Some(Event::Released { alloc, .. }) = self.server.poll_event() {
             let slot = self.relays.get_mut(alloc.index);
-            let Some(slot) = slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation)) else {
+            let Some(slot) =
+                slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation))
+            else {
                 continue;
             };
             if let Some(mut relay) = slot.take() {
                 let _ = self.poll.registry().deregister(&mut relay.socket);
-                lock(&self.ports).give_back(relay.port);
+                lock(&self.ports).release(relay.port);
             }
         }
     }
 
     fn release_all(&mut self) {
         for relay in self.relays.iter_mut().filter_map(Option::take) {
-            lock(&self.ports).give_back(relay.port);
+            lock(&self.ports).release(relay.port);
         }
     }
 }
@@ -266,14 +299,18 @@ impl UdpWorker {
 /// Carries out a reply or a relayed packet. A full socket buffer drops the datagram, as UDP would.
 fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
     let result = match output {
-        Output::ToClient { tuple, data } => match listeners.iter().find(|l| l.local == tuple.server) {
-            Some(listener) => listener.socket.send_to(data, tuple.client),
-            None => return,
-        },
-        Output::ToPeer { alloc, peer, data } => match relays.get(alloc.index).and_then(Option::as_ref) {
-            Some(relay) => relay.socket.send_to(data, peer),
-            None => return,
-        },
+        Output::ToClient { tuple, data } => {
+            match listeners.iter().find(|l| l.local == tuple.server) {
+                Some(listener) => listener.socket.send_to(data, tuple.client),
+                None => return,
+            }
+        }
+        Output::ToPeer { alloc, peer, data } => {
+            match relays.get(alloc.index).and_then(Option::as_ref) {
+                Some(relay) => relay.socket.send_to(data, peer),
+                None => return,
+            }
+        }
         Output::Nothing | Output::BindRelay(_) => return,
     };
     if let Err(error) = result {
@@ -283,11 +320,16 @@ fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
     }
 }
 
-fn lock(ports: &Mutex<PortPool>) -> std::sync::MutexGuard<'_, PortPool> {
+fn lock(ports: &Mutex<RelayPorts>) -> std::sync::MutexGuard<'_, RelayPorts> {
     // A poisoned pool only means another worker panicked mid-update of a free list of integers.
-    ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ports
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

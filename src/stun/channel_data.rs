@@ -4,7 +4,9 @@
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 
 /// Channel numbers a client may bind (RFC 8656 §12).
-const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// RFC 5766's range; RFC 8656 narrowed bindable numbers to 0x4000–0x4FFF, which the server
+/// enforces at ChannelBind. Framing accepts the wider range so RFC 5766 clients work when allowed.
+const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 
 /// A ChannelData message borrowing its buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,7 +16,7 @@ pub struct ChannelData<'a> {
 }
 
 impl<'a> ChannelData<'a> {
-    /// Parses a ChannelData message at the start of `buf`. Channel must be 0x4000–0x4FFF; the
+    /// Parses a ChannelData message at the start of `buf`. Channel must be 0x4000–0x7FFF; the
     /// length field must fit in `buf` (trailing padding bytes after it are allowed and ignored).
     pub fn parse(buf: &'a [u8]) -> Option<ChannelData<'a>> {
         let (channel, len, rest) = match buf {

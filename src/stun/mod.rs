@@ -64,11 +64,12 @@ pub enum FrameKind {
     Other,
 }
 
-/// Classifies a frame by its first byte: 0x00–0x03 STUN, 0x40–0x4F ChannelData.
+/// Classifies a frame by its first byte: 0x00–0x03 STUN, 0x40–0x7F ChannelData (RFC 5766's
+/// channel range; which numbers may be bound is the server's decision).
 pub fn frame_kind(buf: &[u8]) -> FrameKind {
     match buf.first() {
         Some(0x00..=0x03) => FrameKind::Stun,
-        Some(0x40..=0x4F) => FrameKind::ChannelData,
+        Some(0x40..=0x7F) => FrameKind::ChannelData,
         _ => FrameKind::Other,
     }
 }

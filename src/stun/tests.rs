@@ -588,7 +588,11 @@ fn channel_data_parse_and_write() {
     assert!(ChannelData::parse(&[0x40, 0x00, 0, 0]).is_some());
     assert!(ChannelData::parse(&[0x4F, 0xFF, 0, 0]).is_some());
     assert!(ChannelData::parse(&[0x3F, 0xFF, 0, 0]).is_none());
-    assert!(ChannelData::parse(&[0x50, 0x00, 0, 0]).is_none());
+    assert!(
+        ChannelData::parse(&[0x7F, 0xFF, 0, 0]).is_some(),
+        "RFC 5766 range frames"
+    );
+    assert!(ChannelData::parse(&[0x80, 0x00, 0, 0]).is_none());
     assert!(ChannelData::parse(&[0x00, 0x01, 0, 0]).is_none());
 }
 

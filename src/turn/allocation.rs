@@ -88,7 +88,11 @@ impl Allocation {
     pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
         match self.channels.iter_mut().find(|c| c.number == number) {
             Some(channel) => channel.expires = expires,
-            None => self.channels.push(Channel { number, peer, expires }),
+            None => self.channels.push(Channel {
+                number,
+                peer,
+                expires,
+            }),
         }
     }
 

@@ -17,6 +17,8 @@ pub struct CoreConfig {
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub stale_nonce_secs: u64,
+    /// Highest channel number ChannelBind accepts: 0x4FFF (RFC 8656) or 0x7FFF (RFC 5766).
+    pub max_channel_number: u16,
     pub user_quota: u32,
     pub total_quota: u32,
     pub software: Option<String>,
@@ -25,9 +27,18 @@ pub struct CoreConfig {
 
 impl CoreConfig {
     pub fn from_config(config: &Config) -> Self {
-        let secrets: Vec<String> = config.static_auth_secrets.iter().map(|s| s.0.clone()).collect();
+        let secrets: Vec<String> = config
+            .static_auth_secrets
+            .iter()
+            .map(|s| s.0.clone())
+            .collect();
         CoreConfig {
-            auth: Authenticator::new(&config.realm, &secrets, &config.users, config.max_credential_ttl),
+            auth: Authenticator::new(
+                &config.realm,
+                &secrets,
+                &config.users,
+                config.max_credential_ttl,
+            ),
             policy: PeerPolicy::new(
                 &config.denied_peer_ips,
                 &config.allowed_peer_ips,
@@ -38,6 +49,11 @@ impl CoreConfig {
             permission_lifetime: Duration::from_secs(config.permission_lifetime.into()),
             channel_lifetime: Duration::from_secs(config.channel_lifetime.into()),
             stale_nonce_secs: config.stale_nonce.into(),
+            max_channel_number: if config.allow_rfc5766_channel_numbers {
+                0x7FFF
+            } else {
+                0x4FFF
+            },
             user_quota: config.user_quota,
             total_quota: config.total_quota,
             software: config.software.clone().filter(|s| !s.is_empty()),
@@ -48,7 +64,10 @@ impl CoreConfig {
     /// The address XOR-RELAYED-ADDRESS advertises for a relay socket bound to `local`:
     /// a matching `public/private` pair first, then a plain `public` of the same family.
     pub fn advertised(&self, local: SocketAddr) -> SocketAddr {
-        let paired = self.external_ips.iter().find(|e| e.private == Some(local.ip()));
+        let paired = self
+            .external_ips
+            .iter()
+            .find(|e| e.private == Some(local.ip()));
         let plain = || {
             self.external_ips
                 .iter()

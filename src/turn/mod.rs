@@ -12,7 +12,10 @@ mod timers;
 
 pub use allocation::AllocationInfo;
 pub use core_config::CoreConfig;
-pub use server::{AllocId, Event, Family, FiveTuple, Output, RelayError, RelayRequest, Server, Transport};
+pub use server::{
+    AllocId, BoundRelay, Counters, Event, Family, FiveTuple, Output, PortRequest, RelayError,
+    RelayRequest, Server, Transport,
+};
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@ use super::timers::TimerQueue;
 use crate::auth::{AuthError, LongTermKey, NonceCheck, NonceMint};
 use crate::policy::Quotas;
 use crate::stun::{
-    self, attr, ChannelData, Class, FrameKind, IntegrityCheck, IntegrityKind, Message, MessageWriter, Method,
-    TransactionId, CHANNEL_DATA_HEADER_LEN, DATA_INDICATION_MAX_PREFIX,
+    self, attr, ChannelData, Class, FrameKind, IntegrityCheck, IntegrityKind, Message,
+    MessageWriter, Method, TransactionId, CHANNEL_DATA_HEADER_LEN, DATA_INDICATION_MAX_PREFIX,
 };
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -77,7 +77,36 @@ pub struct RelayRequest {
     pub alloc: AllocId,
     pub tuple: FiveTuple,
     pub family: Family,
-    pub even_port: bool,
+    pub port: PortRequest,
+}
+
+/// Which relay port an Allocate asks for (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRequest {
+    Any,
+    /// An even port; with `reserve_next`, the next port is held for a later Allocate.
+    Even {
+        reserve_next: bool,
+    },
+    /// The port held under this token by an earlier EVEN-PORT allocation.
+    Reserved([u8; 8]),
+}
+
+/// A relay socket the I/O layer bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundRelay {
+    pub local: SocketAddr,
+    /// Token for the reserved next port, when one was asked for.
+    pub reservation: Option<[u8; 8]>,
+}
+
+impl From<SocketAddr> for BoundRelay {
+    fn from(local: SocketAddr) -> Self {
+        BoundRelay {
+            local,
+            reservation: None,
+        }
+    }
 }
 
 /// Why the I/O layer could not bind a relay socket.
@@ -87,6 +116,8 @@ pub enum RelayError {
     FamilyUnsupported,
     /// No free port in the range (→ 508).
     NoPorts,
+    /// The reservation token is unknown or expired (→ 508).
+    BadReservation,
 }
 
 /// What to do after an input.
@@ -94,9 +125,16 @@ pub enum RelayError {
 pub enum Output<'a> {
     Nothing,
     /// Send `data` to the client over `tuple`.
-    ToClient { tuple: FiveTuple, data: &'a [u8] },
+    ToClient {
+        tuple: FiveTuple,
+        data: &'a [u8],
+    },
     /// Send `data` from the allocation's relay socket to `peer`.
-    ToPeer { alloc: AllocId, peer: SocketAddr, data: &'a [u8] },
+    ToPeer {
+        alloc: AllocId,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
     /// Bind a relay socket for a new allocation.
     BindRelay(RelayRequest),
 }
@@ -105,7 +143,10 @@ pub enum Output<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The allocation ended: close its relay socket and return its port.
-    Released { alloc: AllocId, relay: Option<SocketAddr> },
+    Released {
+        alloc: AllocId,
+        relay: Option<SocketAddr>,
+    },
 }
 
 /// How a response is protected: with the request's integrity kind and key, and a FINGERPRINT if
@@ -119,7 +160,11 @@ struct Seal<'k> {
 
 impl<'k> Seal<'k> {
     fn open(msg: &Message<'_>) -> Seal<'static> {
-        Seal { key: None, sha256: false, fingerprint: msg.fingerprint_ok().is_some() }
+        Seal {
+            key: None,
+            sha256: false,
+            fingerprint: msg.fingerprint_ok().is_some(),
+        }
     }
 }
 
@@ -182,7 +227,13 @@ pub struct Server {
 
 impl Server {
     /// `now_unix` is the wall-clock time at `now`; see [`Server::sync_wall_clock`].
-    pub fn new(config: Arc<CoreConfig>, nonces: NonceMint, quotas: Arc<Quotas>, now: Instant, now_unix: u64) -> Self {
+    pub fn new(
+        config: Arc<CoreConfig>,
+        nonces: NonceMint,
+        quotas: Arc<Quotas>,
+        now: Instant,
+        now_unix: u64,
+    ) -> Self {
         Server {
             config,
             nonces,
@@ -191,7 +242,10 @@ impl Server {
             by_tuple: HashMap::new(),
             timers: TimerQueue::default(),
             events: VecDeque::new(),
-            clock: WallClock { at: now, unix: now_unix },
+            clock: WallClock {
+                at: now,
+                unix: now_unix,
+            },
             next_generation: 0,
             rng: rand::random::<u64>() | 1,
             counters: Counters::default(),
@@ -209,7 +263,10 @@ impl Server {
 
     /// Re-anchors wall-clock time (REST expiry, nonces) to a fresh reading.
     pub fn sync_wall_clock(&mut self, now: Instant, now_unix: u64) {
-        self.clock = WallClock { at: now, unix: now_unix };
+        self.clock = WallClock {
+            at: now,
+            unix: now_unix,
+        };
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -235,7 +292,9 @@ impl Server {
         match stun::frame_kind(input) {
             FrameKind::ChannelData => self.channel_data_from_client(tuple, input),
             FrameKind::Stun => match Message::parse(input) {
-                Ok(msg) if msg.fingerprint_ok() != Some(false) => self.stun_from_client(now, tuple, &msg, out),
+                Ok(msg) if msg.fingerprint_ok() != Some(false) => {
+                    self.stun_from_client(now, tuple, &msg, out)
+                }
                 _ => Output::Nothing,
             },
             FrameKind::Other => Output::Nothing,
@@ -246,7 +305,13 @@ impl Server {
     /// `buf[DATA_INDICATION_MAX_PREFIX..DATA_INDICATION_MAX_PREFIX + len]`; the framing toward
     /// the client is written in place in front of it, and any padding after it, so `buf` needs
     /// 3 spare bytes past the payload.
-    pub fn handle_peer<'a>(&mut self, alloc: AllocId, peer: SocketAddr, buf: &'a mut [u8], len: usize) -> Output<'a> {
+    pub fn handle_peer<'a>(
+        &mut self,
+        alloc: AllocId,
+        peer: SocketAddr,
+        buf: &'a mut [u8],
+        len: usize,
+    ) -> Output<'a> {
         let Some(allocation) = live(&mut self.allocations, alloc) else {
             return Output::Nothing;
         };
@@ -256,7 +321,11 @@ impl Server {
             return Output::Nothing;
         }
         let tuple = allocation.tuple;
-        let pad = if tuple.transport.is_stream() { (4 - len % 4) % 4 } else { 0 };
+        let pad = if tuple.transport.is_stream() {
+            (4 - len % 4) % 4
+        } else {
+            0
+        };
         let channel = allocation.channel_by_peer(peer).map(|c| c.number);
         allocation.stats.packets_to_client += 1;
         allocation.stats.bytes_to_client += len as u64;
@@ -274,13 +343,24 @@ impl Server {
             None => {
                 let prefix = stun::data_indication_prefix_len(&peer);
                 let tid = self.random_tid();
-                stun::write_data_indication_prefix(&mut buf[start - prefix..start], &tid, peer, len);
+                stun::write_data_indication_prefix(
+                    &mut buf[start - prefix..start],
+                    &tid,
+                    peer,
+                    len,
+                );
                 let data_pad = (4 - len % 4) % 4;
                 buf[end..end + data_pad].fill(0);
-                return Output::ToClient { tuple, data: &buf[start - prefix..end + data_pad] };
+                return Output::ToClient {
+                    tuple,
+                    data: &buf[start - prefix..end + data_pad],
+                };
             }
         };
-        Output::ToClient { tuple, data: &buf[frame_start..end + pad] }
+        Output::ToClient {
+            tuple,
+            data: &buf[frame_start..end + pad],
+        }
     }
 
     /// Completes an Allocate once the I/O layer has bound (or failed to bind) the relay socket.
@@ -288,7 +368,7 @@ impl Server {
         &mut self,
         now: Instant,
         alloc: AllocId,
-        result: Result<SocketAddr, RelayError>,
+        result: Result<BoundRelay, RelayError>,
         out: &'a mut [u8],
     ) -> Output<'a> {
         let Some(allocation) = live(&mut self.allocations, alloc) else {
@@ -300,25 +380,39 @@ impl Server {
         let tuple = allocation.tuple;
         let key = allocation.key;
         let tid = allocation.allocate_tid;
-        let seal = Seal { key: Some(&key), sha256: pending.sha256, fingerprint: pending.fingerprint };
+        let seal = Seal {
+            key: Some(&key),
+            sha256: pending.sha256,
+            fingerprint: pending.fingerprint,
+        };
         match result {
-            Ok(local) => {
+            Ok(BoundRelay { local, reservation }) => {
                 let advertised = self.config.advertised(local);
                 allocation.relay = Some((local, advertised));
                 self.counters.allocations_created += 1;
                 debug!(client = %tuple.client, relay = %advertised, user = %allocation.username, "allocation created");
-                self.allocate_success(now, alloc.index, &tid, seal, out)
+                self.allocate_success(now, alloc.index, &tid, reservation, seal, out)
             }
             Err(error) => {
                 self.remove_allocation(alloc.index, Removal::Failed);
                 let code = match error {
                     RelayError::FamilyUnsupported => errors::ADDRESS_FAMILY_NOT_SUPPORTED,
-                    RelayError::NoPorts => errors::INSUFFICIENT_CAPACITY,
+                    RelayError::NoPorts | RelayError::BadReservation => {
+                        errors::INSUFFICIENT_CAPACITY
+                    }
                 };
                 let software = self.config.software.clone();
-                let data = write_message(out, Method::ALLOCATE, Class::Error, &tid, software.as_deref(), seal, |w| {
-                    w.add_error_code(code, reason(code));
-                });
+                let data = write_message(
+                    out,
+                    Method::ALLOCATE,
+                    Class::Error,
+                    &tid,
+                    software.as_deref(),
+                    seal,
+                    |w| {
+                        w.add_error_code(code, reason(code));
+                    },
+                );
                 to_client(tuple, data)
             }
         }
@@ -333,8 +427,12 @@ impl Server {
 
     /// Deletes every allocation of `username` (admin API); returns how many.
     pub fn delete_user(&mut self, username: &str) -> usize {
-        let doomed: Vec<usize> =
-            self.allocations.iter().filter(|(_, a)| &*a.username == username).map(|(i, _)| i).collect();
+        let doomed: Vec<usize> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| &*a.username == username)
+            .map(|(i, _)| i)
+            .collect();
         for &index in &doomed {
             self.remove_allocation(index, Removal::Deleted);
         }
@@ -368,7 +466,6 @@ impl Server {
         self.events.pop_front()
     }
 
-
     fn random_tid(&mut self) -> TransactionId {
         // xorshift64*: transaction ids of Data indications need to be unpredictable-ish and
         // unique, not cryptographic, and this costs no syscall per packet.
@@ -377,7 +474,9 @@ impl Server {
             self.rng ^= self.rng << 13;
             self.rng ^= self.rng >> 7;
             self.rng ^= self.rng << 17;
-            chunk.copy_from_slice(&(self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_be_bytes()[4..]);
+            chunk.copy_from_slice(
+                &(self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_be_bytes()[4..],
+            );
         }
         tid
     }
@@ -401,8 +500,15 @@ impl Server {
         allocation.stats.bytes_to_peer += frame.data.len() as u64;
         self.counters.traffic.packets_to_peer += 1;
         self.counters.traffic.bytes_to_peer += frame.data.len() as u64;
-        let alloc = AllocId { index, generation: allocation.generation };
-        Output::ToPeer { alloc, peer, data: frame.data }
+        let alloc = AllocId {
+            index,
+            generation: allocation.generation,
+        };
+        Output::ToPeer {
+            alloc,
+            peer,
+            data: frame.data,
+        }
     }
 
     fn stun_from_client<'a>(
@@ -415,15 +521,26 @@ impl Server {
         match (msg.class(), msg.method()) {
             (Class::Request, Method::BINDING) => self.binding(tuple, msg, out),
             (Class::Indication, Method::SEND) => self.send_indication(tuple, msg),
-            (Class::Request, Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND) => {
-                self.turn_request(now, tuple, msg, out)
+            (
+                Class::Request,
+                Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND,
+            ) => self.turn_request(now, tuple, msg, out),
+            (Class::Request, _) => {
+                self.reply_error(out, tuple, msg, Seal::open(msg), errors::BAD_REQUEST)
             }
-            (Class::Request, _) => self.reply_error(out, tuple, msg, Seal::open(msg), errors::BAD_REQUEST),
             _ => Output::Nothing,
         }
     }
 
-    fn binding<'a>(&mut self, tuple: FiveTuple, msg: &Message<'_>, out: &'a mut [u8]) -> Output<'a> {
+    fn binding<'a>(
+        &mut self,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
         let seal = Seal::open(msg);
         let mut unknown = [0u16; 8];
         let count = msg.unknown_required(is_known_attribute, &mut unknown);
@@ -431,9 +548,17 @@ impl Server {
             return self.reply_unknown(out, tuple, msg, seal, &unknown[..count]);
         }
         let software = self.config.software.as_deref();
-        let data = write_message(out, msg.method(), Class::Success, msg.transaction_id(), software, seal, |w| {
-            w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
-        });
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Success,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            },
+        );
         to_client(tuple, data)
     }
 
@@ -441,7 +566,9 @@ impl Server {
         let Some(&index) = self.by_tuple.get(&tuple) else {
             return Output::Nothing;
         };
-        let peer = msg.get(attr::XOR_PEER_ADDRESS).and_then(|v| stun::decode_xor_address(v, msg.transaction_id()).ok());
+        let peer = msg
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| stun::decode_xor_address(v, msg.transaction_id()).ok());
         let (Some(peer), Some(data)) = (peer, msg.get(attr::DATA)) else {
             return Output::Nothing;
         };
@@ -450,7 +577,9 @@ impl Server {
             return Output::Nothing;
         }
         let allocation = &mut self.allocations[index];
-        let relay_family_matches = allocation.relay.is_some_and(|(local, _)| same_family(local.ip(), peer.ip()));
+        let relay_family_matches = allocation
+            .relay
+            .is_some_and(|(local, _)| same_family(local.ip(), peer.ip()));
         if !relay_family_matches || !allocation.has_permission(peer.ip()) {
             return Output::Nothing;
         }
@@ -458,11 +587,24 @@ impl Server {
         allocation.stats.bytes_to_peer += data.len() as u64;
         self.counters.traffic.packets_to_peer += 1;
         self.counters.traffic.bytes_to_peer += data.len() as u64;
-        Output::ToPeer { alloc: AllocId { index, generation: allocation.generation }, peer, data }
+        Output::ToPeer {
+            alloc: AllocId {
+                index,
+                generation: allocation.generation,
+            },
+            peer,
+            data,
+        }
     }
 
     /// Allocate, Refresh, CreatePermission, ChannelBind: authenticate, then dispatch.
-    fn turn_request<'a>(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>, out: &'a mut [u8]) -> Output<'a> {
+    fn turn_request<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
         let existing = self.by_tuple.get(&tuple).copied();
         let authed = match self.authenticate(now, tuple, msg, existing) {
             Ok(authed) => authed,
@@ -489,14 +631,17 @@ impl Server {
             (Method::ALLOCATE, Some(index)) => {
                 let allocation = &self.allocations[index];
                 if allocation.allocate_tid == *msg.transaction_id() && allocation.relay.is_some() {
-                    self.allocate_success(now, index, msg.transaction_id(), seal, out) // a retransmission
+                    self.allocate_success(now, index, msg.transaction_id(), None, seal, out)
+                // a retransmission
                 } else {
                     self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_MISMATCH)
                 }
             }
             (_, None) => self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_MISMATCH),
             (Method::REFRESH, Some(index)) => self.refresh(now, index, tuple, msg, seal, out),
-            (Method::CREATE_PERMISSION, Some(index)) => self.create_permission(now, index, tuple, msg, seal, out),
+            (Method::CREATE_PERMISSION, Some(index)) => {
+                self.create_permission(now, index, tuple, msg, seal, out)
+            }
             (_, Some(index)) => self.channel_bind(now, index, tuple, msg, seal, out),
         }
     }
@@ -515,12 +660,16 @@ impl Server {
             return Err(Challenge::Unauthorized);
         };
         let text = |typ| msg.get_str(typ).and_then(Result::ok);
-        let (Some(username), Some(_realm), Some(nonce)) = (text(attr::USERNAME), text(attr::REALM), text(attr::NONCE))
+        let (Some(username), Some(_realm), Some(nonce)) =
+            (text(attr::USERNAME), text(attr::REALM), text(attr::NONCE))
         else {
             return Err(Challenge::BadRequest);
         };
         let unix = self.clock.unix_at(now);
-        match self.nonces.check(nonce, tuple.client, unix, self.config.stale_nonce_secs) {
+        match self
+            .nonces
+            .check(nonce, tuple.client, unix, self.config.stale_nonce_secs)
+        {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => return Err(Challenge::StaleNonce),
         }
@@ -532,11 +681,20 @@ impl Server {
                 return Err(Challenge::Unauthorized);
             }
         };
-        let remembered = existing.map(|i| &self.allocations[i]).filter(|a| &*a.username == username);
-        let candidates = remembered.map(|a| a.key).into_iter().chain(keys.iter().copied());
+        let remembered = existing
+            .map(|i| &self.allocations[i])
+            .filter(|a| &*a.username == username);
+        let candidates = remembered
+            .map(|a| a.key)
+            .into_iter()
+            .chain(keys.iter().copied());
         for key in candidates {
             if let IntegrityCheck::Valid(_) = msg.verify_integrity(&key) {
-                return Ok(Authed { username, key, kind });
+                return Ok(Authed {
+                    username,
+                    key,
+                    kind,
+                });
             }
         }
         self.counters.auth_failures += 1;
@@ -556,22 +714,48 @@ impl Server {
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
             Some([17, ..]) => {}
-            Some(_) => return self.reply_error(out, tuple, msg, seal, errors::UNSUPPORTED_TRANSPORT_PROTOCOL),
+            Some(_) => {
+                return self.reply_error(
+                    out,
+                    tuple,
+                    msg,
+                    seal,
+                    errors::UNSUPPORTED_TRANSPORT_PROTOCOL,
+                )
+            }
         }
-        let even_port = msg.get(attr::EVEN_PORT);
-        if msg.get(attr::RESERVATION_TOKEN).is_some() {
-            // We never hand out reservation tokens, so any token is unknown to us.
-            let code = if even_port.is_some() { errors::BAD_REQUEST } else { errors::INSUFFICIENT_CAPACITY };
-            return self.reply_error(out, tuple, msg, seal, code);
-        }
+        let port = match (msg.get(attr::EVEN_PORT), msg.get(attr::RESERVATION_TOKEN)) {
+            (None, None) => PortRequest::Any,
+            (Some(even), None) => PortRequest::Even {
+                reserve_next: even.first().is_some_and(|b| b & 0x80 != 0),
+            },
+            (None, Some(token)) => match <[u8; 8]>::try_from(token) {
+                Ok(token) => PortRequest::Reserved(token),
+                Err(_) => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+            },
+            (Some(_), Some(_)) => {
+                return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST)
+            }
+        };
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => Family::V4,
             Some([0x01, ..]) => Family::V4,
             Some([0x02, ..]) => Family::V6,
-            Some(_) => return self.reply_error(out, tuple, msg, seal, errors::ADDRESS_FAMILY_NOT_SUPPORTED),
+            Some(_) => {
+                return self.reply_error(
+                    out,
+                    tuple,
+                    msg,
+                    seal,
+                    errors::ADDRESS_FAMILY_NOT_SUPPORTED,
+                )
+            }
         };
         let quota_id = self.config.auth.quota_id(authed.username);
-        if let Err(error) = self.quotas.try_acquire(quota_id, self.config.user_quota, self.config.total_quota) {
+        if let Err(error) =
+            self.quotas
+                .try_acquire(quota_id, self.config.user_quota, self.config.total_quota)
+        {
             self.counters.quota_rejections += 1;
             info!(client = %tuple.client, user = authed.username, reason = %error, "allocation refused");
             return self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_QUOTA_REACHED);
@@ -588,7 +772,10 @@ impl Server {
             key: authed.key,
             allocate_tid: *msg.transaction_id(),
             relay: None,
-            pending: Some(PendingReply { sha256: seal.sha256, fingerprint: seal.fingerprint }),
+            pending: Some(PendingReply {
+                sha256: seal.sha256,
+                fingerprint: seal.fingerprint,
+            }),
             created: now,
             expires,
             permissions: Vec::new(),
@@ -599,7 +786,12 @@ impl Server {
         self.by_tuple.insert(tuple, index);
         self.timers.schedule(expires, index, generation);
         let alloc = AllocId { index, generation };
-        Output::BindRelay(RelayRequest { alloc, tuple, family, even_port: even_port.is_some() })
+        Output::BindRelay(RelayRequest {
+            alloc,
+            tuple,
+            family,
+            port,
+        })
     }
 
     fn allocate_success<'a>(
@@ -607,6 +799,7 @@ impl Server {
         now: Instant,
         index: usize,
         tid: &TransactionId,
+        reservation: Option<[u8; 8]>,
         seal: Seal<'_>,
         out: &'a mut [u8],
     ) -> Output<'a> {
@@ -617,11 +810,22 @@ impl Server {
         let lifetime = remaining_secs(allocation.expires, now);
         let tuple = allocation.tuple;
         let software = self.config.software.as_deref();
-        let data = write_message(out, Method::ALLOCATE, Class::Success, tid, software, seal, |w| {
-            w.add_xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
-            w.add_u32(attr::LIFETIME, lifetime);
-            w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
-        });
+        let data = write_message(
+            out,
+            Method::ALLOCATE,
+            Class::Success,
+            tid,
+            software,
+            seal,
+            |w| {
+                w.add_xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
+                w.add_u32(attr::LIFETIME, lifetime);
+                w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+                if let Some(token) = reservation {
+                    w.add_bytes(attr::RESERVATION_TOKEN, &token);
+                }
+            },
+        );
         to_client(tuple, data)
     }
 
@@ -659,9 +863,17 @@ impl Server {
             }
         };
         let software = self.config.software.as_deref();
-        let data = write_message(out, Method::REFRESH, Class::Success, msg.transaction_id(), software, seal, |w| {
-            w.add_u32(attr::LIFETIME, granted.as_secs() as u32);
-        });
+        let data = write_message(
+            out,
+            Method::REFRESH,
+            Class::Success,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_u32(attr::LIFETIME, granted.as_secs() as u32);
+            },
+        );
         to_client(tuple, data)
     }
 
@@ -713,8 +925,13 @@ impl Server {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             _ => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
         };
-        let peer = msg.get(attr::XOR_PEER_ADDRESS).and_then(|v| stun::decode_xor_address(v, msg.transaction_id()).ok());
-        let Some(peer) = peer.filter(|_| (0x4000..=0x4FFF).contains(&number)) else {
+        let peer = msg
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| stun::decode_xor_address(v, msg.transaction_id()).ok());
+        let Some(peer) =
+            peer.filter(|_| (0x4000..=self.config.max_channel_number).contains(&number))
+        else {
+            debug!(client = %tuple.client, number = format_args!("{number:#06x}"), "channel bind refused: bad number or peer");
             return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
         };
         if let Some(code) = self.check_peer(index, peer) {
@@ -722,9 +939,14 @@ impl Server {
         }
         let allocation = &mut self.allocations[index];
         // Re-binding rules (RFC 8656 §11.2): a number stays with its peer and a peer with its number.
-        let number_taken = allocation.channel_by_number(number).is_some_and(|c| c.peer != peer);
-        let peer_taken = allocation.channel_by_peer(peer).is_some_and(|c| c.number != number);
+        let number_taken = allocation
+            .channel_by_number(number)
+            .is_some_and(|c| c.peer != peer);
+        let peer_taken = allocation
+            .channel_by_peer(peer)
+            .is_some_and(|c| c.number != number);
         if number_taken || peer_taken {
+            debug!(client = %tuple.client, number = format_args!("{number:#06x}"), %peer, "channel bind refused: re-binding conflict");
             return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
         }
         allocation.bind_channel(number, peer, now + self.config.channel_lifetime);
@@ -768,7 +990,10 @@ impl Server {
             Removal::Failed => {}
         }
         debug!(client = %allocation.tuple.client, user = %allocation.username, reason = removal.as_str(), "allocation ended");
-        let alloc = AllocId { index, generation: allocation.generation };
+        let alloc = AllocId {
+            index,
+            generation: allocation.generation,
+        };
         let relay = allocation.relay.map(|(local, _)| local);
         self.events.push_back(Event::Released { alloc, relay });
     }
@@ -783,18 +1008,28 @@ impl Server {
     ) -> Output<'a> {
         let seal = Seal::open(msg);
         let code = match challenge {
-            Challenge::BadRequest => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+            Challenge::BadRequest => {
+                return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST)
+            }
             Challenge::Unauthorized => errors::UNAUTHORIZED,
             Challenge::StaleNonce => errors::STALE_NONCE,
         };
         let nonce = self.nonces.issue(tuple.client, self.clock.unix_at(now));
         let realm = self.config.auth.realm();
         let software = self.config.software.as_deref();
-        let data = write_message(out, msg.method(), Class::Error, msg.transaction_id(), software, seal, |w| {
-            w.add_error_code(code, reason(code));
-            w.add_bytes(attr::REALM, realm.as_bytes());
-            w.add_bytes(attr::NONCE, nonce.as_str().as_bytes());
-        });
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Error,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_error_code(code, reason(code));
+                w.add_bytes(attr::REALM, realm.as_bytes());
+                w.add_bytes(attr::NONCE, nonce.as_str().as_bytes());
+            },
+        );
         to_client(tuple, data)
     }
 
@@ -807,10 +1042,18 @@ impl Server {
         unknown: &[u16],
     ) -> Output<'a> {
         let software = self.config.software.as_deref();
-        let data = write_message(out, msg.method(), Class::Error, msg.transaction_id(), software, seal, |w| {
-            w.add_error_code(errors::UNKNOWN_ATTRIBUTE, reason(errors::UNKNOWN_ATTRIBUTE));
-            w.add_unknown_attributes(unknown);
-        });
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Error,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_error_code(errors::UNKNOWN_ATTRIBUTE, reason(errors::UNKNOWN_ATTRIBUTE));
+                w.add_unknown_attributes(unknown);
+            },
+        );
         to_client(tuple, data)
     }
 
@@ -823,15 +1066,37 @@ impl Server {
         code: u16,
     ) -> Output<'a> {
         let software = self.config.software.as_deref();
-        let data = write_message(out, msg.method(), Class::Error, msg.transaction_id(), software, seal, |w| {
-            w.add_error_code(code, reason(code));
-        });
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Error,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_error_code(code, reason(code));
+            },
+        );
         to_client(tuple, data)
     }
 
-    fn reply_success<'a>(&self, out: &'a mut [u8], tuple: FiveTuple, msg: &Message<'_>, seal: Seal<'_>) -> Output<'a> {
+    fn reply_success<'a>(
+        &self,
+        out: &'a mut [u8],
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        seal: Seal<'_>,
+    ) -> Output<'a> {
         let software = self.config.software.as_deref();
-        let data = write_message(out, msg.method(), Class::Success, msg.transaction_id(), software, seal, |_| {});
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Success,
+            msg.transaction_id(),
+            software,
+            seal,
+            |_| {},
+        );
         to_client(tuple, data)
     }
 }
@@ -855,7 +1120,9 @@ impl Removal {
 
 /// The allocation `alloc` names, if it still exists.
 fn live(allocations: &mut Slab<Allocation>, alloc: AllocId) -> Option<&mut Allocation> {
-    allocations.get_mut(alloc.index).filter(|a| a.generation == alloc.generation)
+    allocations
+        .get_mut(alloc.index)
+        .filter(|a| a.generation == alloc.generation)
 }
 
 fn auth_reason(error: AuthError) -> &'static str {
@@ -888,7 +1155,10 @@ fn is_known_attribute(typ: u16) -> bool {
 }
 
 fn remaining_secs(expires: Instant, now: Instant) -> u32 {
-    expires.saturating_duration_since(now).as_secs().min(u32::MAX.into()) as u32
+    expires
+        .saturating_duration_since(now)
+        .as_secs()
+        .min(u32::MAX.into()) as u32
 }
 
 fn to_client(tuple: FiveTuple, data: Option<&[u8]>) -> Output<'_> {

@@ -6,7 +6,9 @@ use crate::config::{Config, Secret};
 use crate::credentials::mint;
 use crate::policy::Quotas;
 use crate::stun;
-use crate::stun::{attr, ChannelData, Class, IntegrityCheck, IntegrityKind, Message, MessageWriter, Method};
+use crate::stun::{
+    attr, ChannelData, Class, IntegrityCheck, IntegrityKind, Message, MessageWriter, Method,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +32,10 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn config() -> Config {
-    Config { static_auth_secrets: vec![Secret(SECRET.into())], ..Config::default() }
+    Config {
+        static_auth_secrets: vec![Secret(SECRET.into())],
+        ..Config::default()
+    }
 }
 
 impl Harness {
@@ -42,13 +47,23 @@ impl Harness {
 
     fn with_quotas(config: Config, quotas: Arc<Quotas>, start: Instant) -> Harness {
         let core = Arc::new(CoreConfig::from_config(&config));
-        let server = Server::new(core, NonceMint::with_key([7; 32]), quotas, start, UNIX_START);
+        let server = Server::new(
+            core,
+            NonceMint::with_key([7; 32]),
+            quotas,
+            start,
+            UNIX_START,
+        );
         let minted = mint(SECRET, Some("alice"), 3600, UNIX_START);
         Harness {
             server,
 
             now: start,
-            tuple: FiveTuple { client: addr("198.51.100.7:40000"), server: addr("192.0.2.1:3478"), transport: Transport::Udp },
+            tuple: FiveTuple {
+                client: addr("198.51.100.7:40000"),
+                server: addr("192.0.2.1:3478"),
+                transport: Transport::Udp,
+            },
             out: vec![0; 4096],
             next_tid: 0,
             key: long_term_key(&minted.username, &config.realm, &minted.password),
@@ -68,7 +83,13 @@ impl Harness {
     }
 
     /// Builds a request; `auth` adds USERNAME/REALM/NONCE and MESSAGE-INTEGRITY with the harness key.
-    fn build(&mut self, method: Method, attrs: &[(u16, Vec<u8>)], auth: bool, tid: [u8; 12]) -> Vec<u8> {
+    fn build(
+        &mut self,
+        method: Method,
+        attrs: &[(u16, Vec<u8>)],
+        auth: bool,
+        tid: [u8; 12],
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; 2048];
         let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
         for (typ, value) in attrs {
@@ -92,7 +113,10 @@ impl Harness {
 
     fn send(&mut self, msg: &[u8]) -> Vec<u8> {
         let tuple = self.tuple;
-        match self.server.handle_client(self.now, tuple, msg, &mut self.out) {
+        match self
+            .server
+            .handle_client(self.now, tuple, msg, &mut self.out)
+        {
             Output::ToClient { tuple: t, data } => {
                 assert_eq!(t, tuple);
                 data.to_vec()
@@ -100,7 +124,10 @@ impl Harness {
             Output::BindRelay(request) => {
                 let relay = addr("192.0.2.1:50000");
                 let alloc = request.alloc;
-                match self.server.relay_bound(self.now, alloc, Ok(relay), &mut self.out) {
+                match self
+                    .server
+                    .relay_bound(self.now, alloc, Ok(relay.into()), &mut self.out)
+                {
                     Output::ToClient { data, .. } => data.to_vec(),
                     other => panic!("unexpected {other:?}"),
                 }
@@ -121,8 +148,15 @@ impl Harness {
         let reply = self.request(Method::ALLOCATE, &[udp_transport()], true);
         let msg = Message::parse(&reply).unwrap();
         assert_eq!(msg.class(), Class::Success, "{:?}", msg.error_code());
-        assert_eq!(msg.verify_integrity(&self.key), IntegrityCheck::Valid(IntegrityKind::Sha1));
-        stun::decode_xor_address(msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(), msg.transaction_id()).unwrap()
+        assert_eq!(
+            msg.verify_integrity(&self.key),
+            IntegrityCheck::Valid(IntegrityKind::Sha1)
+        );
+        stun::decode_xor_address(
+            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            msg.transaction_id(),
+        )
+        .unwrap()
     }
 
     fn peer_attr(&self, peer: SocketAddr, tid: &[u8; 12]) -> (u16, Vec<u8>) {
@@ -131,7 +165,11 @@ impl Harness {
         let mut w = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, tid);
         w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
         let msg = w.finish().unwrap().to_vec();
-        let value = Message::parse(&msg).unwrap().get(attr::XOR_PEER_ADDRESS).unwrap().to_vec();
+        let value = Message::parse(&msg)
+            .unwrap()
+            .get(attr::XOR_PEER_ADDRESS)
+            .unwrap()
+            .to_vec();
         (attr::XOR_PEER_ADDRESS, value)
     }
 
@@ -146,17 +184,26 @@ impl Harness {
         let tid = self.tid();
         let mut number_value = number.to_be_bytes().to_vec();
         number_value.extend([0, 0]);
-        let attrs = vec![(attr::CHANNEL_NUMBER, number_value), self.peer_attr(peer, &tid)];
+        let attrs = vec![
+            (attr::CHANNEL_NUMBER, number_value),
+            self.peer_attr(peer, &tid),
+        ];
         let msg = self.build(Method::CHANNEL_BIND, &attrs, true, tid);
         code(&self.send(&msg))
     }
 
     /// Delivers a peer datagram; returns what reaches the client.
-    fn from_peer(&mut self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    fn peer_sends(&mut self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; stun::DATA_INDICATION_MAX_PREFIX + payload.len() + 4];
         buf[stun::DATA_INDICATION_MAX_PREFIX..][..payload.len()].copy_from_slice(payload);
-        let alloc = AllocId { index: 0, generation: self.server.allocations.get(0).map(|a| a.generation)? };
-        match self.server.handle_peer(alloc, peer, &mut buf, payload.len()) {
+        let alloc = AllocId {
+            index: 0,
+            generation: self.server.allocations.get(0).map(|a| a.generation)?,
+        };
+        match self
+            .server
+            .handle_peer(alloc, peer, &mut buf, payload.len())
+        {
             Output::ToClient { data, .. } => Some(data.to_vec()),
             Output::Nothing => None,
             other => panic!("unexpected {other:?}"),
@@ -164,9 +211,12 @@ impl Harness {
     }
 
     /// Sends client bytes that must not produce a reply; returns the peer-bound output if any.
-    fn to_peer(&mut self, bytes: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    fn client_sends(&mut self, bytes: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
         let tuple = self.tuple;
-        match self.server.handle_client(self.now, tuple, bytes, &mut self.out) {
+        match self
+            .server
+            .handle_client(self.now, tuple, bytes, &mut self.out)
+        {
             Output::ToPeer { peer, data, .. } => Some((peer, data.to_vec())),
             Output::Nothing => None,
             other => panic!("unexpected {other:?}"),
@@ -208,10 +258,22 @@ fn binding_answers_without_auth_and_stays_small() {
     let reply = h.send(&request);
     let msg = Message::parse(&reply).unwrap();
     assert_eq!(msg.class(), Class::Success);
-    let mapped = stun::decode_xor_address(msg.get(attr::XOR_MAPPED_ADDRESS).unwrap(), msg.transaction_id()).unwrap();
+    let mapped = stun::decode_xor_address(
+        msg.get(attr::XOR_MAPPED_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap();
     assert_eq!(mapped, h.tuple.client);
-    assert!(reply.len() <= 3 * request.len(), "{} vs {}", reply.len(), request.len());
-    assert!(msg.get(attr::SOFTWARE).is_none(), "SOFTWARE is off by default");
+    assert!(
+        reply.len() <= 3 * request.len(),
+        "{} vs {}",
+        reply.len(),
+        request.len()
+    );
+    assert!(
+        msg.get(attr::SOFTWARE).is_none(),
+        "SOFTWARE is off by default"
+    );
 }
 
 #[test]
@@ -225,7 +287,10 @@ fn allocate_is_challenged_then_succeeds_with_the_relay_address() {
 #[test]
 fn external_ip_is_what_the_relay_advertises() {
     let mut cfg = config();
-    cfg.external_ips = vec![crate::config::ExternalIp { public: "203.0.113.50".parse().unwrap(), private: None }];
+    cfg.external_ips = vec![crate::config::ExternalIp {
+        public: "203.0.113.50".parse().unwrap(),
+        private: None,
+    }];
     let mut h = Harness::new(cfg);
     assert_eq!(h.allocate(), addr("203.0.113.50:50000"));
 }
@@ -235,15 +300,24 @@ fn wrong_password_unknown_user_and_expired_credentials_get_401() {
     let mut h = Harness::new(config());
     h.learn_nonce();
     h.key = long_term_key(&h.username, "tern", "not-the-password");
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(401)
+    );
 
     let expired = mint(SECRET, Some("bob"), 0, UNIX_START - 10);
     h.username = expired.username.clone();
     h.key = long_term_key(&expired.username, "tern", &expired.password);
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(401)
+    );
 
     h.username = "not-rest-and-not-static".into();
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(401));
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(401)
+    );
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.server.counters().auth_failures, 3);
 }
@@ -259,7 +333,10 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
     let fresh = msg.get_str(attr::NONCE).unwrap().unwrap().to_string();
     assert_ne!(fresh, h.nonce);
     h.nonce = fresh;
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), None);
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        None
+    );
 }
 
 #[test]
@@ -278,7 +355,11 @@ fn allocation_expires_after_its_lifetime() {
 fn requested_lifetime_is_capped_by_the_maximum() {
     let mut h = Harness::new(config());
     h.learn_nonce();
-    let reply = h.request(Method::ALLOCATE, &[udp_transport(), lifetime(100_000)], true);
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[udp_transport(), lifetime(100_000)],
+        true,
+    );
     let granted = Message::parse(&reply).unwrap().get_u32(attr::LIFETIME);
     assert_eq!(granted, Some(3600));
 }
@@ -288,14 +369,28 @@ fn refresh_extends_and_lifetime_zero_deletes() {
     let mut h = Harness::new(config());
     h.allocate();
     h.advance(500);
-    assert_eq!(code(&h.request(Method::REFRESH, &[lifetime(600)], true)), None);
+    assert_eq!(
+        code(&h.request(Method::REFRESH, &[lifetime(600)], true)),
+        None
+    );
     h.advance(500);
-    assert_eq!(h.server.allocation_count(), 1, "refreshed at 500 s for another 600 s");
+    assert_eq!(
+        h.server.allocation_count(),
+        1,
+        "refreshed at 500 s for another 600 s"
+    );
+    h.learn_nonce(); // the first nonce went stale at 600 s
     let reply = h.request(Method::REFRESH, &[lifetime(0)], true);
-    assert_eq!(Message::parse(&reply).unwrap().get_u32(attr::LIFETIME), Some(0));
+    assert_eq!(
+        Message::parse(&reply).unwrap().get_u32(attr::LIFETIME),
+        Some(0)
+    );
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.released(), 1);
-    assert_eq!(code(&h.request(Method::REFRESH, &[lifetime(600)], true)), Some(437));
+    assert_eq!(
+        code(&h.request(Method::REFRESH, &[lifetime(600)], true)),
+        Some(437)
+    );
 }
 
 #[test]
@@ -306,7 +401,10 @@ fn allocate_retransmission_gets_the_same_answer_and_another_tid_gets_437() {
     let first = h.send(&request);
     let again = h.send(&request);
     assert_eq!(first, again);
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), Some(437));
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(437)
+    );
 }
 
 #[test]
@@ -314,20 +412,29 @@ fn permissions_gate_peer_traffic_and_expire_after_300_s() {
     let mut h = Harness::new(config());
     h.allocate();
     let peer = addr(PEER);
-    assert_eq!(h.from_peer(peer, b"early"), None, "no permission yet");
+    assert_eq!(h.peer_sends(peer, b"early"), None, "no permission yet");
     assert_eq!(h.create_permission(&[peer]), None);
-    let indication = h.from_peer(peer, b"hello").expect("relayed as a Data indication");
+    let indication = h
+        .peer_sends(peer, b"hello")
+        .expect("relayed as a Data indication");
     let msg = Message::parse(&indication).unwrap();
-    assert_eq!((msg.method(), msg.class()), (Method::DATA, Class::Indication));
+    assert_eq!(
+        (msg.method(), msg.class()),
+        (Method::DATA, Class::Indication)
+    );
     assert_eq!(msg.get(attr::DATA), Some(&b"hello"[..]));
-    let from = stun::decode_xor_address(msg.get(attr::XOR_PEER_ADDRESS).unwrap(), msg.transaction_id()).unwrap();
+    let from = stun::decode_xor_address(
+        msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap();
     assert_eq!(from, peer);
     // Same IP, other port: permissions are per IP.
-    assert!(h.from_peer(addr("203.0.114.9:6000"), b"x").is_some());
+    assert!(h.peer_sends(addr("203.0.114.9:6000"), b"x").is_some());
     h.advance(299);
-    assert!(h.from_peer(peer, b"still").is_some());
+    assert!(h.peer_sends(peer, b"still").is_some());
     h.advance(2);
-    assert_eq!(h.from_peer(peer, b"late"), None, "permission expired");
+    assert_eq!(h.peer_sends(peer, b"late"), None, "permission expired");
 }
 
 #[test]
@@ -336,12 +443,12 @@ fn send_indication_needs_a_permission_and_an_allowed_peer() {
     h.allocate();
     let peer = addr(PEER);
     let send = h.send_indication(peer, b"payload");
-    assert_eq!(h.to_peer(&send), None, "no permission");
+    assert_eq!(h.client_sends(&send), None, "no permission");
     h.create_permission(&[peer]);
     let send = h.send_indication(peer, b"payload");
-    assert_eq!(h.to_peer(&send), Some((peer, b"payload".to_vec())));
+    assert_eq!(h.client_sends(&send), Some((peer, b"payload".to_vec())));
     let denied = h.send_indication(addr("10.0.0.1:5000"), b"payload");
-    assert_eq!(h.to_peer(&denied), None);
+    assert_eq!(h.client_sends(&denied), None);
 }
 
 #[test]
@@ -349,9 +456,19 @@ fn create_permission_is_all_or_nothing() {
     let mut h = Harness::new(config());
     h.allocate();
     let good = addr(PEER);
-    assert_eq!(h.create_permission(&[good, addr("169.254.169.254:80")]), Some(403));
-    assert_eq!(h.from_peer(good, b"x"), None, "the allowed peer got no permission either");
-    assert_eq!(h.create_permission(&[addr("[2001:db8::1]:5000")]), Some(443));
+    assert_eq!(
+        h.create_permission(&[good, addr("169.254.169.254:80")]),
+        Some(403)
+    );
+    assert_eq!(
+        h.peer_sends(good, b"x"),
+        None,
+        "the allowed peer got no permission either"
+    );
+    assert_eq!(
+        h.create_permission(&[addr("[2001:db8::1]:5000")]),
+        Some(443)
+    );
     assert_eq!(h.server.counters().peers_denied, 1);
 }
 
@@ -375,13 +492,13 @@ fn channel_data_flows_both_ways() {
     assert_eq!(h.channel_bind(0x4001, peer), None);
     let mut frame = vec![0x40, 0x01, 0, 3];
     frame.extend(b"abc");
-    assert_eq!(h.to_peer(&frame), Some((peer, b"abc".to_vec())));
-    let to_client = h.from_peer(peer, b"reply").unwrap();
+    assert_eq!(h.client_sends(&frame), Some((peer, b"abc".to_vec())));
+    let to_client = h.peer_sends(peer, b"reply").unwrap();
     let parsed = ChannelData::parse(&to_client).unwrap();
     assert_eq!((parsed.channel, parsed.data), (0x4001, &b"reply"[..]));
     assert_eq!(to_client.len(), 4 + 5, "no padding over UDP");
     let unbound = [0x40, 0x02, 0, 1, b'z'];
-    assert_eq!(h.to_peer(&unbound), None);
+    assert_eq!(h.client_sends(&unbound), None);
 }
 
 #[test]
@@ -391,7 +508,7 @@ fn channel_data_is_padded_over_streams() {
     h.allocate();
     let peer = addr(PEER);
     h.channel_bind(0x4000, peer);
-    let to_client = h.from_peer(peer, b"reply").unwrap();
+    let to_client = h.peer_sends(peer, b"reply").unwrap();
     assert_eq!(to_client.len(), 12);
     assert_eq!(&to_client[9..], &[0, 0, 0]);
 }
@@ -405,10 +522,37 @@ fn channel_bind_rules() {
     assert_eq!(h.channel_bind(0x3FFF, peer), Some(400));
     assert_eq!(h.channel_bind(0x5000, peer), Some(400));
     assert_eq!(h.channel_bind(0x4000, peer), None);
-    assert_eq!(h.channel_bind(0x4000, peer), None, "refresh of the same binding");
-    assert_eq!(h.channel_bind(0x4000, other), Some(400), "number taken by another peer");
-    assert_eq!(h.channel_bind(0x4001, peer), Some(400), "peer bound to another number");
+    assert_eq!(
+        h.channel_bind(0x4000, peer),
+        None,
+        "refresh of the same binding"
+    );
+    assert_eq!(
+        h.channel_bind(0x4000, other),
+        Some(400),
+        "number taken by another peer"
+    );
+    assert_eq!(
+        h.channel_bind(0x4001, peer),
+        Some(400),
+        "peer bound to another number"
+    );
     assert_eq!(h.channel_bind(0x4002, addr("192.168.1.1:5000")), Some(403));
+}
+
+#[test]
+fn rfc5766_channel_numbers_only_when_allowed() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    assert_eq!(h.channel_bind(0x5662, addr(PEER)), Some(400));
+    let mut cfg = config();
+    cfg.allow_rfc5766_channel_numbers = true;
+    let mut h = Harness::new(cfg);
+    h.allocate();
+    assert_eq!(h.channel_bind(0x5662, addr(PEER)), None);
+    assert_eq!(h.channel_bind(0x8000, addr("203.0.114.10:1")), Some(400));
+    let frame = [0x56, 0x62, 0, 2, b'h', b'i'];
+    assert_eq!(h.client_sends(&frame), Some((addr(PEER), b"hi".to_vec())));
 }
 
 #[test]
@@ -423,11 +567,15 @@ fn channel_expires_after_600_s_even_with_a_fresh_permission() {
     h.create_permission(&[peer]);
     h.request(Method::REFRESH, &[], true);
     let frame = [0x40, 0x00, 0, 1, b'q'];
-    assert!(h.to_peer(&frame).is_some(), "bound at 580 s");
+    assert!(h.client_sends(&frame).is_some(), "bound at 580 s");
     h.advance(21);
-    assert_eq!(h.to_peer(&frame), None, "channel gone after 600 s");
-    let reply = h.from_peer(peer, b"data").unwrap();
-    assert_eq!(Message::parse(&reply).unwrap().method(), Method::DATA, "back to Data indications");
+    assert_eq!(h.client_sends(&frame), None, "channel gone after 600 s");
+    let reply = h.peer_sends(peer, b"data").unwrap();
+    assert_eq!(
+        Message::parse(&reply).unwrap().method(),
+        Method::DATA,
+        "back to Data indications"
+    );
 }
 
 #[test]
@@ -441,9 +589,15 @@ fn user_and_total_quotas_answer_486_and_free_up_on_delete() {
     let mut second = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
     second.tuple.client = addr("198.51.100.8:40000");
     second.learn_nonce();
-    assert_eq!(code(&second.request(Method::ALLOCATE, &[udp_transport()], true)), Some(486));
+    assert_eq!(
+        code(&second.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(486)
+    );
     first.request(Method::REFRESH, &[lifetime(0)], true);
-    assert_eq!(code(&second.request(Method::ALLOCATE, &[udp_transport()], true)), None);
+    assert_eq!(
+        code(&second.request(Method::ALLOCATE, &[udp_transport()], true)),
+        None
+    );
 
     let mut cfg = config();
     cfg.total_quota = 1;
@@ -456,7 +610,10 @@ fn user_and_total_quotas_answer_486_and_free_up_on_delete() {
     other_user.key = long_term_key(&minted.username, "tern", &minted.password);
     other_user.username = minted.username;
     other_user.learn_nonce();
-    assert_eq!(code(&other_user.request(Method::ALLOCATE, &[udp_transport()], true)), Some(486));
+    assert_eq!(
+        code(&other_user.request(Method::ALLOCATE, &[udp_transport()], true)),
+        Some(486)
+    );
 }
 
 #[test]
@@ -464,7 +621,10 @@ fn requests_without_an_allocation_get_437() {
     let mut h = Harness::new(config());
     h.learn_nonce();
     assert_eq!(code(&h.request(Method::REFRESH, &[], true)), Some(437));
-    assert_eq!(code(&h.request(Method::CREATE_PERMISSION, &[], true)), Some(437));
+    assert_eq!(
+        code(&h.request(Method::CREATE_PERMISSION, &[], true)),
+        Some(437)
+    );
 }
 
 #[test]
@@ -481,14 +641,21 @@ fn another_username_on_the_allocation_gets_441() {
 fn unknown_comprehension_required_attribute_gets_420() {
     let mut h = Harness::new(config());
     h.learn_nonce();
-    let reply = h.request(Method::ALLOCATE, &[udp_transport(), (0x7777, vec![1, 2, 3, 4])], true);
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[udp_transport(), (0x7777, vec![1, 2, 3, 4])],
+        true,
+    );
     let msg = Message::parse(&reply).unwrap();
     assert_eq!(msg.error_code().map(|(c, _)| c), Some(420));
     assert_eq!(msg.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
     let binding = h.request(Method::BINDING, &[(0x7777, vec![0; 4])], false);
     assert_eq!(code(&binding), Some(420));
     // Comprehension-optional unknowns are ignored.
-    assert_eq!(code(&h.request(Method::BINDING, &[(0xC001, vec![0; 4])], false)), None);
+    assert_eq!(
+        code(&h.request(Method::BINDING, &[(0xC001, vec![0; 4])], false)),
+        None
+    );
 }
 
 #[test]
@@ -499,7 +666,10 @@ fn allocate_checks_transport_and_family() {
     let tcp = (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
     assert_eq!(code(&h.request(Method::ALLOCATE, &[tcp], true)), Some(442));
     let bad_family = (attr::REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0]);
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport(), bad_family], true)), Some(440));
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport(), bad_family], true)),
+        Some(440)
+    );
 }
 
 #[test]
@@ -514,13 +684,20 @@ fn relay_bind_failure_answers_508_and_releases_the_quota() {
     let Output::BindRelay(bind) = h.server.handle_client(h.now, tuple, &request, &mut h.out) else {
         panic!("expected BindRelay");
     };
-    let reply = match h.server.relay_bound(h.now, bind.alloc, Err(RelayError::NoPorts), &mut h.out) {
+    let reply = match h
+        .server
+        .relay_bound(h.now, bind.alloc, Err(RelayError::NoPorts), &mut h.out)
+    {
         Output::ToClient { data, .. } => data.to_vec(),
         other => panic!("{other:?}"),
     };
     assert_eq!(code(&reply), Some(508));
     assert_eq!(h.server.allocation_count(), 0);
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[udp_transport()], true)), None, "quota was given back");
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        None,
+        "quota was given back"
+    );
 }
 
 #[test]
@@ -539,14 +716,22 @@ fn sha256_integrity_is_answered_in_kind() {
     let reply = h.send(&request);
     let msg = Message::parse(&reply).unwrap();
     assert_eq!(msg.class(), Class::Success);
-    assert_eq!(msg.verify_integrity(&h.key), IntegrityCheck::Valid(IntegrityKind::Sha256));
+    assert_eq!(
+        msg.verify_integrity(&h.key),
+        IntegrityCheck::Valid(IntegrityKind::Sha256)
+    );
     assert_eq!(msg.fingerprint_ok(), Some(true));
 }
 
 #[test]
 fn static_users_authenticate() {
-    let mut cfg = Config::default();
-    cfg.users = vec![("alice".into(), crate::auth::StaticKey::Password("wonderland".into()))];
+    let cfg = Config {
+        users: vec![(
+            "alice".into(),
+            crate::auth::StaticKey::Password("wonderland".into()),
+        )],
+        ..Config::default()
+    };
     let mut h = Harness::new(cfg);
     h.username = "alice".into();
     h.key = long_term_key("alice", "tern", "wonderland");
@@ -569,6 +754,9 @@ fn garbage_never_panics_and_gets_no_answer() {
             .collect();
         let tuple = h.tuple;
         let output = h.server.handle_client(h.now, tuple, &bytes, &mut h.out);
-        assert!(matches!(output, Output::Nothing), "random bytes answered: {bytes:?}");
+        assert!(
+            matches!(output, Output::Nothing),
+            "random bytes answered: {bytes:?}"
+        );
     }
 }

@@ -58,7 +58,10 @@ pub fn relay_range() -> (u16, u16) {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Tern {
@@ -93,14 +96,22 @@ impl Tern {
             }
         });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let tern = Tern { child, port, addr, logs, _config: config };
+        let tern = Tern {
+            child,
+            port,
+            addr,
+            logs,
+            _config: config,
+        };
         tern.wait_ready();
         tern
     }
 
     fn wait_ready(&self) {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        probe.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let request = binding_request();
         let mut buf = [0u8; 512];
@@ -110,7 +121,10 @@ impl Tern {
                 return;
             }
         }
-        panic!("tern did not answer a Binding within 10 s; logs:\n{}", self.logs.lock().unwrap().join("\n"));
+        panic!(
+            "tern did not answer a Binding within 10 s; logs:\n{}",
+            self.logs.lock().unwrap().join("\n")
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -140,10 +154,13 @@ pub fn binding_request() -> Vec<u8> {
     request
 }
 
+/// Datagrams a peer received, with their senders.
+pub type Received = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
+
 /// A UDP echo peer on 127.0.0.1 that answers every datagram to its sender, for `lifetime`.
 pub struct EchoPeer {
     pub addr: SocketAddr,
-    pub received: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    pub received: Received,
 }
 
 impl EchoPeer {
@@ -158,9 +175,11 @@ impl EchoPeer {
 
     fn start_on(bind: &str, lifetime: Duration, echo: bool) -> EchoPeer {
         let socket = UdpSocket::bind(bind).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
+        let received: Received = Default::default();
         let log = received.clone();
         std::thread::spawn(move || {
             let deadline = Instant::now() + lifetime;

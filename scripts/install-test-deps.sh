@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the independent clients the tests drive tern with (Debian packages).
+# - coturn: for turnutils_uclient only; its turnserver service must not run.
+set -euo pipefail
+
+packages=(coturn)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Keep package scripts from starting services (coturn's turnserver) during install.
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $sudo rm -f /usr/sbin/policy-rc.d
+fi
+
+# Whatever installed it, no coturn server may be running next to the tests.
+if pgrep -x turnserver >/dev/null 2>&1; then
+  pkill -x turnserver || true
+fi
+command -v turnutils_uclient >/dev/null
