@@ -343,12 +343,15 @@ impl Server {
             None => {
                 let prefix = stun::data_indication_prefix_len(&peer);
                 let tid = self.random_tid();
-                stun::write_data_indication_prefix(
+                let written = stun::write_data_indication_prefix(
                     &mut buf[start - prefix..start],
                     &tid,
                     peer,
                     len,
                 );
+                if written == 0 {
+                    return Output::Nothing; // too large for a STUN message: only a channel can carry it
+                }
                 let data_pad = (4 - len % 4) % 4;
                 buf[end..end + data_pad].fill(0);
                 return Output::ToClient {
