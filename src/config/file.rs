@@ -40,6 +40,8 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
     match key {
         "listening-ip" => config.listening_ips = each(key, value, values::ip)?,
         "listening-port" => config.listening_port = integer(key, value)?,
+        "alt-listening-port" => config.alt_listening_port = integer(key, value)?,
+        "alternate-server" => config.alternate_servers = each(key, value, values::server_address)?,
         "relay-ip" => config.relay_ips = each(key, value, values::ip)?,
         "external-ip" => config.external_ips = each(key, value, values::external_ip)?,
         "min-port" => config.min_port = integer(key, value)?,
@@ -289,6 +291,8 @@ mod tests {
         let keys = [
             "listening-ip",
             "listening-port",
+            "alt-listening-port",
+            "alternate-server",
             "relay-ip",
             "external-ip",
             "min-port",

@@ -20,6 +20,19 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     nonzero_port("listening-port", config.listening_port)?;
+    if config.alt_listening_port == 0 && config.listening_port == u16::MAX {
+        let reason = "listening-port is 65535, so listening-port + 1 does not exist; set a port";
+        return Err(invalid("alt-listening-port", "0", reason));
+    }
+    if config.alt_listening_port == config.listening_port {
+        let reason = "must differ from listening-port";
+        let value = config.alt_listening_port.to_string();
+        return Err(invalid("alt-listening-port", &value, reason));
+    }
+    if let Some(server) = config.alternate_servers.iter().find(|s| s.port() == 0) {
+        let reason = "the port must be in 1..=65535";
+        return Err(invalid("alternate-server", &server.to_string(), reason));
+    }
     nonzero_port("min-port", config.min_port)?;
     nonzero_port("max-port", config.max_port)?;
     if config.min_port > config.max_port {

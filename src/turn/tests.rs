@@ -124,10 +124,13 @@ impl Harness {
             Output::BindRelay(request) => {
                 let relay = addr("192.0.2.1:50000");
                 let alloc = request.alloc;
-                match self
-                    .server
-                    .relay_bound(self.now, alloc, Ok(relay.into()), &mut self.out)
-                {
+                match self.server.relay_bound(
+                    self.now,
+                    alloc,
+                    Ok(relay.into()),
+                    None,
+                    &mut self.out,
+                ) {
                     Output::ToClient { data, .. } => data.to_vec(),
                     other => panic!("unexpected {other:?}"),
                 }
@@ -684,10 +687,13 @@ fn relay_bind_failure_answers_508_and_releases_the_quota() {
     let Output::BindRelay(bind) = h.server.handle_client(h.now, tuple, &request, &mut h.out) else {
         panic!("expected BindRelay");
     };
-    let reply = match h
-        .server
-        .relay_bound(h.now, bind.alloc, Err(RelayError::NoPorts), &mut h.out)
-    {
+    let reply = match h.server.relay_bound(
+        h.now,
+        bind.alloc,
+        Err(RelayError::NoPorts),
+        None,
+        &mut h.out,
+    ) {
         Output::ToClient { data, .. } => data.to_vec(),
         other => panic!("{other:?}"),
     };
