@@ -40,6 +40,9 @@ pub(crate) struct Allocation {
     /// ADDRESS-ERROR-CODE to repeat in the Allocate response: the family of a dual-stack
     /// request that could not be had, and why.
     pub address_error: Option<(Family, u16)>,
+    /// The request used coTURN's draft-era ADDITIONAL-ADDRESS-FAMILY (0x8032), so the answer
+    /// uses the matching ADDRESS-ERROR-CODE type (0x8033).
+    pub legacy_family_attrs: bool,
     pub pending: Option<PendingReply>,
     pub created: Instant,
     pub expires: Instant,

@@ -645,6 +645,8 @@ impl Server {
             |w| {
                 w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
                 if let Some(other) = other {
+                    // RFC 5780 clients may still read the RFC 3489 MAPPED-ADDRESS.
+                    w.add_address(attr::MAPPED_ADDRESS, tuple.client);
                     w.add_address(attr::RESPONSE_ORIGIN, reply_tuple.server);
                     w.add_address(attr::OTHER_ADDRESS, other);
                 }
@@ -813,7 +815,11 @@ impl Server {
             }
         }
         let requested = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
-        let additional = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY);
+        let legacy_family_attrs = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_none()
+            && msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY).is_some();
+        let additional = msg
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .or_else(|| msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY));
         // RFC 8656 §7.2 steps 5-9, in order: a reservation token stands alone; one of
         // REQUESTED- and ADDITIONAL-ADDRESS-FAMILY; a reserved pair is single-family; the
         // additional family can only be IPv6 (the requested one being IPv4).
@@ -881,6 +887,7 @@ impl Server {
             allocate_tid: *msg.transaction_id(),
             relays: [None; 2],
             address_error: None,
+            legacy_family_attrs,
             pending: Some(PendingReply {
                 sha256: seal.sha256,
                 fingerprint: seal.fingerprint,
@@ -996,7 +1003,12 @@ impl Server {
                     w.add_bytes(attr::RESERVATION_TOKEN, &token);
                 }
                 if let Some((family, code)) = allocation.address_error {
-                    w.add_address_error_code(family.wire(), code, reason(code));
+                    let typ = if allocation.legacy_family_attrs {
+                        attr::ADDRESS_ERROR_CODE_LEGACY
+                    } else {
+                        attr::ADDRESS_ERROR_CODE
+                    };
+                    w.add_address_error_code(typ, family.wire(), code, reason(code));
                 }
             },
         );
@@ -1328,6 +1340,7 @@ fn is_known_attribute(typ: u16) -> bool {
             | attr::RESERVATION_TOKEN
             | attr::REQUESTED_ADDRESS_FAMILY
             | attr::ADDITIONAL_ADDRESS_FAMILY
+            | attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY
             | attr::XOR_PEER_ADDRESS
             | attr::CHANNEL_NUMBER
             | attr::DATA

@@ -1018,6 +1018,10 @@ fn binding_carries_other_address_and_response_origin_with_two_addresses() {
         plain_address(&msg, attr::RESPONSE_ORIGIN),
         Some(addr("192.0.2.1:3478"))
     );
+    assert_eq!(
+        plain_address(&msg, attr::MAPPED_ADDRESS),
+        Some(h.tuple.client)
+    );
 }
 
 #[test]
@@ -1185,4 +1189,27 @@ fn total_quota_redirects_but_user_quota_does_not() {
     let mut second = Harness::with_quotas(cfg, quotas, start);
     second.tuple.client = addr("198.51.100.8:40000");
     assert_eq!(code(&second.allocate_with(&[])), Some(486));
+}
+
+#[test]
+fn coturn_draft_additional_family_attribute_is_understood() {
+    // coTURN's turnutils_uclient -Z sends ADDITIONAL-ADDRESS-FAMILY as 0x8032.
+    let legacy = family_attr(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY, 0x02);
+    let mut h = Harness::new(config());
+    let reply = h.allocate_with(std::slice::from_ref(&legacy));
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(
+        relayed_addresses(&msg),
+        vec![addr(RELAY_V4), addr(RELAY_V6)]
+    );
+    let mut h = Harness::new(config());
+    h.relay_families = [true, false];
+    let reply = h.allocate_with(&[legacy]);
+    let msg = Message::parse(&reply).unwrap();
+    assert!(msg.get(attr::ADDRESS_ERROR_CODE).is_none());
+    assert_eq!(
+        &msg.get(attr::ADDRESS_ERROR_CODE_LEGACY).unwrap()[..4],
+        &[0x02, 0, 4, 40],
+        "answered in the same numbering"
+    );
 }
