@@ -329,8 +329,13 @@ mod tests {
             "--user",
             "alice:pw",
             "--users=bob:0x00112233445566778899aabbccddeeff",
+            "--alternate-server=192.0.2.9:3478",
+            "--alternate-server=[2001:db8::9]:3478",
+            "--alt-listening-port=4000",
         ]))
         .unwrap();
+        assert_eq!(config.alternate_servers.len(), 2);
+        assert_eq!(config.alt_listening_port, 4000);
         let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(config.listening_ips, vec![ip("192.0.2.1"), ip("::")]);
         assert_eq!(config.relay_ips, vec![ip("10.0.0.5")]);

@@ -179,6 +179,33 @@ mod tests {
     }
 
     #[test]
+    fn alt_listening_port() {
+        assert_rejected(
+            "listening-port = 3478\nalt-listening-port = 3478",
+            "alt-listening-port",
+            "3478",
+        );
+        assert_rejected("listening-port = 65535", "alt-listening-port", "0");
+        let config = from_toml_str("listening-port = 65535\nalt-listening-port = 3479").unwrap();
+        assert_eq!(config.alt_listening_port(), 3479);
+        let config = from_toml_str("listening-port = 5000").unwrap();
+        assert_eq!(
+            config.alt_listening_port(),
+            5001,
+            "0 means listening-port + 1"
+        );
+    }
+
+    #[test]
+    fn alternate_server_needs_a_port() {
+        assert_rejected(
+            r#"alternate-server = "203.0.113.1:0""#,
+            "alternate-server",
+            "203.0.113.1:0",
+        );
+    }
+
+    #[test]
     fn lifetimes_at_least_one_second() {
         for key in [
             "default-allocate-lifetime",

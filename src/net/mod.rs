@@ -80,6 +80,12 @@ impl UdpService {
             config.listening_port,
             config.alt_listening_port(),
         ));
+        if !nat.is_empty() {
+            tracing::info!(
+                alt_port = config.alt_listening_port(),
+                "RFC 5780 NAT behaviour discovery enabled (two listening addresses of a family)"
+            );
+        }
         listening.extend(nat.alternate_listeners());
         let draining = Arc::new(AtomicBool::new(false));
         let plan = Arc::new(RelayPlan {
