@@ -57,12 +57,13 @@ impl RelayPlan {
         }
         // The other family (REQUESTED- or ADDITIONAL-ADDRESS-FAMILY): a listening address of
         // it, loopback only for a client that reached us on loopback (`::` expands to ::1 too,
-        // and it sorts first).
+        // and it sorts first), as a remote client's peers could never reach a loopback relay.
         let mut candidates = self.listening_ips.iter().filter(of_family);
-        let same_scope = candidates
-            .clone()
-            .find(|ip| ip.is_loopback() == reached.is_loopback());
-        same_scope.or_else(|| candidates.next()).copied()
+        if !reached.is_loopback() {
+            return candidates.find(|ip| !ip.is_loopback()).copied();
+        }
+        let loopback = candidates.clone().find(|ip| ip.is_loopback());
+        loopback.or_else(|| candidates.next()).copied()
     }
 }
 
@@ -114,10 +115,7 @@ mod tests {
             relay_ips: vec![],
             listening_ips: vec![ip("192.0.2.10"), ip("::1")],
         };
-        assert_eq!(
-            only_loopback.ip_for(Family::V6, ip("192.0.2.10")),
-            Some(ip("::1"))
-        );
+        assert_eq!(only_loopback.ip_for(Family::V6, ip("192.0.2.10")), None);
     }
 
     #[test]
