@@ -51,6 +51,19 @@ pub struct ServeArgs {
     /// UDP port to listen on [default: 3478].
     #[arg(long, env = "TERN_LISTENING_PORT", value_name = "PORT")]
     pub listening_port: Option<u16>,
+    /// Second port for RFC 5780 NAT discovery (with two listening addresses of a family),
+    /// 0 = listening-port + 1 [default: 0].
+    #[arg(long, env = "TERN_ALT_LISTENING_PORT", value_name = "PORT")]
+    pub alt_listening_port: Option<u16>,
+    /// Server to send clients to with 300 Try Alternate while draining or over total-quota,
+    /// IP:PORT or [IPv6]:PORT (repeatable) [default: none].
+    #[arg(
+        long,
+        env = "TERN_ALTERNATE_SERVER",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub alternate_server: Option<Vec<String>>,
     /// Address relay sockets bind to (repeatable) [default: the address the client reached].
     #[arg(long, env = "TERN_RELAY_IP", value_name = "IP", value_delimiter = ',')]
     pub relay_ip: Option<Vec<String>>,

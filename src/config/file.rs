@@ -40,6 +40,8 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
     match key {
         "listening-ip" => config.listening_ips = each(key, value, values::ip)?,
         "listening-port" => config.listening_port = integer(key, value)?,
+        "alt-listening-port" => config.alt_listening_port = integer(key, value)?,
+        "alternate-server" => config.alternate_servers = each(key, value, values::server_address)?,
         "relay-ip" => config.relay_ips = each(key, value, values::ip)?,
         "external-ip" => config.external_ips = each(key, value, values::external_ip)?,
         "min-port" => config.min_port = integer(key, value)?,
@@ -289,6 +291,8 @@ mod tests {
         let keys = [
             "listening-ip",
             "listening-port",
+            "alt-listening-port",
+            "alternate-server",
             "relay-ip",
             "external-ip",
             "min-port",
@@ -541,6 +545,28 @@ mod tests {
     }
 
     #[test]
+    fn alternate_server_forms_and_alt_listening_port() {
+        let config = parse(
+            r#"
+            alt-listening-port = 3500
+            alternate-server = ["192.0.2.1:3478", "[2001:db8::1]:3479", "192.0.2.2"]
+            "#,
+        );
+        assert_eq!(config.alt_listening_port, 3500);
+        let addr = |text: &str| text.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            config.alternate_servers,
+            vec![
+                addr("192.0.2.1:3478"),
+                addr("[2001:db8::1]:3479"),
+                addr("192.0.2.2:3478")
+            ]
+        );
+        let config = parse(r#"alternate-server = "[2001:db8::1]:3478""#);
+        assert_eq!(config.alternate_servers, vec![addr("[2001:db8::1]:3478")]);
+    }
+
+    #[test]
     fn unparsable_addresses_name_key_and_value() {
         let cases = [
             (
@@ -550,6 +576,16 @@ mod tests {
             ),
             (r#"relay-ip = "eth0""#, "relay-ip", "eth0"),
             (r#"external-ip = "1.2.3.4/x""#, "external-ip", "1.2.3.4/x"),
+            (
+                r#"alternate-server = ["192.0.2.1:3478", "tern.example:3478"]"#,
+                "alternate-server",
+                "tern.example:3478",
+            ),
+            (
+                r#"alternate-server = "::1:3478:x""#,
+                "alternate-server",
+                "::1:3478:x",
+            ),
         ];
         for (text, key, value) in cases {
             assert_eq!(

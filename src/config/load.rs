@@ -57,6 +57,9 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
     if let Some(ips) = &args.listening_ip {
         config.listening_ips = each("listening-ip", ips, values::ip)?;
     }
+    if let Some(servers) = &args.alternate_server {
+        config.alternate_servers = each("alternate-server", servers, values::server_address)?;
+    }
     if let Some(ips) = &args.relay_ip {
         config.relay_ips = each("relay-ip", ips, values::ip)?;
     }
@@ -88,6 +91,7 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
         config.log_level = log_level.clone();
     }
     set(&mut config.listening_port, args.listening_port);
+    set(&mut config.alt_listening_port, args.alt_listening_port);
     set(&mut config.min_port, args.min_port);
     set(&mut config.max_port, args.max_port);
     set(&mut config.allow_loopback_peers, args.allow_loopback_peers);
@@ -325,8 +329,13 @@ mod tests {
             "--user",
             "alice:pw",
             "--users=bob:0x00112233445566778899aabbccddeeff",
+            "--alternate-server=192.0.2.9:3478",
+            "--alternate-server=[2001:db8::9]:3478",
+            "--alt-listening-port=4000",
         ]))
         .unwrap();
+        assert_eq!(config.alternate_servers.len(), 2);
+        assert_eq!(config.alt_listening_port, 4000);
         let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(config.listening_ips, vec![ip("192.0.2.1"), ip("::")]);
         assert_eq!(config.relay_ips, vec![ip("10.0.0.5")]);

@@ -13,7 +13,7 @@ pub use load::{from_toml_str, load, ConfigError};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A REST secret; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub struct Config {
     pub listening_ips: Vec<IpAddr>,
     /// `listening-port` (3478): UDP (and later TCP) port.
     pub listening_port: u16,
+    /// `alt-listening-port` (0 = `listening-port` + 1): the second port RFC 5780 NAT behaviour
+    /// discovery listens on, used only when two listening addresses of a family exist.
+    pub alt_listening_port: u16,
     /// `relay-ip`: addresses relay sockets bind to; empty = the address the client reached.
     pub relay_ips: Vec<IpAddr>,
     /// `external-ip`.
@@ -84,6 +87,19 @@ pub struct Config {
     pub log_level: String,
     /// `no-udp` (false).
     pub no_udp: bool,
+    /// `alternate-server` (none): `ip:port` / `[v6]:port` sent in 300 Try Alternate while
+    /// draining or over `total-quota`.
+    pub alternate_servers: Vec<SocketAddr>,
+}
+
+impl Config {
+    /// The effective `alt-listening-port`: as configured, or `listening-port` + 1.
+    pub fn alt_listening_port(&self) -> u16 {
+        match self.alt_listening_port {
+            0 => self.listening_port.wrapping_add(1),
+            port => port,
+        }
+    }
 }
 
 impl Default for Config {
@@ -91,6 +107,7 @@ impl Default for Config {
         Config {
             listening_ips: vec![IpAddr::from([0, 0, 0, 0])],
             listening_port: 3478,
+            alt_listening_port: 0,
             relay_ips: Vec::new(),
             external_ips: Vec::new(),
             min_port: 49152,
@@ -115,6 +132,7 @@ impl Default for Config {
             sock_buf_size: 0,
             log_level: "info".to_string(),
             no_udp: false,
+            alternate_servers: Vec::new(),
         }
     }
 }

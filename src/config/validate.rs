@@ -20,6 +20,19 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     nonzero_port("listening-port", config.listening_port)?;
+    if config.alt_listening_port == 0 && config.listening_port == u16::MAX {
+        let reason = "listening-port is 65535, so listening-port + 1 does not exist; set a port";
+        return Err(invalid("alt-listening-port", "0", reason));
+    }
+    if config.alt_listening_port == config.listening_port {
+        let reason = "must differ from listening-port";
+        let value = config.alt_listening_port.to_string();
+        return Err(invalid("alt-listening-port", &value, reason));
+    }
+    if let Some(server) = config.alternate_servers.iter().find(|s| s.port() == 0) {
+        let reason = "the port must be in 1..=65535";
+        return Err(invalid("alternate-server", &server.to_string(), reason));
+    }
     nonzero_port("min-port", config.min_port)?;
     nonzero_port("max-port", config.max_port)?;
     if config.min_port > config.max_port {
@@ -163,6 +176,33 @@ mod tests {
         assert_rejected("min-port = 50000\nmax-port = 40000", "min-port", "50000");
         let config = from_toml_str("min-port = 1\nmax-port = 1").unwrap();
         assert_eq!((config.min_port, config.max_port), (1, 1));
+    }
+
+    #[test]
+    fn alt_listening_port() {
+        assert_rejected(
+            "listening-port = 3478\nalt-listening-port = 3478",
+            "alt-listening-port",
+            "3478",
+        );
+        assert_rejected("listening-port = 65535", "alt-listening-port", "0");
+        let config = from_toml_str("listening-port = 65535\nalt-listening-port = 3479").unwrap();
+        assert_eq!(config.alt_listening_port(), 3479);
+        let config = from_toml_str("listening-port = 5000").unwrap();
+        assert_eq!(
+            config.alt_listening_port(),
+            5001,
+            "0 means listening-port + 1"
+        );
+    }
+
+    #[test]
+    fn alternate_server_needs_a_port() {
+        assert_rejected(
+            r#"alternate-server = "203.0.113.1:0""#,
+            "alternate-server",
+            "203.0.113.1:0",
+        );
     }
 
     #[test]

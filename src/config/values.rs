@@ -3,7 +3,7 @@
 use super::{ConfigError, ExternalIp};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What an error shows instead of a secret.
 pub(super) const REDACTED: &str = "<redacted>";
@@ -30,6 +30,17 @@ pub(super) fn range(key: &str, text: &str) -> Result<IpRange, ConfigError> {
             "not an IP address, CIDR block or coTURN a.b.c.d-e.f.g.h range",
         )
     })
+}
+
+/// `alternate-server`: `ip:port`, `[v6]:port`, or a bare address meaning port 3478.
+pub(super) fn server_address(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 3478))
+        .map_err(|_| invalid(key, text, "expected IP:PORT or [IPv6]:PORT"))
 }
 
 /// `PUBLIC` or `PUBLIC/PRIVATE`, both of one family.

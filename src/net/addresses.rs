@@ -55,7 +55,15 @@ impl RelayPlan {
         if (family == Family::V4) == reached.is_ipv4() {
             return Some(reached);
         }
-        self.listening_ips.iter().find(of_family).copied()
+        // The other family (REQUESTED- or ADDITIONAL-ADDRESS-FAMILY): a listening address of
+        // it, loopback only for a client that reached us on loopback (`::` expands to ::1 too,
+        // and it sorts first), as a remote client's peers could never reach a loopback relay.
+        let mut candidates = self.listening_ips.iter().filter(of_family);
+        if !reached.is_loopback() {
+            return candidates.find(|ip| !ip.is_loopback()).copied();
+        }
+        let loopback = candidates.clone().find(|ip| ip.is_loopback());
+        loopback.or_else(|| candidates.next()).copied()
     }
 }
 
@@ -80,6 +88,34 @@ mod tests {
         };
         assert_eq!(plan.ip_for(Family::V4, v4), Some(configured));
         assert_eq!(plan.ip_for(Family::V6, v4), None);
+    }
+
+    #[test]
+    fn other_family_relay_prefers_the_reached_scope() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let plan = RelayPlan {
+            relay_ips: vec![],
+            listening_ips: vec![
+                ip("127.0.0.1"),
+                ip("192.0.2.10"),
+                ip("::1"),
+                ip("2001:db8::10"),
+            ],
+        };
+        assert_eq!(
+            plan.ip_for(Family::V6, ip("192.0.2.10")),
+            Some(ip("2001:db8::10"))
+        );
+        assert_eq!(plan.ip_for(Family::V6, ip("127.0.0.1")), Some(ip("::1")));
+        assert_eq!(
+            plan.ip_for(Family::V4, ip("2001:db8::10")),
+            Some(ip("192.0.2.10"))
+        );
+        let only_loopback = RelayPlan {
+            relay_ips: vec![],
+            listening_ips: vec![ip("192.0.2.10"), ip("::1")],
+        };
+        assert_eq!(only_loopback.ip_for(Family::V6, ip("192.0.2.10")), None);
     }
 
     #[test]

@@ -15,10 +15,11 @@ pub use stats::WorkerStats;
 use crate::auth::NonceMint;
 use crate::config::Config;
 use crate::policy::Quotas;
-use crate::turn::{CoreConfig, Server};
+use crate::turn::{CoreConfig, NatDiscovery, Server};
 use mio::Waker;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -37,6 +38,10 @@ pub struct UdpService {
     pub stats: Vec<Arc<WorkerStats>>,
     pub ports: Arc<Mutex<RelayPorts>>,
     pub listening: Vec<SocketAddr>,
+    /// The drain switch every worker's `Server` reads: set it (`store(true, Relaxed)`) and new
+    /// Allocates get 300 Try Alternate (with `alternate-server`) or 486; live ones go on. Share
+    /// it with other services' servers via `Server::set_drain_flag`.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Workers to run: `relay-threads`, or one per core.
@@ -65,10 +70,24 @@ impl UdpService {
                 "no address to listen on",
             ));
         }
-        let listening: Vec<SocketAddr> = listening_ips
+        let mut listening: Vec<SocketAddr> = listening_ips
             .iter()
             .map(|ip| SocketAddr::new(*ip, config.listening_port))
             .collect();
+        // RFC 5780: with two addresses of a family, also listen on the alternate port.
+        let nat = Arc::new(NatDiscovery::new(
+            &listening_ips,
+            config.listening_port,
+            config.alt_listening_port(),
+        ));
+        if !nat.is_empty() {
+            tracing::info!(
+                alt_port = config.alt_listening_port(),
+                "RFC 5780 NAT behaviour discovery enabled (two listening addresses of a family)"
+            );
+        }
+        listening.extend(nat.alternate_listeners());
+        let draining = Arc::new(AtomicBool::new(false));
         let plan = Arc::new(RelayPlan {
             relay_ips: config.relay_ips.clone(),
             listening_ips,
@@ -81,13 +100,15 @@ impl UdpService {
             let (control, receiver) = mpsc::channel();
             let stats = Arc::new(WorkerStats::default());
             let now = Instant::now();
-            let server = Server::new(
+            let mut server = Server::new(
                 core.clone(),
                 nonces.clone(),
                 quotas.clone(),
                 now,
                 udp_worker::unix_now(),
             );
+            server.set_nat_discovery(nat.clone());
+            server.set_drain_flag(draining.clone());
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),
@@ -118,6 +139,7 @@ impl UdpService {
             stats: all_stats,
             ports,
             listening,
+            draining,
         })
     }
 

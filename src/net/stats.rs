@@ -13,6 +13,8 @@ pub struct WorkerStats {
     pub auth_failures: AtomicU64,
     pub peers_denied: AtomicU64,
     pub quota_rejections: AtomicU64,
+    /// Allocates answered 300 Try Alternate.
+    pub redirects: AtomicU64,
     pub packets_to_peer: AtomicU64,
     pub bytes_to_peer: AtomicU64,
     pub packets_to_client: AtomicU64,
@@ -33,6 +35,7 @@ impl WorkerStats {
         self.auth_failures.store(c.auth_failures, Relaxed);
         self.peers_denied.store(c.peers_denied, Relaxed);
         self.quota_rejections.store(c.quota_rejections, Relaxed);
+        self.redirects.store(c.redirects, Relaxed);
         self.packets_to_peer
             .store(c.traffic.packets_to_peer, Relaxed);
         self.bytes_to_peer.store(c.traffic.bytes_to_peer, Relaxed);

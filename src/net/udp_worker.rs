@@ -8,8 +8,8 @@ use super::sockets;
 use super::stats::WorkerStats;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest, Server,
-    Transport,
+    AllocId, BoundRelay, CoreConfig, Event, Family, FiveTuple, Output, PortRequest, RelayError,
+    RelayRequest, Server, Transport,
 };
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 
-/// Relay sockets use tokens `0..`, equal to the allocation's slab index; listeners and the
-/// waker sit at the top of the token space.
+/// Relay sockets use tokens `0..`: the allocation's slab index times two, plus its family's
+/// index (0 IPv4, 1 IPv6), as a dual-stack allocation has one socket of each (see
+/// [`relay_slot`]); listeners and the waker sit at the top of the token space.
 const LISTENER_TOKEN_BASE: usize = 1 << 40;
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Largest UDP payload plus room for framing in front and padding behind.
@@ -145,7 +146,7 @@ impl UdpWorker {
                     Token(t) if t >= LISTENER_TOKEN_BASE => {
                         self.drain_listener(now, t - LISTENER_TOKEN_BASE)
                     }
-                    Token(index) => self.drain_relay(index),
+                    Token(slot) => self.drain_relay(slot),
                 }
             }
             self.server.handle_timeout(now);
@@ -198,13 +199,13 @@ impl UdpWorker {
         }
     }
 
-    fn drain_relay(&mut self, index: usize) {
+    fn drain_relay(&mut self, slot: usize) {
         loop {
-            let Some(relay) = self.relays.get(index).and_then(Option::as_ref) else {
+            let Some(relay) = self.relays.get(slot).and_then(Option::as_ref) else {
                 return;
             };
             let alloc = AllocId {
-                index,
+                index: slot / 2,
                 generation: relay.generation,
             };
             let payload = &mut self.packet[DATA_INDICATION_MAX_PREFIX..PACKET_BUFFER - 4];
@@ -221,35 +222,69 @@ impl UdpWorker {
         }
     }
 
-    /// Binds a relay socket for a new allocation and completes the Allocate.
+    /// Binds the relay socket(s) for a new allocation and completes the Allocate.
     fn bind_relay(&mut self, now: Instant, request: RelayRequest) {
-        let result = self.open_relay(now, request);
-        let bound = result.as_ref().map(|(bound, _)| *bound).map_err(|e| *e);
-        if let Ok((_, relay)) = result {
-            let index = request.alloc.index;
-            if self.relays.len() <= index {
-                self.relays.resize_with(index + 1, || None);
-            }
-            self.relays[index] = Some(relay);
-        }
-        let output = self
-            .server
-            .relay_bound(now, request.alloc, bound, &mut self.reply);
+        let primary = self.open_relay(now, request, request.family, request.port);
+        // The additional (dual-stack) relay takes an even port if the first did, never a pair.
+        let additional_port = match request.port {
+            PortRequest::Even { .. } => PortRequest::Even {
+                reserve_next: false,
+            },
+            _ => PortRequest::Any,
+        };
+        let additional = request
+            .additional
+            .map(|family| self.open_relay(now, request, family, additional_port));
+        let primary = self.keep_relay(request.alloc, primary);
+        let additional = additional.map(|result| self.keep_relay(request.alloc, result));
+        let output =
+            self.server
+                .relay_bound(now, request.alloc, primary, additional, &mut self.reply);
         send(&self.listeners, &self.relays, output);
+    }
+
+    /// Files a bound relay socket under its slot; passes the result on for the core.
+    fn keep_relay(
+        &mut self,
+        alloc: AllocId,
+        result: Result<(BoundRelay, Relay), RelayError>,
+    ) -> Result<BoundRelay, RelayError> {
+        let (bound, relay) = result?;
+        let slot = relay_slot(alloc.index, Family::of(&bound.local));
+        if self.relays.len() <= slot {
+            self.relays.resize_with(slot + 1, || None);
+        }
+        self.relays[slot] = Some(relay);
+        Ok(bound)
     }
 
     fn open_relay(
         &mut self,
         now: Instant,
         request: RelayRequest,
+        family: Family,
+        port: PortRequest,
     ) -> Result<(BoundRelay, Relay), RelayError> {
+        let reached = request.tuple.server.ip();
         let ip = self
             .plan
-            .ip_for(request.family, request.tuple.server.ip())
+            .ip_for(family, reached)
             .ok_or(RelayError::FamilyUnsupported)?;
-        let opened = lock(&self.ports).open(ip, request.port, now)?;
+        let mut opened = lock(&self.ports).open(ip, port, now);
+        if let (Err(RelayError::BadReservation), PortRequest::Reserved(_)) = (&opened, port) {
+            // A token names its socket, whatever its family: the pair may have been reserved
+            // by an IPv6 Allocate, and a token Allocate carries no family (RFC 8656 §7.2).
+            let other = match family {
+                Family::V4 => Family::V6,
+                Family::V6 => Family::V4,
+            };
+            if let Some(ip) = self.plan.ip_for(other, reached) {
+                opened = lock(&self.ports).open(ip, port, now);
+            }
+        }
+        let opened = opened?;
         let mut socket = UdpSocket::from_std(opened.socket);
-        let token = Token(request.alloc.index);
+        let token = Token(relay_slot(request.alloc.index, Family::of(&opened.local)));
         if let Err(error) = self
             .poll
             .registry()
@@ -276,15 +311,17 @@ impl UdpWorker {
     /// Closes the relay sockets of allocations the server has ended.
     fn apply_events(&mut self) {
         while let Some(Event::Released { alloc, .. }) = self.server.poll_event() {
-            let slot = self.relays.get_mut(alloc.index);
-            let Some(slot) =
-                slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation))
-            else {
-                continue;
-            };
-            if let Some(mut relay) = slot.take() {
-                let _ = self.poll.registry().deregister(&mut relay.socket);
-                lock(&self.ports).release(relay.port);
+            for family in [Family::V4, Family::V6] {
+                let slot = self.relays.get_mut(relay_slot(alloc.index, family));
+                let Some(slot) =
+                    slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation))
+                else {
+                    continue;
+                };
+                if let Some(mut relay) = slot.take() {
+                    let _ = self.poll.registry().deregister(&mut relay.socket);
+                    lock(&self.ports).release(relay.port);
+                }
             }
         }
     }
@@ -306,9 +343,12 @@ fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
             }
         }
         Output::ToPeer { alloc, peer, data } => {
-            match relays.get(alloc.index).and_then(Option::as_ref) {
-                Some(relay) => relay.socket.send_to(data, peer),
-                None => return,
+            let slot = relay_slot(alloc.index, Family::of(&peer));
+            match relays.get(slot).and_then(Option::as_ref) {
+                Some(relay) if relay.generation == alloc.generation => {
+                    relay.socket.send_to(data, peer)
+                }
+                _ => return,
             }
         }
         Output::Nothing | Output::BindRelay(_) => return,
@@ -318,6 +358,11 @@ fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
             debug!(%error, "udp send failed");
         }
     }
+}
+
+/// Where an allocation's relay socket of `family` sits in `relays`, and its poll token.
+fn relay_slot(index: usize, family: Family) -> usize {
+    index * 2 + family.index()
 }
 
 fn lock(ports: &Mutex<RelayPorts>) -> std::sync::MutexGuard<'_, RelayPorts> {

@@ -38,6 +38,10 @@ pub const ALTERNATE_SERVER: u16 = 0x8023;
 pub const FINGERPRINT: u16 = 0x8028;
 pub const RESPONSE_ORIGIN: u16 = 0x802B;
 pub const OTHER_ADDRESS: u16 = 0x802C;
+/// ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE as the TURN-IPv6 drafts numbered them,
+/// before RFC 8656 assigned 0x8000/0x8001; coTURN (client and server) still uses these.
+pub const ADDITIONAL_ADDRESS_FAMILY_LEGACY: u16 = 0x8032;
+pub const ADDRESS_ERROR_CODE_LEGACY: u16 = 0x8033;
 
 /// Whether an attribute type is comprehension-required (RFC 8489 §14).
 pub const fn is_comprehension_required(typ: u16) -> bool {

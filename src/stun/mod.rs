@@ -79,6 +79,12 @@ pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Result<SocketAdd
     address::decode(value, Some(tid))
 }
 
+/// Decodes a plain address attribute value: MAPPED-ADDRESS, ALTERNATE-SERVER, OTHER-ADDRESS,
+/// RESPONSE-ORIGIN (IPv4 or IPv6).
+pub fn decode_address(value: &[u8]) -> Result<SocketAddr, ParseError> {
+    address::decode(value, None)
+}
+
 /// Total length in bytes of the complete frame (STUN message or ChannelData) at the start of a
 /// stream buffer, once at least 4 bytes are there; `None` if fewer than 4 bytes or not a frame.
 /// ChannelData over streams is padded to a multiple of 4 (RFC 8656 §12.5); `padded` says whether to

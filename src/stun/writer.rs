@@ -104,6 +104,30 @@ impl<'b> MessageWriter<'b> {
         }
         self
     }
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.9, type `typ`: [`attr::ADDRESS_ERROR_CODE`] or the
+    /// draft-era [`attr::ADDRESS_ERROR_CODE_LEGACY`]): like ERROR-CODE, with the address family
+    /// (0x01 IPv4, 0x02 IPv6) in the first byte.
+    pub fn add_address_error_code(
+        &mut self,
+        typ: u16,
+        family: u8,
+        code: u16,
+        reason: &str,
+    ) -> &mut Self {
+        let class = ((code / 100) & 0x07) as u8;
+        let number = (code % 100) as u8;
+        let Some(len) = reason.len().checked_add(4) else {
+            self.overflow = true;
+            return self;
+        };
+        if let Some(slot) = self.reserve(typ, len) {
+            slot[0] = family;
+            slot[2] = class;
+            slot[3] = number;
+            slot[4..].copy_from_slice(reason.as_bytes());
+        }
+        self
+    }
     /// UNKNOWN-ATTRIBUTES listing `types`.
     pub fn add_unknown_attributes(&mut self, types: &[u16]) -> &mut Self {
         let Some(len) = types.len().checked_mul(2) else {

@@ -1,6 +1,6 @@
 //! One allocation's state: its relay, permissions and channels.
 
-use super::FiveTuple;
+use super::{Family, FiveTuple};
 use crate::auth::LongTermKey;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -18,6 +18,9 @@ pub(crate) struct Channel {
 pub(crate) struct PendingReply {
     pub sha256: bool,
     pub fingerprint: bool,
+    /// The families asked for, to name the one that failed in ADDRESS-ERROR-CODE.
+    pub family: Family,
+    pub additional: Option<Family>,
 }
 
 /// Per-allocation state. Kept small and flat: a few permissions and channels are the norm, so
@@ -31,8 +34,15 @@ pub(crate) struct Allocation {
     pub key: LongTermKey,
     /// Transaction id of the Allocate that created it, to answer retransmissions.
     pub allocate_tid: [u8; 12],
-    /// Relay socket's local address and what we advertise for it; `None` while pending.
-    pub relay: Option<(SocketAddr, SocketAddr)>,
+    /// Relay sockets by family ([`Family::index`]): local address and what we advertise for
+    /// it. Both `None` while pending; both `Some` for a dual-stack allocation (RFC 8656 §7.2).
+    pub relays: [Option<(SocketAddr, SocketAddr)>; 2],
+    /// ADDRESS-ERROR-CODE to repeat in the Allocate response: the family of a dual-stack
+    /// request that could not be had, and why.
+    pub address_error: Option<(Family, u16)>,
+    /// The request used coTURN's draft-era ADDITIONAL-ADDRESS-FAMILY (0x8032), so the answer
+    /// uses the matching ADDRESS-ERROR-CODE type (0x8033).
+    pub legacy_family_attrs: bool,
     pub pending: Option<PendingReply>,
     pub created: Instant,
     pub expires: Instant,
@@ -57,7 +67,10 @@ pub struct Traffic {
 pub struct AllocationInfo {
     pub tuple: FiveTuple,
     pub username: String,
+    /// The advertised relay address (the IPv4 one of a dual-stack allocation).
     pub relay: Option<SocketAddr>,
+    /// The second, IPv6, relay address of a dual-stack allocation.
+    pub additional_relay: Option<SocketAddr>,
     pub age_secs: u64,
     pub traffic: Traffic,
     pub permissions: usize,
@@ -65,6 +78,24 @@ pub struct AllocationInfo {
 }
 
 impl Allocation {
+    /// True once a relay socket is bound (the Allocate has been answered with success).
+    pub fn has_relay(&self) -> bool {
+        self.relays.iter().any(Option::is_some)
+    }
+
+    /// Whether a relay of `ip`'s family exists, so the allocation can talk to that peer.
+    pub fn serves(&self, ip: IpAddr) -> bool {
+        self.relays[Family::of_ip(&ip).index()].is_some()
+    }
+
+    /// Advertised relay addresses, IPv4 first.
+    pub fn advertised(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.relays
+            .iter()
+            .flatten()
+            .map(|(_, advertised)| *advertised)
+    }
+
     pub fn has_permission(&self, ip: IpAddr) -> bool {
         self.permissions.iter().any(|(p, _)| *p == ip)
     }
@@ -113,7 +144,8 @@ impl Allocation {
         AllocationInfo {
             tuple: self.tuple,
             username: self.username.to_string(),
-            relay: self.relay.map(|(_, advertised)| advertised),
+            relay: self.advertised().next(),
+            additional_relay: self.advertised().nth(1),
             age_secs: now.saturating_duration_since(self.created).as_secs(),
             traffic: self.stats,
             permissions: self.permissions.len(),

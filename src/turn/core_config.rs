@@ -3,7 +3,7 @@
 use crate::auth::Authenticator;
 use crate::config::{Config, ExternalIp};
 use crate::policy::PeerPolicy;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Immutable snapshot shared (behind an `Arc`) by every worker's [`super::Server`]; a reload
@@ -23,6 +23,9 @@ pub struct CoreConfig {
     pub total_quota: u32,
     pub software: Option<String>,
     pub external_ips: Vec<ExternalIp>,
+    /// `alternate-server`: where 300 Try Alternate sends clients while draining or over
+    /// `total-quota`, round-robin among those of the client's address family.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl CoreConfig {
@@ -58,6 +61,7 @@ impl CoreConfig {
             total_quota: config.total_quota,
             software: config.software.clone().filter(|s| !s.is_empty()),
             external_ips: config.external_ips.clone(),
+            alternate_servers: config.alternate_servers.clone(),
         }
     }
 
@@ -89,9 +93,4 @@ impl CoreConfig {
                 .max(self.default_lifetime.min(self.max_lifetime)),
         }
     }
-}
-
-/// True when `ip` is of the IPv4 family (after nothing: relay families are literal).
-pub fn same_family(a: IpAddr, b: IpAddr) -> bool {
-    a.is_ipv4() == b.is_ipv4()
 }

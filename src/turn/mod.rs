@@ -7,11 +7,13 @@
 mod allocation;
 mod core_config;
 mod errors;
+mod nat_discovery;
 mod server;
 mod timers;
 
 pub use allocation::AllocationInfo;
 pub use core_config::CoreConfig;
+pub use nat_discovery::NatDiscovery;
 pub use server::{
     AllocId, BoundRelay, Counters, Event, Family, FiveTuple, Output, PortRequest, RelayError,
     RelayRequest, Server, Transport,

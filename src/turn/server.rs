@@ -1,18 +1,20 @@
 //! `Server`: requests and data in, what to send out.
 
 use super::allocation::{Allocation, AllocationInfo, PendingReply, Traffic};
-use super::core_config::{same_family, CoreConfig};
+use super::core_config::CoreConfig;
 use super::errors::{self, reason};
+use super::nat_discovery::NatDiscovery;
 use super::timers::TimerQueue;
 use crate::auth::{AuthError, LongTermKey, NonceCheck, NonceMint};
-use crate::policy::Quotas;
+use crate::policy::{QuotaError, Quotas};
 use crate::stun::{
     self, attr, ChannelData, Class, FrameKind, IntegrityCheck, IntegrityKind, Message,
     MessageWriter, Method, TransactionId, CHANNEL_DATA_HEADER_LEN, DATA_INDICATION_MAX_PREFIX,
 };
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
@@ -63,20 +65,46 @@ pub enum Family {
 
 impl Family {
     pub fn of(addr: &SocketAddr) -> Family {
-        if addr.is_ipv4() {
+        Family::of_ip(&addr.ip())
+    }
+
+    pub fn of_ip(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
             Family::V4
         } else {
             Family::V6
         }
     }
+
+    /// 0 for IPv4, 1 for IPv6: where per-family state sits in two-element arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
+    /// The family byte of REQUESTED-ADDRESS-FAMILY and friends (RFC 8656 §18.1).
+    fn wire(self) -> u8 {
+        match self {
+            Family::V4 => 0x01,
+            Family::V6 => 0x02,
+        }
+    }
 }
 
-/// The I/O layer is asked to bind a relay socket, then calls [`Server::relay_bound`].
+/// The I/O layer is asked to bind a relay socket (two for a dual-stack allocation), then calls
+/// [`Server::relay_bound`] with one result per family asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayRequest {
     pub alloc: AllocId,
     pub tuple: FiveTuple,
+    /// The family of the relay the allocation needs (REQUESTED-ADDRESS-FAMILY, IPv4 by default).
     pub family: Family,
+    /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2): a second relay of this family (IPv6) is
+    /// wanted too. The allocation succeeds if either can be bound.
+    pub additional: Option<Family>,
+    /// Applies to the `family` relay; the additional one takes any port.
     pub port: PortRequest,
 }
 
@@ -129,7 +157,8 @@ pub enum Output<'a> {
         tuple: FiveTuple,
         data: &'a [u8],
     },
-    /// Send `data` from the allocation's relay socket to `peer`.
+    /// Send `data` to `peer` from the allocation's relay socket of `peer`'s family
+    /// ([`Family::of`]`(&peer)`; a dual-stack allocation has one of each).
     ToPeer {
         alloc: AllocId,
         peer: SocketAddr,
@@ -142,10 +171,11 @@ pub enum Output<'a> {
 /// Things the I/O layer must learn about outside of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The allocation ended: close its relay socket and return its port.
+    /// The allocation ended: close its relay sockets and return their ports.
     Released {
         alloc: AllocId,
-        relay: Option<SocketAddr>,
+        /// Local addresses of its relay sockets, by [`Family::index`].
+        relays: [Option<SocketAddr>; 2],
     },
 }
 
@@ -207,6 +237,8 @@ pub struct Counters {
     pub auth_failures: u64,
     pub peers_denied: u64,
     pub quota_rejections: u64,
+    /// Allocates answered 300 Try Alternate (draining or total quota, with alternates configured).
+    pub redirects: u64,
     pub traffic: Traffic,
 }
 
@@ -223,6 +255,13 @@ pub struct Server {
     next_generation: u32,
     rng: u64,
     counters: Counters,
+    /// Set while the process drains: new Allocates are refused (300 to an alternate server if
+    /// any is configured, else 486), existing allocations go on.
+    draining: Arc<AtomicBool>,
+    /// RFC 5780 listener pairs; empty unless two listening addresses of a family exist.
+    nat: Arc<NatDiscovery>,
+    /// Round-robin position in `alternate-server`, per client address family.
+    next_alternate: [usize; 2],
 }
 
 impl Server {
@@ -249,7 +288,22 @@ impl Server {
             next_generation: 0,
             rng: rand::random::<u64>() | 1,
             counters: Counters::default(),
+            draining: Arc::new(AtomicBool::new(false)),
+            nat: Arc::new(NatDiscovery::default()),
+            next_alternate: [0; 2],
         }
+    }
+
+    /// Shares the process-wide drain switch (admin API); while it is set, new Allocates get
+    /// 300 Try Alternate (with `alternate-server` configured) or 486.
+    pub fn set_drain_flag(&mut self, draining: Arc<AtomicBool>) {
+        self.draining = draining;
+    }
+
+    /// The listener pairs RFC 5780 NAT behaviour discovery answers from (set by the I/O layer,
+    /// which knows the concrete listening addresses).
+    pub fn set_nat_discovery(&mut self, nat: Arc<NatDiscovery>) {
+        self.nat = nat;
     }
 
     /// Swaps in a reloaded configuration; live allocations keep their state.
@@ -366,12 +420,16 @@ impl Server {
         }
     }
 
-    /// Completes an Allocate once the I/O layer has bound (or failed to bind) the relay socket.
+    /// Completes an Allocate once the I/O layer has bound (or failed to bind) the relay socket
+    /// of the request's `family`, and, for a dual-stack request, the `additional` one. The
+    /// allocation succeeds if either was bound; the family that failed is reported in an
+    /// ADDRESS-ERROR-CODE (RFC 8656 §7.2).
     pub fn relay_bound<'a>(
         &mut self,
         now: Instant,
         alloc: AllocId,
         result: Result<BoundRelay, RelayError>,
+        additional: Option<Result<BoundRelay, RelayError>>,
         out: &'a mut [u8],
     ) -> Output<'a> {
         let Some(allocation) = live(&mut self.allocations, alloc) else {
@@ -388,37 +446,46 @@ impl Server {
             sha256: pending.sha256,
             fingerprint: pending.fingerprint,
         };
-        match result {
-            Ok(BoundRelay { local, reservation }) => {
-                let advertised = self.config.advertised(local);
-                allocation.relay = Some((local, advertised));
-                self.counters.allocations_created += 1;
-                debug!(client = %tuple.client, relay = %advertised, user = %allocation.username, "allocation created");
-                self.allocate_success(now, alloc.index, &tid, reservation, seal, out)
-            }
-            Err(error) => {
-                self.remove_allocation(alloc.index, Removal::Failed);
-                let code = match error {
-                    RelayError::FamilyUnsupported => errors::ADDRESS_FAMILY_NOT_SUPPORTED,
-                    RelayError::NoPorts | RelayError::BadReservation => {
-                        errors::INSUFFICIENT_CAPACITY
-                    }
-                };
-                let software = self.config.software.clone();
-                let data = write_message(
-                    out,
-                    Method::ALLOCATE,
-                    Class::Error,
-                    &tid,
-                    software.as_deref(),
-                    seal,
-                    |w| {
-                        w.add_error_code(code, reason(code));
-                    },
-                );
-                to_client(tuple, data)
-            }
+        let (primary, reservation) = match result {
+            Ok(bound) => (Some(bound.local), bound.reservation),
+            Err(_) => (None, None),
+        };
+        let second = additional.and_then(Result::ok).map(|bound| bound.local);
+        if primary.is_none() && second.is_none() {
+            self.remove_allocation(alloc.index, Removal::Failed);
+            let code = match result {
+                Err(error) => relay_error_code(error),
+                Ok(_) => errors::INSUFFICIENT_CAPACITY,
+            };
+            let software = self.config.software.clone();
+            let data = write_message(
+                out,
+                Method::ALLOCATE,
+                Class::Error,
+                &tid,
+                software.as_deref(),
+                seal,
+                |w| {
+                    w.add_error_code(code, reason(code));
+                },
+            );
+            return to_client(tuple, data);
         }
+        for local in primary.into_iter().chain(second) {
+            let advertised = self.config.advertised(local);
+            allocation.relays[Family::of(&local).index()] = Some((local, advertised));
+        }
+        // A dual-stack request where one family failed: say which and why.
+        allocation.address_error = match (result, additional) {
+            (Err(error), Some(Ok(_))) => Some((pending.family, relay_error_code(error))),
+            (Ok(_), Some(Err(error))) => pending
+                .additional
+                .map(|family| (family, relay_error_code(error))),
+            _ => None,
+        };
+        self.counters.allocations_created += 1;
+        debug!(client = %tuple.client, relay = ?allocation.advertised().collect::<Vec<_>>(), user = %allocation.username, "allocation created");
+        self.allocate_success(now, alloc.index, &tid, reservation, seal, out)
     }
 
     /// Ends the allocation of a 5-tuple (its TCP connection closed).
@@ -545,10 +612,30 @@ impl Server {
         out: &'a mut [u8],
     ) -> Output<'a> {
         let seal = Seal::open(msg);
+        // RFC 5780 over UDP, when this listener has a partner: OTHER-ADDRESS, RESPONSE-ORIGIN
+        // and CHANGE-REQUEST. Otherwise CHANGE-REQUEST is an unknown attribute (420).
+        let other = match tuple.transport {
+            Transport::Udp => self.nat.other_address(tuple.server),
+            _ => None,
+        };
+        let known =
+            |typ| is_known_attribute(typ) || (other.is_some() && typ == attr::CHANGE_REQUEST);
         let mut unknown = [0u16; 8];
-        let count = msg.unknown_required(is_known_attribute, &mut unknown);
+        let count = msg.unknown_required(known, &mut unknown);
         if count > 0 {
             return self.reply_unknown(out, tuple, msg, seal, &unknown[..count]);
+        }
+        let mut reply_tuple = tuple;
+        if other.is_some() {
+            let flags = match msg.get(attr::CHANGE_REQUEST) {
+                None => 0,
+                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+                Some(_) => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+            };
+            match self.nat.answer_from(tuple.server, flags) {
+                Some(from) => reply_tuple.server = from,
+                None => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+            }
         }
         let software = self.config.software.as_deref();
         let data = write_message(
@@ -560,9 +647,15 @@ impl Server {
             seal,
             |w| {
                 w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+                if let Some(other) = other {
+                    // RFC 5780 clients may still read the RFC 3489 MAPPED-ADDRESS.
+                    w.add_address(attr::MAPPED_ADDRESS, tuple.client);
+                    w.add_address(attr::RESPONSE_ORIGIN, reply_tuple.server);
+                    w.add_address(attr::OTHER_ADDRESS, other);
+                }
             },
         );
-        to_client(tuple, data)
+        to_client(reply_tuple, data)
     }
 
     fn send_indication<'a>(&mut self, tuple: FiveTuple, msg: &Message<'a>) -> Output<'a> {
@@ -580,10 +673,7 @@ impl Server {
             return Output::Nothing;
         }
         let allocation = &mut self.allocations[index];
-        let relay_family_matches = allocation
-            .relay
-            .is_some_and(|(local, _)| same_family(local.ip(), peer.ip()));
-        if !relay_family_matches || !allocation.has_permission(peer.ip()) {
+        if !allocation.serves(peer.ip()) || !allocation.has_permission(peer.ip()) {
             return Output::Nothing;
         }
         allocation.stats.packets_to_peer += 1;
@@ -633,7 +723,7 @@ impl Server {
             (Method::ALLOCATE, None) => self.allocate(now, tuple, msg, &authed, seal, out),
             (Method::ALLOCATE, Some(index)) => {
                 let allocation = &self.allocations[index];
-                if allocation.allocate_tid == *msg.transaction_id() && allocation.relay.is_some() {
+                if allocation.allocate_tid == *msg.transaction_id() && allocation.has_relay() {
                     self.allocate_success(now, index, msg.transaction_id(), None, seal, out)
                 // a retransmission
                 } else {
@@ -727,22 +817,33 @@ impl Server {
                 )
             }
         }
+        let requested = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
+        let legacy_family_attrs = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_none()
+            && msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY).is_some();
+        let additional = msg
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .or_else(|| msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY));
+        // RFC 8656 §7.2 steps 5-9, in order: a reservation token stands alone; one of
+        // REQUESTED- and ADDITIONAL-ADDRESS-FAMILY; a reserved pair is single-family; the
+        // additional family can only be IPv6 (the requested one being IPv4).
         let port = match (msg.get(attr::EVEN_PORT), msg.get(attr::RESERVATION_TOKEN)) {
             (None, None) => PortRequest::Any,
             (Some(even), None) => PortRequest::Even {
                 reserve_next: even.first().is_some_and(|b| b & 0x80 != 0),
             },
             (None, Some(token)) => match <[u8; 8]>::try_from(token) {
-                Ok(token) => PortRequest::Reserved(token),
-                Err(_) => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+                Ok(token) if additional.is_none() => PortRequest::Reserved(token),
+                _ => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
             },
             (Some(_), Some(_)) => {
                 return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST)
             }
         };
-        let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => Family::V4,
-            Some([0x01, ..]) => Family::V4,
+        if requested.is_some() && additional.is_some() {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        }
+        let family = match requested {
+            None | Some([0x01, ..]) => Family::V4,
             Some([0x02, ..]) => Family::V6,
             Some(_) => {
                 return self.reply_error(
@@ -754,6 +855,18 @@ impl Server {
                 )
             }
         };
+        let additional = match additional {
+            None => None,
+            Some(_) if port == (PortRequest::Even { reserve_next: true }) => {
+                return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST)
+            }
+            Some([0x02, ..]) => Some(Family::V6),
+            Some(_) => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
+        };
+        if self.draining.load(Ordering::Relaxed) {
+            info!(client = %tuple.client, user = authed.username, "allocation refused: server is draining");
+            return self.refuse_allocate(out, tuple, msg, seal, true);
+        }
         let quota_id = self.config.auth.quota_id(authed.username);
         if let Err(error) =
             self.quotas
@@ -761,7 +874,8 @@ impl Server {
         {
             self.counters.quota_rejections += 1;
             info!(client = %tuple.client, user = authed.username, reason = %error, "allocation refused");
-            return self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_QUOTA_REACHED);
+            let redirect = error == QuotaError::Total;
+            return self.refuse_allocate(out, tuple, msg, seal, redirect);
         }
         let lifetime = self.config.grant_lifetime(msg.get_u32(attr::LIFETIME));
         let generation = self.next_generation;
@@ -774,10 +888,14 @@ impl Server {
             quota_id: quota_id.into(),
             key: authed.key,
             allocate_tid: *msg.transaction_id(),
-            relay: None,
+            relays: [None; 2],
+            address_error: None,
+            legacy_family_attrs,
             pending: Some(PendingReply {
                 sha256: seal.sha256,
                 fingerprint: seal.fingerprint,
+                family,
+                additional,
             }),
             created: now,
             expires,
@@ -793,8 +911,65 @@ impl Server {
             alloc,
             tuple,
             family,
+            additional,
             port,
         })
+    }
+
+    /// Refuses an Allocate for lack of room: 300 Try Alternate with the next `alternate-server`
+    /// of the client's family when `redirect` and one is configured, else 486.
+    fn refuse_allocate<'a>(
+        &mut self,
+        out: &'a mut [u8],
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        seal: Seal<'_>,
+        redirect: bool,
+    ) -> Output<'a> {
+        let alternate = if redirect {
+            self.next_alternate(Family::of(&tuple.client))
+        } else {
+            None
+        };
+        let Some(alternate) = alternate else {
+            return self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_QUOTA_REACHED);
+        };
+        self.counters.redirects += 1;
+        debug!(client = %tuple.client, %alternate, "allocate redirected");
+        let software = self.config.software.as_deref();
+        let data = write_message(
+            out,
+            msg.method(),
+            Class::Error,
+            msg.transaction_id(),
+            software,
+            seal,
+            |w| {
+                w.add_error_code(errors::TRY_ALTERNATE, reason(errors::TRY_ALTERNATE));
+                w.add_address(attr::ALTERNATE_SERVER, alternate);
+            },
+        );
+        to_client(tuple, data)
+    }
+
+    /// Round-robin over the configured alternate servers of `family`.
+    fn next_alternate(&mut self, family: Family) -> Option<SocketAddr> {
+        let alternates = &self.config.alternate_servers;
+        let count = alternates
+            .iter()
+            .filter(|a| Family::of(a) == family)
+            .count();
+        if count == 0 {
+            return None;
+        }
+        let position = &mut self.next_alternate[family.index()];
+        let pick = *position % count;
+        *position = position.wrapping_add(1);
+        alternates
+            .iter()
+            .filter(|a| Family::of(a) == family)
+            .nth(pick)
+            .copied()
     }
 
     fn allocate_success<'a>(
@@ -807,9 +982,9 @@ impl Server {
         out: &'a mut [u8],
     ) -> Output<'a> {
         let allocation = &self.allocations[index];
-        let Some((_, advertised)) = allocation.relay else {
+        if !allocation.has_relay() {
             return Output::Nothing;
-        };
+        }
         let lifetime = remaining_secs(allocation.expires, now);
         let tuple = allocation.tuple;
         let software = self.config.software.as_deref();
@@ -821,11 +996,22 @@ impl Server {
             software,
             seal,
             |w| {
-                w.add_xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
+                // Two XOR-RELAYED-ADDRESS attributes for a dual-stack allocation, IPv4 first.
+                for advertised in allocation.advertised() {
+                    w.add_xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
+                }
                 w.add_u32(attr::LIFETIME, lifetime);
                 w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
                 if let Some(token) = reservation {
                     w.add_bytes(attr::RESERVATION_TOKEN, &token);
+                }
+                if let Some((family, code)) = allocation.address_error {
+                    let typ = if allocation.legacy_family_attrs {
+                        attr::ADDRESS_ERROR_CODE_LEGACY
+                    } else {
+                        attr::ADDRESS_ERROR_CODE
+                    };
+                    w.add_address_error_code(typ, family.wire(), code, reason(code));
                 }
             },
         );
@@ -842,13 +1028,14 @@ impl Server {
         out: &'a mut [u8],
     ) -> Output<'a> {
         let allocation = &self.allocations[index];
-        let relay_family = allocation.relay.map(|(local, _)| Family::of(&local));
         let requested_family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             Some([0x01, ..]) => Some(Family::V4),
             Some([0x02, ..]) => Some(Family::V6),
             _ => None,
         };
-        if requested_family.is_some() && requested_family != relay_family {
+        // RFC 8656 §8: a family the allocation has no relay of is a mismatch (either of the
+        // two of a dual-stack allocation matches; the whole allocation is refreshed).
+        if requested_family.is_some_and(|family| allocation.relays[family.index()].is_none()) {
             return self.reply_error(out, tuple, msg, seal, errors::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         let granted = match msg.get_u32(attr::LIFETIME) {
@@ -960,8 +1147,12 @@ impl Server {
 
     /// The error code a peer address earns, if any: family mismatch (443) or policy (403).
     fn check_peer(&mut self, index: usize, peer: SocketAddr) -> Option<u16> {
-        let relay = self.allocations[index].relay.map(|(local, _)| local)?;
-        if !same_family(relay.ip(), peer.ip()) {
+        let allocation = &self.allocations[index];
+        if !allocation.has_relay() {
+            return None; // not reachable: requests wait for the relay to be bound
+        }
+        // RFC 8656 §9.2/§11.2: the peer's family must be one the allocation relays.
+        if !allocation.serves(peer.ip()) {
             return Some(errors::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         if !self.config.policy.permits(peer.ip()) {
@@ -997,8 +1188,8 @@ impl Server {
             index,
             generation: allocation.generation,
         };
-        let relay = allocation.relay.map(|(local, _)| local);
-        self.events.push_back(Event::Released { alloc, relay });
+        let relays = allocation.relays.map(|relay| relay.map(|(local, _)| local));
+        self.events.push_back(Event::Released { alloc, relays });
     }
 
     fn reply_challenge<'a>(
@@ -1151,10 +1342,20 @@ fn is_known_attribute(typ: u16) -> bool {
             | attr::EVEN_PORT
             | attr::RESERVATION_TOKEN
             | attr::REQUESTED_ADDRESS_FAMILY
+            | attr::ADDITIONAL_ADDRESS_FAMILY
+            | attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY
             | attr::XOR_PEER_ADDRESS
             | attr::CHANNEL_NUMBER
             | attr::DATA
     )
+}
+
+/// The error code a relay bind failure answers with.
+fn relay_error_code(error: RelayError) -> u16 {
+    match error {
+        RelayError::FamilyUnsupported => errors::ADDRESS_FAMILY_NOT_SUPPORTED,
+        RelayError::NoPorts | RelayError::BadReservation => errors::INSUFFICIENT_CAPACITY,
+    }
 }
 
 fn remaining_secs(expires: Instant, now: Instant) -> u32 {

@@ -25,7 +25,12 @@ struct Harness {
     username: String,
     key: [u8; 16],
     nonce: String,
+    /// Which relay families the simulated I/O layer can bind, by `Family::index`.
+    relay_families: [bool; 2],
 }
+
+const RELAY_V4: &str = "192.0.2.1:50000";
+const RELAY_V6: &str = "[2001:db8::1]:50002";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -69,6 +74,7 @@ impl Harness {
             key: long_term_key(&minted.username, &config.realm, &minted.password),
             username: minted.username,
             nonce: String::new(),
+            relay_families: [true, true],
         }
     }
 
@@ -122,11 +128,17 @@ impl Harness {
                 data.to_vec()
             }
             Output::BindRelay(request) => {
-                let relay = addr("192.0.2.1:50000");
+                let bind = |family: Family| match (family, self.relay_families[family.index()]) {
+                    (_, false) => Err(RelayError::FamilyUnsupported),
+                    (Family::V4, true) => Ok(addr(RELAY_V4).into()),
+                    (Family::V6, true) => Ok(addr(RELAY_V6).into()),
+                };
+                let primary = bind(request.family);
+                let additional = request.additional.map(bind);
                 let alloc = request.alloc;
                 match self
                     .server
-                    .relay_bound(self.now, alloc, Ok(relay.into()), &mut self.out)
+                    .relay_bound(self.now, alloc, primary, additional, &mut self.out)
                 {
                     Output::ToClient { data, .. } => data.to_vec(),
                     other => panic!("unexpected {other:?}"),
@@ -684,10 +696,13 @@ fn relay_bind_failure_answers_508_and_releases_the_quota() {
     let Output::BindRelay(bind) = h.server.handle_client(h.now, tuple, &request, &mut h.out) else {
         panic!("expected BindRelay");
     };
-    let reply = match h
-        .server
-        .relay_bound(h.now, bind.alloc, Err(RelayError::NoPorts), &mut h.out)
-    {
+    let reply = match h.server.relay_bound(
+        h.now,
+        bind.alloc,
+        Err(RelayError::NoPorts),
+        None,
+        &mut h.out,
+    ) {
         Output::ToClient { data, .. } => data.to_vec(),
         other => panic!("{other:?}"),
     };
@@ -759,4 +774,442 @@ fn garbage_never_panics_and_gets_no_answer() {
             "random bytes answered: {bytes:?}"
         );
     }
+}
+
+// ---- IPv6, dual-stack allocations (RFC 8656 §§ 6-7) ----
+
+const PEER_V6: &str = "[2001:470::9]:5000";
+
+fn family_attr(typ: u16, family: u8) -> (u16, Vec<u8>) {
+    (typ, vec![family, 0, 0, 0])
+}
+
+fn relayed_addresses(msg: &Message<'_>) -> Vec<SocketAddr> {
+    msg.attributes()
+        .filter(|a| a.typ == attr::XOR_RELAYED_ADDRESS)
+        .map(|a| stun::decode_xor_address(a.value, msg.transaction_id()).unwrap())
+        .collect()
+}
+
+impl Harness {
+    /// An authenticated Allocate with `attrs` besides REQUESTED-TRANSPORT; the reply.
+    fn allocate_with(&mut self, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        self.learn_nonce();
+        let mut all = vec![udp_transport()];
+        all.extend_from_slice(attrs);
+        self.request(Method::ALLOCATE, &all, true)
+    }
+}
+
+#[test]
+fn requested_ipv6_family_gets_an_ipv6_relay_and_ipv6_peers_only() {
+    let mut h = Harness::new(config());
+    let reply = h.allocate_with(&[family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x02)]);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.class(), Class::Success, "{:?}", msg.error_code());
+    assert_eq!(relayed_addresses(&msg), vec![addr(RELAY_V6)]);
+    let peer = addr(PEER_V6);
+    assert_eq!(h.create_permission(&[addr(PEER)]), Some(443));
+    assert_eq!(h.create_permission(&[peer]), None);
+    assert_eq!(h.channel_bind(0x4000, addr(PEER)), Some(443));
+    let send = h.send_indication(peer, b"six");
+    assert_eq!(h.client_sends(&send), Some((peer, b"six".to_vec())));
+    assert!(h.peer_sends(peer, b"back").is_some());
+    // IPv6 peers are policed too.
+    assert_eq!(h.create_permission(&[addr("[fd00::1]:5000")]), Some(403));
+}
+
+#[test]
+fn a_family_without_relay_address_gets_440() {
+    let mut h = Harness::new(config());
+    h.relay_families = [true, false];
+    let reply = h.allocate_with(&[family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x02)]);
+    assert_eq!(code(&reply), Some(440));
+    assert_eq!(h.server.allocation_count(), 0);
+    h.relay_families = [false, true];
+    let reply = h.request(Method::ALLOCATE, &[udp_transport()], true);
+    assert_eq!(code(&reply), Some(440), "IPv4 is the default family");
+}
+
+#[test]
+fn additional_family_gives_a_dual_stack_allocation() {
+    let mut h = Harness::new(config());
+    let reply = h.allocate_with(&[family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02)]);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.class(), Class::Success, "{:?}", msg.error_code());
+    assert_eq!(
+        msg.verify_integrity(&h.key),
+        IntegrityCheck::Valid(IntegrityKind::Sha1)
+    );
+    assert_eq!(
+        relayed_addresses(&msg),
+        vec![addr(RELAY_V4), addr(RELAY_V6)]
+    );
+    assert!(msg.get(attr::ADDRESS_ERROR_CODE).is_none());
+    let info = h.server.allocations(h.now).next().unwrap();
+    assert_eq!(
+        (info.relay, info.additional_relay),
+        (Some(addr(RELAY_V4)), Some(addr(RELAY_V6)))
+    );
+
+    // Permissions and channels of both families; each peer is reached from its family's relay.
+    let (v4, v6) = (addr(PEER), addr(PEER_V6));
+    assert_eq!(h.create_permission(&[v4, v6]), None);
+    assert_eq!(h.channel_bind(0x4001, v6), None);
+    let frame = [0x40, 0x01, 0, 2, b'h', b'i'];
+    assert_eq!(h.client_sends(&frame), Some((v6, b"hi".to_vec())));
+    let send = h.send_indication(v4, b"four");
+    assert_eq!(h.client_sends(&send), Some((v4, b"four".to_vec())));
+    let to_client = h.peer_sends(v6, b"from six").unwrap();
+    assert_eq!(ChannelData::parse(&to_client).unwrap().channel, 0x4001);
+    assert!(h.peer_sends(v4, b"from four").is_some());
+
+    // Refresh may name either family; the allocation ends with both relays released.
+    let v6_family = family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x02);
+    assert_eq!(code(&h.request(Method::REFRESH, &[v6_family], true)), None);
+    h.request(Method::REFRESH, &[lifetime(0)], true);
+    match h.server.poll_event() {
+        Some(Event::Released { relays, .. }) => {
+            assert_eq!(relays, [Some(addr(RELAY_V4)), Some(addr(RELAY_V6))])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dual_stack_without_ipv6_keeps_ipv4_and_says_why() {
+    let mut h = Harness::new(config());
+    h.relay_families = [true, false];
+    h.learn_nonce();
+    let tid = h.tid();
+    let request = h.build(
+        Method::ALLOCATE,
+        &[
+            udp_transport(),
+            family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02),
+        ],
+        true,
+        tid,
+    );
+    let reply = h.send(&request);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.class(), Class::Success);
+    assert_eq!(relayed_addresses(&msg), vec![addr(RELAY_V4)]);
+    let address_error = msg.get(attr::ADDRESS_ERROR_CODE).unwrap();
+    assert_eq!(&address_error[..4], &[0x02, 0, 4, 40], "IPv6: 440");
+    assert_eq!(h.create_permission(&[addr(PEER_V6)]), Some(443));
+    assert_eq!(
+        h.send(&request),
+        reply,
+        "a retransmission gets the same answer"
+    );
+
+    // And the other way round: IPv4 unavailable, IPv6 bound.
+    let mut h = Harness::new(config());
+    h.relay_families = [false, true];
+    let reply = h.allocate_with(&[family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02)]);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(relayed_addresses(&msg), vec![addr(RELAY_V6)]);
+    assert_eq!(
+        &msg.get(attr::ADDRESS_ERROR_CODE).unwrap()[..4],
+        &[0x01, 0, 4, 40]
+    );
+
+    // Neither family: the Allocate fails as a whole.
+    let mut h = Harness::new(config());
+    h.relay_families = [false, false];
+    let reply = h.allocate_with(&[family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02)]);
+    assert_eq!(code(&reply), Some(440));
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn family_attribute_combinations_that_get_400() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let cases = [
+        vec![
+            family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x01),
+            family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02),
+        ],
+        vec![family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x01)],
+        vec![family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x07)],
+        vec![
+            (attr::EVEN_PORT, vec![0x80]),
+            family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02),
+        ],
+        vec![
+            (attr::RESERVATION_TOKEN, vec![1; 8]),
+            family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02),
+        ],
+    ];
+    for attrs in cases {
+        let mut all = vec![udp_transport()];
+        all.extend(attrs.iter().cloned());
+        let reply = h.request(Method::ALLOCATE, &all, true);
+        assert_eq!(code(&reply), Some(400), "{attrs:?}");
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    // EVEN-PORT without the R bit combines with a dual-stack request.
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[
+            udp_transport(),
+            (attr::EVEN_PORT, vec![0]),
+            family_attr(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02),
+        ],
+        true,
+    );
+    assert_eq!(code(&reply), None);
+}
+
+#[test]
+fn refresh_naming_a_family_the_allocation_lacks_gets_443() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    let v6 = family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x02);
+    assert_eq!(code(&h.request(Method::REFRESH, &[v6], true)), Some(443));
+    let v4 = family_attr(attr::REQUESTED_ADDRESS_FAMILY, 0x01);
+    assert_eq!(code(&h.request(Method::REFRESH, &[v4], true)), None);
+}
+
+// ---- RFC 5780 NAT behaviour discovery ----
+
+fn nat_harness() -> Harness {
+    let mut h = Harness::new(config());
+    h.server.set_nat_discovery(Arc::new(NatDiscovery::new(
+        &["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()],
+        3478,
+        3479,
+    )));
+    h
+}
+
+/// Sends a Binding with `attrs`; returns the tuple the answer goes out on and the answer.
+fn binding(h: &mut Harness, attrs: &[(u16, Vec<u8>)]) -> (FiveTuple, Vec<u8>) {
+    let tid = h.tid();
+    let request = h.build(Method::BINDING, attrs, false, tid);
+    let tuple = h.tuple;
+    match h.server.handle_client(h.now, tuple, &request, &mut h.out) {
+        Output::ToClient { tuple, data } => (tuple, data.to_vec()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn plain_address(msg: &Message<'_>, typ: u16) -> Option<SocketAddr> {
+    msg.get(typ).map(|v| stun::decode_address(v).unwrap())
+}
+
+fn change_request(flags: u32) -> (u16, Vec<u8>) {
+    (attr::CHANGE_REQUEST, flags.to_be_bytes().to_vec())
+}
+
+#[test]
+fn binding_carries_other_address_and_response_origin_with_two_addresses() {
+    let mut h = nat_harness();
+    let (tuple, reply) = binding(&mut h, &[]);
+    assert_eq!(tuple, h.tuple);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(
+        plain_address(&msg, attr::OTHER_ADDRESS),
+        Some(addr("192.0.2.2:3479"))
+    );
+    assert_eq!(
+        plain_address(&msg, attr::RESPONSE_ORIGIN),
+        Some(addr("192.0.2.1:3478"))
+    );
+    assert_eq!(
+        plain_address(&msg, attr::MAPPED_ADDRESS),
+        Some(h.tuple.client)
+    );
+}
+
+#[test]
+fn change_request_answers_from_the_other_address_and_port() {
+    let mut h = nat_harness();
+    let cases = [
+        (0x0, "192.0.2.1:3478"),
+        (0x2, "192.0.2.1:3479"),
+        (0x4, "192.0.2.2:3478"),
+        (0x6, "192.0.2.2:3479"),
+    ];
+    for (flags, from) in cases {
+        let (tuple, reply) = binding(&mut h, &[change_request(flags)]);
+        assert_eq!(tuple.server, addr(from), "flags {flags:#x}");
+        assert_eq!(tuple.client, h.tuple.client);
+        let msg = Message::parse(&reply).unwrap();
+        assert_eq!(msg.class(), Class::Success);
+        assert_eq!(plain_address(&msg, attr::RESPONSE_ORIGIN), Some(addr(from)));
+        assert_eq!(
+            plain_address(&msg, attr::OTHER_ADDRESS),
+            Some(addr("192.0.2.2:3479"))
+        );
+    }
+    // Received on the alternate address and port: OTHER-ADDRESS points back.
+    h.tuple.server = addr("192.0.2.2:3479");
+    let (tuple, reply) = binding(&mut h, &[change_request(0x6)]);
+    assert_eq!(tuple.server, addr("192.0.2.1:3478"));
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(
+        plain_address(&msg, attr::OTHER_ADDRESS),
+        Some(addr("192.0.2.1:3478"))
+    );
+    let (_, reply) = binding(&mut h, &[(attr::CHANGE_REQUEST, vec![0; 3])]);
+    assert_eq!(code(&reply), Some(400));
+}
+
+#[test]
+fn without_two_addresses_or_over_tcp_change_request_is_unknown() {
+    let mut h = Harness::new(config());
+    let (_, reply) = binding(&mut h, &[change_request(0x4)]);
+    assert_eq!(code(&reply), Some(420));
+    let (_, reply) = binding(&mut h, &[]);
+    let msg = Message::parse(&reply).unwrap();
+    assert!(msg.get(attr::OTHER_ADDRESS).is_none() && msg.get(attr::RESPONSE_ORIGIN).is_none());
+
+    let mut h = nat_harness();
+    h.tuple.transport = Transport::Tcp;
+    let (_, reply) = binding(&mut h, &[change_request(0x4)]);
+    assert_eq!(code(&reply), Some(420));
+    // RFC 5780 is about Binding only.
+    let mut h = nat_harness();
+    let reply = h.allocate_with(&[change_request(0x4)]);
+    assert_eq!(code(&reply), Some(420));
+}
+
+// ---- 300 Try Alternate ----
+
+fn alternates_config() -> Config {
+    Config {
+        alternate_servers: vec![
+            addr("203.0.113.1:3478"),
+            addr("[2001:db8::7]:3478"),
+            addr("203.0.113.2:3479"),
+        ],
+        ..config()
+    }
+}
+
+fn alternate_of(reply: &[u8]) -> Option<SocketAddr> {
+    plain_address(&Message::parse(reply).unwrap(), attr::ALTERNATE_SERVER)
+}
+
+#[test]
+fn draining_redirects_allocates_round_robin_per_family() {
+    let mut h = Harness::new(alternates_config());
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    h.server.set_drain_flag(draining.clone());
+    h.learn_nonce();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let reply = h.request(Method::ALLOCATE, &[udp_transport()], true);
+        let msg = Message::parse(&reply).unwrap();
+        assert_eq!(msg.error_code().map(|(c, _)| c), Some(300));
+        assert_eq!(
+            msg.verify_integrity(&h.key),
+            IntegrityCheck::Valid(IntegrityKind::Sha1),
+            "a 300 is authenticated"
+        );
+        seen.push(alternate_of(&reply).unwrap());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            addr("203.0.113.1:3478"),
+            addr("203.0.113.2:3479"),
+            addr("203.0.113.1:3478")
+        ]
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.counters().redirects, 3);
+
+    // An IPv6 client gets the IPv6 alternate.
+    let mut v6 = Harness::new(alternates_config());
+    v6.server.set_drain_flag(draining.clone());
+    v6.tuple = FiveTuple {
+        client: addr("[2001:db8:1::5]:40000"),
+        server: addr("[2001:db8::1]:3478"),
+        transport: Transport::Udp,
+    };
+    let reply = v6.allocate_with(&[]);
+    assert_eq!(alternate_of(&reply), Some(addr("[2001:db8::7]:3478")));
+
+    // Unauthenticated requests are still challenged; draining ends, allocations resume.
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], false)),
+        Some(401)
+    );
+    draining.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        code(&h.request(Method::ALLOCATE, &[udp_transport()], true)),
+        None
+    );
+}
+
+#[test]
+fn draining_without_alternates_answers_486() {
+    let mut h = Harness::new(config());
+    h.server
+        .set_drain_flag(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let reply = h.allocate_with(&[]);
+    assert_eq!(code(&reply), Some(486));
+    assert!(alternate_of(&reply).is_none());
+    // An IPv6 client with only IPv4 alternates configured gets 486 too.
+    let mut cfg = config();
+    cfg.alternate_servers = vec![addr("203.0.113.1:3478")];
+    let mut h = Harness::new(cfg);
+    h.server
+        .set_drain_flag(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    h.tuple.client = addr("[2001:db8:1::5]:40000");
+    assert_eq!(code(&h.allocate_with(&[])), Some(486));
+}
+
+#[test]
+fn total_quota_redirects_but_user_quota_does_not() {
+    let start = Instant::now();
+    let mut cfg = alternates_config();
+    cfg.total_quota = 1;
+    let quotas = Arc::new(Quotas::new());
+    let mut first = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
+    first.allocate();
+    let mut second = Harness::with_quotas(cfg, quotas, start);
+    second.tuple.client = addr("198.51.100.8:40000");
+    let minted = mint(SECRET, Some("carol"), 3600, UNIX_START);
+    second.key = long_term_key(&minted.username, "tern", &minted.password);
+    second.username = minted.username;
+    let reply = second.allocate_with(&[]);
+    assert_eq!(code(&reply), Some(300));
+    assert_eq!(alternate_of(&reply), Some(addr("203.0.113.1:3478")));
+
+    let mut cfg = alternates_config();
+    cfg.user_quota = 1;
+    let quotas = Arc::new(Quotas::new());
+    let mut first = Harness::with_quotas(cfg.clone(), quotas.clone(), start);
+    first.allocate();
+    let mut second = Harness::with_quotas(cfg, quotas, start);
+    second.tuple.client = addr("198.51.100.8:40000");
+    assert_eq!(code(&second.allocate_with(&[])), Some(486));
+}
+
+#[test]
+fn coturn_draft_additional_family_attribute_is_understood() {
+    // coTURN's turnutils_uclient -Z sends ADDITIONAL-ADDRESS-FAMILY as 0x8032.
+    let legacy = family_attr(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY, 0x02);
+    let mut h = Harness::new(config());
+    let reply = h.allocate_with(std::slice::from_ref(&legacy));
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(
+        relayed_addresses(&msg),
+        vec![addr(RELAY_V4), addr(RELAY_V6)]
+    );
+    let mut h = Harness::new(config());
+    h.relay_families = [true, false];
+    let reply = h.allocate_with(&[legacy]);
+    let msg = Message::parse(&reply).unwrap();
+    assert!(msg.get(attr::ADDRESS_ERROR_CODE).is_none());
+    assert_eq!(
+        &msg.get(attr::ADDRESS_ERROR_CODE_LEGACY).unwrap()[..4],
+        &[0x02, 0, 4, 40],
+        "answered in the same numbering"
+    );
 }

@@ -68,10 +68,16 @@ impl Tern {
     /// Starts tern on 127.0.0.1 with `extra` TOML lines added to a base config (secret, port,
     /// relay range), and waits until it answers a STUN Binding.
     pub fn start(extra: &str) -> Tern {
+        Self::start_listening("\"127.0.0.1\"", extra)
+    }
+
+    /// Like [`Tern::start`], with `listening-ip` set to `listening` (a TOML value that must
+    /// include 127.0.0.1, where readiness is probed), e.g. `["127.0.0.1", "::1"]`.
+    pub fn start_listening(listening: &str, extra: &str) -> Tern {
         let port = free_port();
         let (min, max) = relay_range();
         let toml = format!(
-            "listening-ip = \"127.0.0.1\"\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
+            "listening-ip = {listening}\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
              static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n{extra}\n"
         );
         Self::start_with_config(port, &toml)

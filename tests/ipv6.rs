@@ -1,0 +1,199 @@
+//! IPv6 (RFC 8656 §§ 6-7) through real sockets, driven by coTURN's `turnutils_uclient` on `::1`
+//! with TURN REST credentials: IPv6 relays (`-x`), dual-stack allocations (`-Z`), and 440 when
+//! no IPv6 relay address exists. Under CI=true a missing tool fails; elsewhere it is skipped, as
+//! is the whole file on a host without `::1`.
+
+mod common;
+
+use common::{Tern, SECRET};
+use std::process::Command;
+
+fn available() -> bool {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this host");
+        return false;
+    }
+    let found = Command::new("turnutils_uclient").arg("-h").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "turnutils_uclient is missing under CI=true: install Debian's coturn package"
+        );
+        eprintln!("SKIPPED: turnutils_uclient not installed (apt-get install coturn)");
+    }
+    found
+}
+
+/// uclient's closing totals: messages sent and received, and lost packets.
+fn totals(output: &str) -> (u64, u64, u64) {
+    let number_after = |key: &str| -> u64 {
+        let at = output
+            .rfind(key)
+            .unwrap_or_else(|| panic!("{key} missing in:\n{output}"))
+            + key.len();
+        output[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    (
+        number_after("tot_send_msgs="),
+        number_after("tot_recv_msgs="),
+        number_after("Total lost packets"),
+    )
+}
+
+/// Runs uclient: 4 clients x 50 messages between each other (`-y`) through tern at `server`.
+fn run_uclient(tern: &Tern, server: &str, extra: &[&str]) -> String {
+    let port = tern.port.to_string();
+    let mut args = vec![
+        "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "50", "-l", "120", "-m", "4", "-y",
+    ];
+    args.extend_from_slice(extra);
+    args.push(server);
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "uclient failed ({:?}):\n{text}\ntern logs:\n{}",
+        output.status,
+        tern.logs()
+    );
+    text
+}
+
+fn assert_all_came_back(text: &str, tern: &Tern) {
+    let (sent, received, lost) = totals(text);
+    assert!(
+        sent >= 200,
+        "4 clients x 50 messages, got {sent} sent:\n{text}"
+    );
+    assert_eq!(
+        received,
+        sent,
+        "everything sent came back:\n{text}\ntern logs:\n{}",
+        tern.logs()
+    );
+    assert_eq!(lost, 0, "{text}");
+}
+
+/// The `allocation created` log lines (debug level in the test config), without colours.
+fn created(tern: &Tern) -> Vec<String> {
+    tern.logs()
+        .lines()
+        .filter(|line| line.contains("allocation created"))
+        .map(strip_ansi)
+        .collect()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn dual_stack_tern() -> Tern {
+    Tern::start_listening(
+        r#"["127.0.0.1", "::1"]"#,
+        "allow-loopback-peers = true\nallow-rfc5766-channel-numbers = true",
+    )
+}
+
+#[test]
+fn uclient_over_ipv6_with_ipv6_relays_and_channels() {
+    if !available() {
+        return;
+    }
+    let tern = dual_stack_tern();
+    let text = run_uclient(&tern, "::1", &["-x"]);
+    assert_all_came_back(&text, &tern);
+    let created = created(&tern);
+    assert!(!created.is_empty(), "{}", tern.logs());
+    for line in &created {
+        assert!(
+            line.contains("client=[::1]:")
+                && line.contains("[::1]:")
+                && !line.contains("127.0.0.1"),
+            "an IPv6 client with an IPv6 relay only: {line}"
+        );
+    }
+}
+
+#[test]
+fn uclient_over_ipv6_with_send_indications() {
+    if !available() {
+        return;
+    }
+    let tern = dual_stack_tern();
+    let text = run_uclient(&tern, "::1", &["-x", "-s"]);
+    assert_all_came_back(&text, &tern);
+}
+
+#[test]
+fn uclient_dual_stack_allocations_get_two_relays() {
+    if !available() {
+        return;
+    }
+    let tern = dual_stack_tern();
+    // -Z: ADDITIONAL-ADDRESS-FAMILY (coTURN sends the draft's 0x8032), one relay per family.
+    let text = run_uclient(&tern, "::1", &["-Z"]);
+    assert_all_came_back(&text, &tern);
+    let created = created(&tern);
+    assert!(!created.is_empty(), "{}", tern.logs());
+    for line in &created {
+        let relays = line.split("relay=").nth(1).unwrap_or_default();
+        assert!(
+            relays.contains("127.0.0.1:") && relays.contains("[::1]:"),
+            "two relays, one per family: {line}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_relay_without_an_ipv6_address_gets_440() {
+    if !available() {
+        return;
+    }
+    let tern = Tern::start("allow-loopback-peers = true");
+    let output = Command::new("timeout")
+        .args(["20", "turnutils_uclient", "-W", SECRET, "-u", "uclient"])
+        .args([
+            "-p",
+            &tern.port.to_string(),
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-y",
+            "-x",
+        ])
+        .arg("127.0.0.1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("error 440"),
+        "uclient sees 440 Address Family not Supported:\n{text}"
+    );
+    assert!(created(&tern).is_empty(), "{}", tern.logs());
+}
