@@ -1,6 +1,7 @@
 //! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
 
 mod addresses;
+mod control;
 mod port_pool;
 mod relay_ports;
 mod sockets;
@@ -8,6 +9,7 @@ mod stats;
 mod udp_worker;
 
 pub use addresses::{expand_listening_ips, RelayPlan};
+pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
@@ -19,6 +21,7 @@ use crate::turn::{CoreConfig, Server};
 use mio::Waker;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -37,6 +40,8 @@ pub struct UdpService {
     pub stats: Vec<Arc<WorkerStats>>,
     pub ports: Arc<Mutex<RelayPorts>>,
     pub listening: Vec<SocketAddr>,
+    /// Drain switch shared with every worker's `turn::Server` (admin API, `/readyz`).
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Workers to run: `relay-threads`, or one per core.
@@ -75,19 +80,21 @@ impl UdpService {
         });
         let pool = PortPool::new(config.min_port, config.max_port);
         let ports = Arc::new(Mutex::new(RelayPorts::new(pool, config.sock_buf_size)));
+        let draining = Arc::new(AtomicBool::new(false));
         let mut bound = Vec::new();
         for id in 0..worker_count(config) {
             let (poll, waker) = udp_worker::new_poll()?;
             let (control, receiver) = mpsc::channel();
             let stats = Arc::new(WorkerStats::default());
             let now = Instant::now();
-            let server = Server::new(
+            let mut server = Server::new(
                 core.clone(),
                 nonces.clone(),
                 quotas.clone(),
                 now,
                 udp_worker::unix_now(),
             );
+            server.set_drain_flag(draining.clone());
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),
@@ -118,7 +125,19 @@ impl UdpService {
             stats: all_stats,
             ports,
             listening,
+            draining,
         })
+    }
+
+    /// A handle to ask the workers for their allocations, delete some, or wait for a reload.
+    pub fn control(&self) -> WorkerControl {
+        WorkerControl {
+            workers: self
+                .workers
+                .iter()
+                .map(|w| (w.control.clone(), w.waker.clone()))
+                .collect(),
+        }
     }
 
     /// Hands every worker a new configuration snapshot; traffic does not pause.

@@ -3,6 +3,7 @@
 use super::allocation::{Allocation, AllocationInfo, PendingReply, Traffic};
 use super::core_config::{same_family, CoreConfig};
 use super::errors::{self, reason};
+use super::metrics::{auth_reason, transport_index, RequestCounts, AUTH_REASONS, TRANSPORTS};
 use super::timers::TimerQueue;
 use crate::auth::{AuthError, LongTermKey, NonceCheck, NonceMint};
 use crate::policy::Quotas;
@@ -13,6 +14,7 @@ use crate::stun::{
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
@@ -208,6 +210,14 @@ pub struct Counters {
     pub peers_denied: u64,
     pub quota_rejections: u64,
     pub traffic: Traffic,
+    /// Responses sent, by method and result code.
+    pub requests: RequestCounts,
+    /// `auth_failures` split by reason ([`super::metrics::AUTH_REASONS`]).
+    pub auth_failures_by_reason: [u64; AUTH_REASONS.len()],
+    /// Live allocations (pending ones included) by transport ([`super::metrics::TRANSPORTS`]).
+    pub allocations_by_transport: [u64; TRANSPORTS.len()],
+    /// Allocates refused with 486 because the server is draining.
+    pub drain_rejections: u64,
 }
 
 /// The TURN server state machine of one worker.
@@ -223,6 +233,8 @@ pub struct Server {
     next_generation: u32,
     rng: u64,
     counters: Counters,
+    /// Set while the process drains: new Allocates are refused, existing allocations go on.
+    draining: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -249,7 +261,36 @@ impl Server {
             next_generation: 0,
             rng: rand::random::<u64>() | 1,
             counters: Counters::default(),
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares the process-wide drain switch (admin API); while it is set, new Allocates get 486.
+    pub fn set_drain_flag(&mut self, draining: Arc<AtomicBool>) {
+        self.draining = draining;
+    }
+
+    /// Allocations with the ids the admin API names them by.
+    pub fn allocations_with_ids(
+        &self,
+        now: Instant,
+    ) -> impl Iterator<Item = (AllocId, AllocationInfo)> + '_ {
+        self.allocations.iter().map(move |(index, a)| {
+            let id = AllocId {
+                index,
+                generation: a.generation,
+            };
+            (id, a.info(now))
+        })
+    }
+
+    /// Deletes one allocation (admin API); false if it no longer exists.
+    pub fn delete_allocation(&mut self, alloc: AllocId) -> bool {
+        if live(&mut self.allocations, alloc).is_none() {
+            return false;
+        }
+        self.remove_allocation(alloc.index, Removal::Deleted);
+        true
     }
 
     /// Swaps in a reloaded configuration; live allocations keep their state.
@@ -293,7 +334,11 @@ impl Server {
             FrameKind::ChannelData => self.channel_data_from_client(tuple, input),
             FrameKind::Stun => match Message::parse(input) {
                 Ok(msg) if msg.fingerprint_ok() != Some(false) => {
-                    self.stun_from_client(now, tuple, &msg, out)
+                    let output = self.stun_from_client(now, tuple, &msg, out);
+                    if let Output::ToClient { data, .. } = &output {
+                        self.counters.requests.record(data);
+                    }
+                    output
                 }
                 _ => Output::Nothing,
             },
@@ -375,6 +420,24 @@ impl Server {
             return Output::Nothing;
         };
         let Some(pending) = allocation.pending.take() else {
+            return Output::Nothing;
+        };
+        let output = self.finish_allocate(now, alloc, pending, result, out);
+        if let Output::ToClient { data, .. } = &output {
+            self.counters.requests.record(data);
+        }
+        output
+    }
+
+    fn finish_allocate<'a>(
+        &mut self,
+        now: Instant,
+        alloc: AllocId,
+        pending: PendingReply,
+        result: Result<BoundRelay, RelayError>,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        let Some(allocation) = live(&mut self.allocations, alloc) else {
             return Output::Nothing;
         };
         let tuple = allocation.tuple;
@@ -677,6 +740,12 @@ impl Server {
             Ok(keys) => keys,
             Err(error) => {
                 self.counters.auth_failures += 1;
+                let index = match error {
+                    AuthError::UnknownUser => auth_reason::UNKNOWN_USER,
+                    AuthError::Expired => auth_reason::EXPIRED,
+                    AuthError::TtlTooLong => auth_reason::TTL_TOO_LONG,
+                };
+                self.counters.auth_failures_by_reason[index] += 1;
                 info!(client = %tuple.client, user = username, reason = auth_reason(error), "authentication failed");
                 return Err(Challenge::Unauthorized);
             }
@@ -698,6 +767,7 @@ impl Server {
             }
         }
         self.counters.auth_failures += 1;
+        self.counters.auth_failures_by_reason[auth_reason::BAD_INTEGRITY] += 1;
         info!(client = %tuple.client, user = username, reason = "bad message integrity", "authentication failed");
         Err(Challenge::Unauthorized)
     }
@@ -751,6 +821,11 @@ impl Server {
                 )
             }
         };
+        if self.draining.load(Ordering::Relaxed) {
+            self.counters.drain_rejections += 1;
+            info!(client = %tuple.client, user = authed.username, "allocation refused: server is draining");
+            return self.reply_error(out, tuple, msg, seal, errors::ALLOCATION_QUOTA_REACHED);
+        }
         let quota_id = self.config.auth.quota_id(authed.username);
         if let Err(error) =
             self.quotas
@@ -784,6 +859,7 @@ impl Server {
             stats: Traffic::default(),
         });
         self.by_tuple.insert(tuple, index);
+        self.counters.allocations_by_transport[transport_index(tuple.transport)] += 1;
         self.timers.schedule(expires, index, generation);
         let alloc = AllocId { index, generation };
         Output::BindRelay(RelayRequest {
@@ -984,6 +1060,9 @@ impl Server {
         let allocation = self.allocations.remove(index);
         self.by_tuple.remove(&allocation.tuple);
         self.quotas.release(&allocation.quota_id);
+        let by_transport = &mut self.counters.allocations_by_transport
+            [transport_index(allocation.tuple.transport)];
+        *by_transport = by_transport.saturating_sub(1);
         match removal {
             Removal::Expired => self.counters.allocations_expired += 1,
             Removal::Deleted => self.counters.allocations_deleted += 1,
