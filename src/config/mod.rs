@@ -13,7 +13,7 @@ pub use load::{from_toml_str, load, ConfigError};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A REST secret; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,6 +84,16 @@ pub struct Config {
     pub log_level: String,
     /// `no-udp` (false).
     pub no_udp: bool,
+    /// `http-listen` (127.0.0.1:8080): the HTTP endpoint (credentials, metrics, health, admin, page).
+    pub http_listen: SocketAddr,
+    /// `no-http` (false).
+    pub no_http: bool,
+    /// `api-keys`: bearer keys for the credential endpoint (secret).
+    pub api_keys: Vec<Secret>,
+    /// `admin-api-keys`: bearer keys for the admin API; none = admin API off (secret).
+    pub admin_api_keys: Vec<Secret>,
+    /// `public-uris`: the TURN/STUN URIs handed out with credentials; empty = derived.
+    pub public_uris: Vec<String>,
 }
 
 impl Default for Config {
@@ -115,6 +125,11 @@ impl Default for Config {
             sock_buf_size: 0,
             log_level: "info".to_string(),
             no_udp: false,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            no_http: false,
+            api_keys: Vec::new(),
+            admin_api_keys: Vec::new(),
+            public_uris: Vec::new(),
         }
     }
 }
