@@ -23,6 +23,9 @@ pub struct WorkerStats {
     pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
     pub allocations_by_transport: [AtomicU64; TRANSPORTS.len()],
     pub drain_rejections: AtomicU64,
+    /// Client connections open on this worker by transport (TCP/TLS listeners keep these; UDP
+    /// has no connections).
+    pub connections_open: [AtomicU64; TRANSPORTS.len()],
 }
 
 impl WorkerStats {
