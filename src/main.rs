@@ -109,7 +109,8 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
     http.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     runtime.block_on(wait_for_signals(cli, &udp, &http, &generated))?;
     info!("shutting down");
-    http.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    http.ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_http.send(());
     if let Some(task) = http_task {
         let _ = runtime.block_on(async {
@@ -189,7 +190,9 @@ fn print_first_run_banner(secret: &str, api_key: Option<&str>, config: &Config) 
         let http = config.http_listen;
         println!("No api-keys configured: generated one for the credential endpoint.");
         println!("  api-key = {key}");
-        println!("  curl -X POST -H 'Authorization: Bearer {key}' http://{http}/api/v1/credentials");
+        println!(
+            "  curl -X POST -H 'Authorization: Bearer {key}' http://{http}/api/v1/credentials"
+        );
         println!("Trickle ICE test page: http://{http}/");
     }
 }

@@ -208,7 +208,12 @@ pub struct ServeArgs {
     )]
     pub admin_api_keys: Option<Vec<Secret>>,
     /// TURN/STUN URI handed out with credentials (repeatable) [default: derived from listeners].
-    #[arg(long, env = "TERN_PUBLIC_URIS", value_name = "URI", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TERN_PUBLIC_URIS",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
     pub public_uris: Option<Vec<String>>,
     /// Accepted for coTURN compatibility; tern always does this.
     #[arg(

@@ -73,9 +73,17 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "no-udp" => config.no_udp = boolean(key, value)?,
         "http-listen" => config.http_listen = values::socket_addr(key, &string(key, value)?)?,
         "no-http" => config.no_http = boolean(key, value)?,
-        "api-keys" => config.api_keys = secret_strings(key, value)?.into_iter().map(Secret).collect(),
+        "api-keys" => {
+            config.api_keys = secret_strings(key, value)?
+                .into_iter()
+                .map(Secret)
+                .collect()
+        }
         "admin-api-keys" => {
-            config.admin_api_keys = secret_strings(key, value)?.into_iter().map(Secret).collect()
+            config.admin_api_keys = secret_strings(key, value)?
+                .into_iter()
+                .map(Secret)
+                .collect()
         }
         "public-uris" => config.public_uris = strings(key, value)?,
         // Accepted for coTURN compatibility; tern always does this.

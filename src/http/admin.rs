@@ -28,7 +28,10 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/api/v1/admin/allocations", get(list))
         .route("/api/v1/admin/allocations/{id}", delete(delete_one))
-        .route("/api/v1/admin/users/{user}/allocations", delete(delete_user))
+        .route(
+            "/api/v1/admin/users/{user}/allocations",
+            delete(delete_user),
+        )
         .route("/api/v1/admin/drain", post(drain).delete(resume))
 }
 
@@ -79,8 +82,7 @@ async fn list(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
         return refused;
     }
     let control = state.control.clone();
-    let Some(mut entries) = blocking(move || control.list_allocations(WORKER_TIMEOUT)).await
-    else {
+    let Some(mut entries) = blocking(move || control.list_allocations(WORKER_TIMEOUT)).await else {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     entries.sort_by_key(|e| (e.worker, e.id.index));

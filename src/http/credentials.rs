@@ -29,7 +29,10 @@ const DEFAULT_TTL: u64 = 86400;
 const MAX_USER_CHARS: usize = 256;
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
-    Router::new().route("/api/v1/credentials", get(get_credentials).post(post_credentials))
+    Router::new().route(
+        "/api/v1/credentials",
+        get(get_credentials).post(post_credentials),
+    )
 }
 
 /// What a request asks for, once checked.
@@ -277,7 +280,9 @@ mod tests {
             })
         );
         assert_eq!(
-            query(&[("service", "turn"), ("ttl", "x")]).unwrap_err().field,
+            query(&[("service", "turn"), ("ttl", "x")])
+                .unwrap_err()
+                .field,
             "ttl"
         );
     }
@@ -299,7 +304,10 @@ mod tests {
             public: "203.0.113.7".parse().unwrap(),
             private: Some("10.0.0.5".parse().unwrap()),
         }];
-        assert_eq!(derive_uris(&config), ["turn:203.0.113.7:3478?transport=udp"]);
+        assert_eq!(
+            derive_uris(&config),
+            ["turn:203.0.113.7:3478?transport=udp"]
+        );
         config.public_uris = vec!["turns:turn.example.com:443?transport=tcp".into()];
         assert_eq!(
             derive_uris(&config),

@@ -164,8 +164,16 @@ impl Collector for TernCollector {
             }
         }
         for (name, help, packets_or_bytes) in [
-            ("tern_relayed_packets", "Datagrams relayed, by direction", true),
-            ("tern_relayed_bytes", "Payload bytes relayed, by direction", false),
+            (
+                "tern_relayed_packets",
+                "Datagrams relayed, by direction",
+                true,
+            ),
+            (
+                "tern_relayed_bytes",
+                "Payload bytes relayed, by direction",
+                false,
+            ),
         ] {
             let counter_type = ConstCounter::new(0u64).metric_type();
             let mut family = e.encode_descriptor(name, help, None, counter_type)?;
