@@ -35,20 +35,20 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/api/v1/admin/drain", post(drain).delete(resume))
 }
 
-/// 404 when the admin API is off, 401 for a missing or wrong key.
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal, if any: 404 when the admin API is off, 401 for a missing or wrong key.
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let settings = state.settings.load();
     if settings.admin_api_keys.is_empty() {
-        return Err(json_error(StatusCode::NOT_FOUND, "not found"));
+        return Some(json_error(StatusCode::NOT_FOUND, "not found"));
     }
     match bearer(headers) {
-        Some(given) if key_matches(given, &settings.admin_api_keys) => Ok(()),
+        Some(given) if key_matches(given, &settings.admin_api_keys) => None,
         _ => {
             let mut response = json_error(StatusCode::UNAUTHORIZED, "invalid or missing admin key");
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -78,7 +78,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 async fn list(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
     let control = state.control.clone();
@@ -95,7 +95,7 @@ async fn delete_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
     let Some((worker, alloc)) = parse_allocation_id(&id) else {
@@ -117,7 +117,7 @@ async fn delete_user(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
     // Allocations remember the full USERNAME; for REST credentials the admin names the user
@@ -161,7 +161,7 @@ fn user_matches(name: &str, user: &str) -> bool {
 }
 
 async fn drain(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
     if !state.draining.swap(true, Ordering::Relaxed) {
@@ -171,7 +171,7 @@ async fn drain(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respo
 }
 
 async fn resume(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
     if state.draining.swap(false, Ordering::Relaxed) {

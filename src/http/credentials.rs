@@ -64,7 +64,7 @@ async fn post_credentials(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = check_key(&state, bearer(&headers)) {
+    if let Some(refused) = check_key(&state, bearer(&headers)) {
         return refused;
     }
     match parse_body(&body) {
@@ -79,7 +79,7 @@ async fn get_credentials(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let key = query.get("key").map(String::as_str).or(bearer(&headers));
-    if let Err(refused) = check_key(&state, key) {
+    if let Some(refused) = check_key(&state, key) {
         return refused;
     }
     match parse_query(&query) {
@@ -88,20 +88,20 @@ async fn get_credentials(
     }
 }
 
-/// 401 for a missing or wrong key; 403 when no key is configured at all.
-fn check_key(state: &HttpState, given: Option<&str>) -> Result<(), Response> {
+/// The refusal, if any: 401 for a missing or wrong key; 403 when no key is configured at all.
+fn check_key(state: &HttpState, given: Option<&str>) -> Option<Response> {
     let settings = state.settings.load();
     if settings.api_keys.is_empty() {
-        return Err(json_error(StatusCode::FORBIDDEN, "no api-keys configured"));
+        return Some(json_error(StatusCode::FORBIDDEN, "no api-keys configured"));
     }
     match given {
-        Some(given) if key_matches(given, &settings.api_keys) => Ok(()),
+        Some(given) if key_matches(given, &settings.api_keys) => None,
         _ => {
             let mut response = json_error(StatusCode::UNAUTHORIZED, "invalid or missing API key");
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-            Err(response)
+            Some(response)
         }
     }
 }
