@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the independent clients the tests drive tern with (Debian packages).
 # - coturn: for turnutils_uclient only; its turnserver service must not run.
+# - chromium: headless browser for tests/browser.rs (WebRTC through tern); never downloaded at
+#   test time.
 set -euo pipefail
 
-packages=(coturn)
+packages=(coturn chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -25,3 +27,4 @@ if pgrep -x turnserver >/dev/null 2>&1; then
   pkill -x turnserver || true
 fi
 command -v turnutils_uclient >/dev/null
+command -v chromium >/dev/null

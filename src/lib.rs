@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod http;
 pub mod net;
 pub mod policy;
 pub mod stun;

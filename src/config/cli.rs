@@ -187,6 +187,47 @@ pub struct ServeArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub no_udp: Option<bool>,
+    /// Address:port of the HTTP endpoint [default: 127.0.0.1:8080].
+    #[arg(long, env = "TERN_HTTP_LISTEN", value_name = "ADDR:PORT")]
+    pub http_listen: Option<String>,
+    /// Don't serve HTTP (credentials, metrics, health, admin, test page) [default: false].
+    #[arg(
+        long,
+        env = "TERN_NO_HTTP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub no_http: Option<bool>,
+    /// Bearer key for the credential endpoint (repeatable).
+    #[arg(
+        long,
+        env = "TERN_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        value_parser = secret,
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<Secret>>,
+    /// Bearer key for the admin API (repeatable); none = admin API off.
+    #[arg(
+        long,
+        env = "TERN_ADMIN_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        value_parser = secret,
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Option<Vec<Secret>>,
+    /// TURN/STUN URI handed out with credentials (repeatable) [default: derived from listeners].
+    #[arg(
+        long,
+        env = "TERN_PUBLIC_URIS",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
+    pub public_uris: Option<Vec<String>>,
     /// Accepted for coTURN compatibility; tern always does this.
     #[arg(
         long,

@@ -73,6 +73,21 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "sock-buf-size" => config.sock_buf_size = integer(key, value)?,
         "log-level" => config.log_level = string(key, value)?,
         "no-udp" => config.no_udp = boolean(key, value)?,
+        "http-listen" => config.http_listen = values::socket_addr(key, &string(key, value)?)?,
+        "no-http" => config.no_http = boolean(key, value)?,
+        "api-keys" => {
+            config.api_keys = secret_strings(key, value)?
+                .into_iter()
+                .map(Secret)
+                .collect()
+        }
+        "admin-api-keys" => {
+            config.admin_api_keys = secret_strings(key, value)?
+                .into_iter()
+                .map(Secret)
+                .collect()
+        }
+        "public-uris" => config.public_uris = strings(key, value)?,
         // Accepted for coTURN compatibility; tern always does this.
         "use-auth-secret" | "lt-cred-mech" | "fingerprint" => {
             boolean(key, value)?;
@@ -317,6 +332,11 @@ mod tests {
             "sock-buf-size",
             "log-level",
             "no-udp",
+            "http-listen",
+            "no-http",
+            "api-keys",
+            "admin-api-keys",
+            "public-uris",
             "use-auth-secret",
             "lt-cred-mech",
             "fingerprint",

@@ -116,6 +116,19 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
     set(&mut config.relay_threads, args.relay_threads);
     set(&mut config.sock_buf_size, args.sock_buf_size);
     set(&mut config.no_udp, args.no_udp);
+    if let Some(addr) = &args.http_listen {
+        config.http_listen = values::socket_addr("http-listen", addr)?;
+    }
+    set(&mut config.no_http, args.no_http);
+    if let Some(keys) = &args.api_keys {
+        config.api_keys = keys.clone();
+    }
+    if let Some(keys) = &args.admin_api_keys {
+        config.admin_api_keys = keys.clone();
+    }
+    if let Some(uris) = &args.public_uris {
+        config.public_uris = uris.clone();
+    }
     // use-auth-secret, lt-cred-mech, fingerprint: accepted for coTURN compatibility; tern
     // always does this.
     let _ = (args.use_auth_secret, args.lt_cred_mech, args.fingerprint);

@@ -90,6 +90,16 @@ pub struct Config {
     /// `alternate-server` (none): `ip:port` / `[v6]:port` sent in 300 Try Alternate while
     /// draining or over `total-quota`.
     pub alternate_servers: Vec<SocketAddr>,
+    /// `http-listen` (127.0.0.1:8080): the HTTP endpoint (credentials, metrics, health, admin, page).
+    pub http_listen: SocketAddr,
+    /// `no-http` (false).
+    pub no_http: bool,
+    /// `api-keys`: bearer keys for the credential endpoint (secret).
+    pub api_keys: Vec<Secret>,
+    /// `admin-api-keys`: bearer keys for the admin API; none = admin API off (secret).
+    pub admin_api_keys: Vec<Secret>,
+    /// `public-uris`: the TURN/STUN URIs handed out with credentials; empty = derived.
+    pub public_uris: Vec<String>,
 }
 
 impl Config {
@@ -133,6 +143,11 @@ impl Default for Config {
             log_level: "info".to_string(),
             no_udp: false,
             alternate_servers: Vec::new(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            no_http: false,
+            api_keys: Vec::new(),
+            admin_api_keys: Vec::new(),
+            public_uris: Vec::new(),
         }
     }
 }

@@ -10,6 +10,8 @@ use std::collections::HashSet;
 /// RFC 8489: REALM and SOFTWARE are fewer than 128 characters.
 const MAX_TEXT_CHARS: usize = 127;
 const MAX_RELAY_THREADS: usize = 1024;
+/// API keys shorter than this are guessable.
+const MIN_API_KEY_CHARS: usize = 16;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.listening_ips.is_empty() {
@@ -76,6 +78,27 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(invalid("static-auth-secret", REDACTED, "must not be empty"));
     }
     users(&config.users)?;
+    for (key, keys) in [
+        ("api-keys", &config.api_keys),
+        ("admin-api-keys", &config.admin_api_keys),
+    ] {
+        if keys.iter().any(|k| k.0.len() < MIN_API_KEY_CHARS) {
+            let reason = format!("each key needs at least {MIN_API_KEY_CHARS} characters");
+            return Err(invalid(key, REDACTED, reason));
+        }
+    }
+    for uri in &config.public_uris {
+        let scheme_ok = ["turn:", "turns:", "stun:", "stuns:"]
+            .iter()
+            .any(|scheme| uri.starts_with(scheme) && uri.len() > scheme.len());
+        if !scheme_ok || uri.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "public-uris",
+                uri,
+                "expected a turn:, turns:, stun: or stuns: URI (RFC 7064/7065)",
+            ));
+        }
+    }
     if config.relay_threads > MAX_RELAY_THREADS {
         let reason = format!("at most {MAX_RELAY_THREADS} (0 = number of cores)");
         return Err(invalid(
@@ -165,6 +188,31 @@ mod tests {
         assert!(
             shown.contains(key) && shown.contains(&format!("{value:?}")),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn http_keys() {
+        assert_rejected("api-keys = [\"short\"]", "api-keys", REDACTED);
+        assert_rejected("admin-api-keys = \"short\"", "admin-api-keys", REDACTED);
+        assert_rejected(
+            "public-uris = [\"http://example.com\"]",
+            "public-uris",
+            "http://example.com",
+        );
+        assert_rejected("http-listen = \"localhost\"", "http-listen", "localhost");
+        let config = from_toml_str(
+            "http-listen = \"[::1]:9000\"\nno-http = true\napi-keys = [\"0123456789abcdef\"]\n\
+             admin-api-keys = \"fedcba9876543210\"\npublic-uris = \"turns:turn.example.com:443?transport=tcp\"",
+        )
+        .unwrap();
+        assert_eq!(config.http_listen, "[::1]:9000".parse().unwrap());
+        assert!(config.no_http);
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.admin_api_keys[0].0, "fedcba9876543210");
+        assert_eq!(
+            config.public_uris,
+            ["turns:turn.example.com:443?transport=tcp"]
         );
     }
 

@@ -22,6 +22,16 @@ pub(super) fn ip(key: &str, text: &str) -> Result<IpAddr, ConfigError> {
         .map_err(|_| invalid(key, text, "not an IP address"))
 }
 
+pub(super) fn socket_addr(key: &str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            text,
+            "not an address:port (e.g. 127.0.0.1:8080 or [::1]:8080)",
+        )
+    })
+}
+
 pub(super) fn range(key: &str, text: &str) -> Result<IpRange, ConfigError> {
     text.trim().parse().map_err(|_| {
         invalid(

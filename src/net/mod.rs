@@ -1,6 +1,7 @@
 //! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
 
 mod addresses;
+mod control;
 mod port_pool;
 mod relay_ports;
 mod sockets;
@@ -8,6 +9,7 @@ mod stats;
 mod udp_worker;
 
 pub use addresses::{expand_listening_ips, RelayPlan};
+pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
@@ -87,13 +89,13 @@ impl UdpService {
             );
         }
         listening.extend(nat.alternate_listeners());
-        let draining = Arc::new(AtomicBool::new(false));
         let plan = Arc::new(RelayPlan {
             relay_ips: config.relay_ips.clone(),
             listening_ips,
         });
         let pool = PortPool::new(config.min_port, config.max_port);
         let ports = Arc::new(Mutex::new(RelayPorts::new(pool, config.sock_buf_size)));
+        let draining = Arc::new(AtomicBool::new(false));
         let mut bound = Vec::new();
         for id in 0..worker_count(config) {
             let (poll, waker) = udp_worker::new_poll()?;
@@ -141,6 +143,17 @@ impl UdpService {
             listening,
             draining,
         })
+    }
+
+    /// A handle to ask the workers for their allocations, delete some, or wait for a reload.
+    pub fn control(&self) -> WorkerControl {
+        WorkerControl {
+            workers: self
+                .workers
+                .iter()
+                .map(|w| (w.control.clone(), w.waker.clone()))
+                .collect(),
+        }
     }
 
     /// Hands every worker a new configuration snapshot; traffic does not pause.

@@ -1,6 +1,7 @@
 //! Per-worker counters published for metrics. Each worker writes only its own `WorkerStats`
 //! (relaxed stores, a few times a second), so readers never slow the packet path.
 
+use crate::turn::metrics::{AUTH_REASONS, CODES, METHODS, TRANSPORTS};
 use crate::turn::Server;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -19,6 +20,14 @@ pub struct WorkerStats {
     pub bytes_to_peer: AtomicU64,
     pub packets_to_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// Responses by method and code ([`crate::turn::metrics`] indices).
+    pub requests: [[AtomicU64; CODES.len()]; METHODS.len()],
+    pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
+    pub allocations_by_transport: [AtomicU64; TRANSPORTS.len()],
+    pub drain_rejections: AtomicU64,
+    /// Client connections open on this worker by transport (TCP/TLS listeners keep these; UDP
+    /// has no connections).
+    pub connections_open: [AtomicU64; TRANSPORTS.len()],
 }
 
 impl WorkerStats {
@@ -43,5 +52,17 @@ impl WorkerStats {
             .store(c.traffic.packets_to_client, Relaxed);
         self.bytes_to_client
             .store(c.traffic.bytes_to_client, Relaxed);
+        for (cells, values) in self.requests.iter().zip(&c.requests.counts) {
+            store_all(cells, values);
+        }
+        store_all(&self.auth_failures_by_reason, &c.auth_failures_by_reason);
+        store_all(&self.allocations_by_transport, &c.allocations_by_transport);
+        self.drain_rejections.store(c.drain_rejections, Relaxed);
+    }
+}
+
+fn store_all(cells: &[AtomicU64], values: &[u64]) {
+    for (cell, value) in cells.iter().zip(values) {
+        cell.store(*value, Relaxed);
     }
 }

@@ -15,7 +15,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
@@ -36,6 +36,14 @@ const MAX_SLEEP: Duration = Duration::from_millis(500);
 pub(crate) enum Control {
     Reload(Arc<CoreConfig>),
     Shutdown,
+    /// Admin API: this worker's allocations.
+    ListAllocations(Sender<Vec<(AllocId, crate::turn::AllocationInfo)>>),
+    /// Admin API: delete every allocation of a user; replies how many.
+    DeleteUser(String, Sender<usize>),
+    /// Admin API: delete one allocation; replies whether it existed.
+    DeleteAllocation(AllocId, Sender<bool>),
+    /// Replies once every earlier control message is applied.
+    Sync(Sender<()>),
 }
 
 struct Listener {
@@ -165,6 +173,21 @@ impl UdpWorker {
             match message {
                 Control::Reload(config) => self.server.set_config(config),
                 Control::Shutdown => return false,
+                Control::ListAllocations(reply) => {
+                    let now = Instant::now();
+                    let _ = reply.send(self.server.allocations_with_ids(now).collect());
+                }
+                Control::DeleteUser(username, reply) => {
+                    let _ = reply.send(self.server.delete_user(&username));
+                    self.apply_events();
+                }
+                Control::DeleteAllocation(alloc, reply) => {
+                    let _ = reply.send(self.server.delete_allocation(alloc));
+                    self.apply_events();
+                }
+                Control::Sync(reply) => {
+                    let _ = reply.send(());
+                }
             }
         }
         true

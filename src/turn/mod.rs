@@ -7,6 +7,7 @@
 mod allocation;
 mod core_config;
 mod errors;
+pub mod metrics;
 mod nat_discovery;
 mod server;
 mod timers;

@@ -3,6 +3,7 @@
 use super::allocation::{Allocation, AllocationInfo, PendingReply, Traffic};
 use super::core_config::CoreConfig;
 use super::errors::{self, reason};
+use super::metrics::{auth_reason, transport_index, RequestCounts, AUTH_REASONS, TRANSPORTS};
 use super::nat_discovery::NatDiscovery;
 use super::timers::TimerQueue;
 use crate::auth::{AuthError, LongTermKey, NonceCheck, NonceMint};
@@ -240,6 +241,14 @@ pub struct Counters {
     /// Allocates answered 300 Try Alternate (draining or total quota, with alternates configured).
     pub redirects: u64,
     pub traffic: Traffic,
+    /// Responses sent, by method and result code.
+    pub requests: RequestCounts,
+    /// `auth_failures` split by reason ([`super::metrics::AUTH_REASONS`]).
+    pub auth_failures_by_reason: [u64; AUTH_REASONS.len()],
+    /// Live allocations (pending ones included) by transport ([`super::metrics::TRANSPORTS`]).
+    pub allocations_by_transport: [u64; TRANSPORTS.len()],
+    /// Allocates refused with 486 because the server is draining.
+    pub drain_rejections: u64,
 }
 
 /// The TURN server state machine of one worker.
@@ -306,6 +315,29 @@ impl Server {
         self.nat = nat;
     }
 
+    /// Allocations with the ids the admin API names them by.
+    pub fn allocations_with_ids(
+        &self,
+        now: Instant,
+    ) -> impl Iterator<Item = (AllocId, AllocationInfo)> + '_ {
+        self.allocations.iter().map(move |(index, a)| {
+            let id = AllocId {
+                index,
+                generation: a.generation,
+            };
+            (id, a.info(now))
+        })
+    }
+
+    /// Deletes one allocation (admin API); false if it no longer exists.
+    pub fn delete_allocation(&mut self, alloc: AllocId) -> bool {
+        if live(&mut self.allocations, alloc).is_none() {
+            return false;
+        }
+        self.remove_allocation(alloc.index, Removal::Deleted);
+        true
+    }
+
     /// Swaps in a reloaded configuration; live allocations keep their state.
     pub fn set_config(&mut self, config: Arc<CoreConfig>) {
         self.config = config;
@@ -347,7 +379,11 @@ impl Server {
             FrameKind::ChannelData => self.channel_data_from_client(tuple, input),
             FrameKind::Stun => match Message::parse(input) {
                 Ok(msg) if msg.fingerprint_ok() != Some(false) => {
-                    self.stun_from_client(now, tuple, &msg, out)
+                    let output = self.stun_from_client(now, tuple, &msg, out);
+                    if let Output::ToClient { data, .. } = &output {
+                        self.counters.requests.record(data);
+                    }
+                    output
                 }
                 _ => Output::Nothing,
             },
@@ -436,6 +472,25 @@ impl Server {
             return Output::Nothing;
         };
         let Some(pending) = allocation.pending.take() else {
+            return Output::Nothing;
+        };
+        let output = self.finish_allocate(now, alloc, pending, result, additional, out);
+        if let Output::ToClient { data, .. } = &output {
+            self.counters.requests.record(data);
+        }
+        output
+    }
+
+    fn finish_allocate<'a>(
+        &mut self,
+        now: Instant,
+        alloc: AllocId,
+        pending: PendingReply,
+        result: Result<BoundRelay, RelayError>,
+        additional: Option<Result<BoundRelay, RelayError>>,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        let Some(allocation) = live(&mut self.allocations, alloc) else {
             return Output::Nothing;
         };
         let tuple = allocation.tuple;
@@ -770,6 +825,12 @@ impl Server {
             Ok(keys) => keys,
             Err(error) => {
                 self.counters.auth_failures += 1;
+                let index = match error {
+                    AuthError::UnknownUser => auth_reason::UNKNOWN_USER,
+                    AuthError::Expired => auth_reason::EXPIRED,
+                    AuthError::TtlTooLong => auth_reason::TTL_TOO_LONG,
+                };
+                self.counters.auth_failures_by_reason[index] += 1;
                 info!(client = %tuple.client, user = username, reason = auth_reason(error), "authentication failed");
                 return Err(Challenge::Unauthorized);
             }
@@ -791,6 +852,7 @@ impl Server {
             }
         }
         self.counters.auth_failures += 1;
+        self.counters.auth_failures_by_reason[auth_reason::BAD_INTEGRITY] += 1;
         info!(client = %tuple.client, user = username, reason = "bad message integrity", "authentication failed");
         Err(Challenge::Unauthorized)
     }
@@ -864,6 +926,7 @@ impl Server {
             Some(_) => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
         };
         if self.draining.load(Ordering::Relaxed) {
+            self.counters.drain_rejections += 1;
             info!(client = %tuple.client, user = authed.username, "allocation refused: server is draining");
             return self.refuse_allocate(out, tuple, msg, seal, true);
         }
@@ -905,6 +968,7 @@ impl Server {
             stats: Traffic::default(),
         });
         self.by_tuple.insert(tuple, index);
+        self.counters.allocations_by_transport[transport_index(tuple.transport)] += 1;
         self.timers.schedule(expires, index, generation);
         let alloc = AllocId { index, generation };
         Output::BindRelay(RelayRequest {
@@ -1178,6 +1242,9 @@ impl Server {
         let allocation = self.allocations.remove(index);
         self.by_tuple.remove(&allocation.tuple);
         self.quotas.release(&allocation.quota_id);
+        let by_transport = &mut self.counters.allocations_by_transport
+            [transport_index(allocation.tuple.transport)];
+        *by_transport = by_transport.saturating_sub(1);
         match removal {
             Removal::Expired => self.counters.allocations_expired += 1,
             Removal::Deleted => self.counters.allocations_deleted += 1,

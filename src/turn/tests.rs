@@ -1213,3 +1213,40 @@ fn coturn_draft_additional_family_attribute_is_understood() {
         "answered in the same numbering"
     );
 }
+
+#[test]
+fn draining_refuses_new_allocates_and_admin_deletes_count() {
+    use crate::turn::metrics::{CODES, METHODS};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut h = Harness::new(config());
+    let draining = Arc::new(AtomicBool::new(false));
+    h.server.set_drain_flag(draining.clone());
+    h.allocate();
+    let counters = *h.server.counters();
+    assert_eq!(counters.allocations_by_transport, [1, 0, 0]);
+    let (allocate, ok, unauthorized) = (
+        METHODS.iter().position(|m| *m == "allocate").unwrap(),
+        CODES.iter().position(|c| *c == "200").unwrap(),
+        CODES.iter().position(|c| *c == "401").unwrap(),
+    );
+    assert_eq!(counters.requests.counts[allocate][ok], 1);
+    assert_eq!(counters.requests.counts[allocate][unauthorized], 1);
+
+    // Draining: a new Allocate (another client) gets 486; the live allocation stays.
+    draining.store(true, Ordering::Relaxed);
+    h.tuple.client = addr("198.51.100.9:40000");
+    h.learn_nonce();
+    let reply = h.request(Method::ALLOCATE, &[udp_transport()], true);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(msg.error_code().map(|(c, _)| c), Some(486));
+    assert_eq!(h.server.counters().drain_rejections, 1);
+    assert_eq!(h.server.allocation_count(), 1);
+
+    // The admin API deletes by id; a stale id is refused.
+    let (id, info) = h.server.allocations_with_ids(h.now).next().unwrap();
+    assert_eq!(info.username, h.username);
+    assert!(h.server.delete_allocation(id));
+    assert!(!h.server.delete_allocation(id));
+    assert_eq!(h.server.counters().allocations_by_transport, [0, 0, 0]);
+    assert_eq!(h.server.counters().allocations_deleted, 1);
+}

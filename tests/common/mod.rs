@@ -17,6 +17,8 @@ pub struct Tern {
     pub port: u16,
     pub addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The HTTP endpoint (`http-listen`), unless the config switched it off.
+    pub http: Option<SocketAddr>,
     _config: TempFile,
 }
 
@@ -46,6 +48,15 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A relay port range of its own for each test in this process, so parallel tests never
@@ -84,7 +95,19 @@ impl Tern {
     }
 
     pub fn start_with_config(port: u16, toml: &str) -> Tern {
-        let config = TempFile::new(&format!("{port}.toml"), toml);
+        // Each tern gets an HTTP port of its own unless the config names one (or none).
+        let mut toml = toml.to_string();
+        let mut http = None;
+        if !toml.contains("no-http") && !toml.contains("http-listen") {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+            toml.push_str(&format!("\nhttp-listen = \"{addr}\"\n"));
+            http = Some(addr);
+        } else if toml.contains("no-http = true") {
+            http = None;
+        } else if let Some(line) = toml.lines().find(|l| l.starts_with("http-listen")) {
+            http = line.split('"').nth(1).and_then(|addr| addr.parse().ok());
+        }
+        let config = TempFile::new(&format!("{port}.toml"), &toml);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("--config")
             .arg(&config.0)
@@ -107,9 +130,11 @@ impl Tern {
             port,
             addr,
             logs,
+            http,
             _config: config,
         };
         tern.wait_ready();
+        tern.wait_http();
         tern
     }
 
@@ -131,6 +156,29 @@ impl Tern {
             "tern did not answer a Binding within 10 s; logs:\n{}",
             self.logs.lock().unwrap().join("\n")
         );
+    }
+
+    /// Waits until the HTTP endpoint accepts connections (it is bound before the relay starts,
+    /// so this is quick).
+    fn wait_http(&self) {
+        let Some(addr) = self.http else { return };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "tern's HTTP endpoint did not come up; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// `http://<http-listen><path>`.
+    pub fn url(&self, path: &str) -> String {
+        let addr = self.http.expect("tern runs without HTTP");
+        format!("http://{addr}{path}")
     }
 
     pub fn pid(&self) -> u32 {
@@ -205,4 +253,72 @@ impl EchoPeer {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+}
+
+/// An HTTP answer: status, body and content type.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One blocking HTTP request (ureq); `bearer` goes in `Authorization: Bearer`. Error statuses
+/// are answers, not errors.
+pub fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let auth = bearer.map(|key| format!("Bearer {key}"));
+    let response = match method {
+        "GET" | "DELETE" => {
+            let mut request = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            if let Some(auth) = &auth {
+                request = request.header("Authorization", auth);
+            }
+            request.call()
+        }
+        "POST" => {
+            let mut request = agent.post(url);
+            if let Some(auth) = &auth {
+                request = request.header("Authorization", auth);
+            }
+            request.send(body.unwrap_or(""))
+        }
+        other => panic!("unsupported method {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response.into_body().read_to_string().unwrap();
+    Reply {
+        status,
+        body,
+        content_type,
+    }
+}
+
+/// Sends SIGHUP to tern (reload).
+pub fn hangup(tern: &Tern) {
+    let status = Command::new("kill")
+        .args(["-HUP", &tern.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -1,0 +1,187 @@
+//! The HTTP endpoint (axum): the credential endpoint for app backends, `/metrics`, `/healthz` and
+//! `/readyz`, the admin API and the Trickle ICE test page.
+//!
+//! It runs on the tokio runtime of `main.rs`, never on a relay worker: what it needs from the
+//! workers it reads from their published atomics ([`crate::net::WorkerStats`]) or asks over
+//! their control channel ([`crate::net::WorkerControl`]) from a blocking task.
+//!
+//! TODO(https): optional TLS for this endpoint should reuse the TLS listener's certificate
+//! loader (`cert` / `pkey`) once that lands; until then it is plain HTTP, bound to loopback by
+//! default (put a reverse proxy in front to expose it).
+
+mod admin;
+mod credentials;
+mod health;
+mod metrics;
+mod page;
+
+pub use credentials::derive_uris;
+
+use crate::config::{Config, Secret};
+use crate::net::{RelayPorts, UdpService, WorkerControl, WorkerStats};
+use arc_swap::ArcSwap;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
+
+/// What the endpoint takes from the configuration; rebuilt and swapped in on reload.
+#[derive(Debug, Default)]
+pub struct HttpSettings {
+    /// Signs minted credentials: the first `static-auth-secret` (the newest in rotation order).
+    pub signing_secret: Option<Secret>,
+    pub api_keys: Vec<Secret>,
+    pub admin_api_keys: Vec<Secret>,
+    pub max_credential_ttl: u64,
+    /// `public-uris`, or derived from the listeners ([`derive_uris`]).
+    pub uris: Vec<String>,
+    /// The STUN/TURN port, for the test page's default URL.
+    pub turn_port: u16,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> Self {
+        HttpSettings {
+            signing_secret: config.static_auth_secrets.first().cloned(),
+            api_keys: config.api_keys.clone(),
+            admin_api_keys: config.admin_api_keys.clone(),
+            max_credential_ttl: config.max_credential_ttl,
+            uris: derive_uris(config),
+            turn_port: config.listening_port,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct HttpState {
+    pub settings: ArcSwap<HttpSettings>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    pub ports: Arc<Mutex<RelayPorts>>,
+    pub control: WorkerControl,
+    pub draining: Arc<AtomicBool>,
+    /// Listeners bound and serving (false before start-up completes and once shutdown begins).
+    pub ready: AtomicBool,
+    metrics: metrics::Metrics,
+}
+
+impl HttpState {
+    pub fn new(settings: HttpSettings, udp: &UdpService) -> Arc<HttpState> {
+        let stats = udp.stats.clone();
+        let ports = udp.ports.clone();
+        let draining = udp.draining.clone();
+        Arc::new(HttpState {
+            settings: ArcSwap::from_pointee(settings),
+            metrics: metrics::Metrics::new(stats.clone(), ports.clone(), draining.clone()),
+            stats,
+            ports,
+            control: udp.control(),
+            draining,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn reload(&self, settings: HttpSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// All routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .merge(credentials::routes())
+        .merge(metrics::routes())
+        .merge(health::routes())
+        .merge(admin::routes())
+        .merge(page::routes())
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `{"error": message}` with `status`. Messages are fixed texts or name a field: never a
+/// secret, never internal detail.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message });
+    (status, no_store(), axum::Json(body)).into_response()
+}
+
+/// Responses carrying credentials must not be cached.
+pub(crate) fn no_store() -> [(header::HeaderName, &'static str); 1] {
+    [(header::CACHE_CONTROL, "no-store")]
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `given` is one of `keys`, in time independent of where (or whether) they differ: both
+/// sides are hashed to fixed-length digests first, every key is compared, and the results are
+/// combined without branching.
+pub(crate) fn key_matches(given: &str, keys: &[Secret]) -> bool {
+    let given = Sha256::digest(given.as_bytes());
+    let mut found = subtle::Choice::from(0);
+    for key in keys {
+        found |= Sha256::digest(key.0.as_bytes()).ct_eq(&given);
+    }
+    found.into()
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_comparison() {
+        let keys = [
+            Secret("first-key-0123456789".into()),
+            Secret("second-key-0123456789".into()),
+        ];
+        assert!(key_matches("second-key-0123456789", &keys));
+        assert!(!key_matches("second-key-012345678", &keys));
+        assert!(!key_matches("", &keys));
+        assert!(!key_matches("first-key-0123456789", &[]));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! A real browser through tern: headless Chromium (Debian's `chromium` package, no download at
+//! test time) runs two relay-only `RTCPeerConnection`s in one page with credentials from tern's
+//! endpoint, and tern's own Trickle ICE page. Under CI=true a missing Chromium fails the run;
+//! elsewhere the tests are reported and skipped.
+//!
+//! The e2e page (`tests/browser/e2e.html`) is served by a throwaway axum server in the test,
+//! which also receives the page's result as JSON on `POST /report`.
+
+mod common;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::Router;
+use common::{http, Tern};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const API_KEY: &str = "browser-test-api-key-0123";
+const E2E_PAGE: &str = include_str!("browser/e2e.html");
+/// Long enough for Chromium to start, gather, connect, move 1 MiB and decode video on a slow CI
+/// machine; the page reports well before on a healthy run.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The Chromium binary: `TERN_CHROMIUM` or `chromium` on the PATH. `None` (skip) when missing,
+/// except under CI=true, where that fails the test.
+fn chromium() -> Option<PathBuf> {
+    let binary = std::env::var_os("TERN_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("chromium"));
+    let found = Command::new(&binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromium is missing under CI=true: install Debian's chromium package (scripts/install-test-deps.sh does)"
+        );
+        eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
+        return None;
+    }
+    Some(binary)
+}
+
+/// A headless Chromium showing one URL, with a fresh profile; killed (and its profile removed)
+/// on drop.
+struct Browser {
+    child: Child,
+    profile: PathBuf,
+}
+
+impl Browser {
+    fn open(binary: &PathBuf, url: &str) -> Browser {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "tern-chromium-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                // Fake camera, no permission prompt, autoplay without a gesture.
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                // tern listens on 127.0.0.1 in the tests; let WebRTC use loopback.
+                "--allow-loopback-in-peer-connection",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        Browser { child, profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The test's own web server: the e2e page at `/e2e.html`, reports in on `POST /report`.
+struct Harness {
+    base: String,
+    reports: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let (sender, reports) = mpsc::unbounded_channel();
+        let app = Router::new()
+            .route(
+                "/e2e.html",
+                get(|| async { axum::response::Html(E2E_PAGE) }),
+            )
+            .route(
+                "/report",
+                post(
+                    |State(sender): State<mpsc::UnboundedSender<Value>>, body: Bytes| async move {
+                        let report = serde_json::from_slice(&body).unwrap_or_else(
+                            |_| serde_json::json!({ "unparsed": String::from_utf8_lossy(&body) }),
+                        );
+                        let _ = sender.send(report);
+                    },
+                ),
+            )
+            .with_state(sender);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Harness { base, reports }
+    }
+
+    async fn next_report(&mut self, what: &str) -> Value {
+        tokio::time::timeout(REPORT_TIMEOUT, self.reports.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{what}: no report from the browser within {REPORT_TIMEOUT:?}")
+            })
+            .expect("report channel")
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn start_tern() -> Tern {
+    // The browser's two relay candidates talk to each other through 127.0.0.1.
+    Tern::start(&format!(
+        "allow-loopback-peers = true\napi-keys = [\"{API_KEY}\"]"
+    ))
+}
+
+/// Credentials from tern's endpoint, as an app backend would get them.
+fn mint(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
+    let body = format!("{{\"user\":\"{user}\",\"ttl\":600}}");
+    let reply = http(
+        "POST",
+        &tern.url("/api/v1/credentials"),
+        Some(API_KEY),
+        Some(&body),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let minted = reply.json();
+    let uris = minted["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    (
+        minted["username"].as_str().unwrap().to_string(),
+        minted["password"].as_str().unwrap().to_string(),
+        uris,
+    )
+}
+
+/// The TURN URLs to test the browser through. Adding a transport is one line here once tern
+/// listens on it: `?transport=tcp` for TCP, `turns:` for TLS.
+fn transports(tern: &Tern, uris: &[String]) -> Vec<(&'static str, String)> {
+    let udp = format!("turn:127.0.0.1:{}?transport=udp", tern.port);
+    assert!(uris.contains(&udp), "{uris:?}");
+    vec![
+        ("udp", udp),
+        // ("tcp", format!("turn:127.0.0.1:{}?transport=tcp", tern.port)),
+        // ("tls", format!("turns:localhost:{}?transport=tcp", tls_port)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_peers_connect_through_tern_relays() {
+    let Some(binary) = chromium() else { return };
+    let tern = start_tern();
+    let mut harness = Harness::start().await;
+    let (username, password, uris) = mint(&tern, "browser");
+    for (name, url) in transports(&tern, &uris) {
+        let page = format!(
+            "{}/e2e.html?name={name}&url={}&username={}&credential={}",
+            harness.base,
+            encode(&url),
+            encode(&username),
+            encode(&password)
+        );
+        let browser = Browser::open(&binary, &page);
+        let report = harness.next_report(name).await;
+        drop(browser);
+        eprintln!("{name}: {report}");
+        let context = format!("{name}: {report:#}\ntern logs:\n{}", tern.logs());
+        assert!(report["error"].is_null(), "{context}");
+        assert!(
+            report["relayCandidates"]["pc1"].as_u64() >= Some(1),
+            "{context}"
+        );
+        assert!(
+            report["relayCandidates"]["pc2"].as_u64() >= Some(1),
+            "{context}"
+        );
+        assert_eq!(report["otherCandidates"], 0, "relay policy: {context}");
+        assert_eq!(report["connected"], true, "{context}");
+        assert_eq!(report["bytesReceived"], 1024 * 1024, "{context}");
+        assert_eq!(report["byteExact"], true, "{context}");
+        assert!(report["framesDecoded"].as_u64() > Some(0), "{context}");
+        assert_eq!(report["selectedPair"]["local"], "relay", "{context}");
+        assert_eq!(report["selectedPair"]["remote"], "relay", "{context}");
+        // The relayed media and data went through tern: the metrics saw them (workers publish
+        // every 500 ms).
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let metrics = http("GET", &tern.url("/metrics"), None, None).body;
+            let relayed = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("tern_relayed_bytes_total{direction=\"to_peer\"} "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if relayed >= 1024 * 1024 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{relayed} bytes relayed\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(!tern.logs().contains(API_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickle_ice_page_shows_relay_candidates() {
+    let Some(binary) = chromium() else { return };
+    let tern = start_tern();
+    let mut harness = Harness::start().await;
+    let (username, password, _) = mint(&tern, "trickle");
+    let url = format!("turn:127.0.0.1:{}?transport=udp", tern.port);
+    let page = tern.url(&format!(
+        "/?url={}&username={}&credential={}&auto=1&report={}",
+        encode(&url),
+        encode(&username),
+        encode(&password),
+        encode(&format!("{}/report", harness.base))
+    ));
+    let browser = Browser::open(&binary, &page);
+    let report = harness.next_report("trickle ICE page").await;
+    drop(browser);
+    eprintln!("trickle ICE page: {report}");
+    let context = format!("{report:#}\ntern logs:\n{}", tern.logs());
+    assert_eq!(report["done"], true, "{context}");
+    assert_eq!(report["relay"], true, "{context}");
+    let candidates = report["candidates"].as_array().unwrap();
+    let relay = candidates
+        .iter()
+        .find(|c| c["type"] == "relay")
+        .unwrap_or_else(|| panic!("{context}"));
+    assert_eq!(relay["address"], "127.0.0.1", "{context}");
+    assert_eq!(relay["protocol"], "udp", "{context}");
+    assert!(report["errors"].as_array().unwrap().is_empty(), "{context}");
+}
