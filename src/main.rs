@@ -3,10 +3,12 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tern::auth::NonceMint;
 use tern::config::{self, Cli, Command, Config, CredentialsArgs, Secret};
 use tern::credentials::{ice_server_json, mint};
-use tern::net::UdpService;
+use tern::net::tls::CertStore;
+use tern::net::{PortPool, RelayPorts, StreamDeps, StreamService, UdpService};
 use tern::policy::Quotas;
 use tern::turn::CoreConfig;
 use tracing::{error, info, warn};
@@ -24,8 +26,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Certificate files are checked like any other configuration, before anything binds.
+    let certs = match (&config.cert, &config.pkey, config.no_tls) {
+        (Some(cert), Some(pkey), false) => match CertStore::load(cert, pkey) {
+            Ok(certs) => Some(certs),
+            Err(error) => {
+                eprintln!("tern: configuration error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     init_logging(&config.log_level);
-    match serve(&cli, config) {
+    match serve(&cli, config, certs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error}");
@@ -35,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
+fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::io::Result<()> {
     // Zero-config run: no credentials configured, so make a secret up and show how to use it.
     let generated_secret = if config.static_auth_secrets.is_empty() && config.users.is_empty() {
         let secret = random_secret();
@@ -46,46 +59,116 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
     };
     let core = Arc::new(CoreConfig::from_config(&config));
     let quotas = Arc::new(Quotas::new());
-    let udp = UdpService::start(&config, core, NonceMint::new(), quotas)?;
-    for addr in &udp.listening {
-        info!(%addr, transport = "udp", "listening");
+    let nonces = NonceMint::new();
+    // Connection tasks (TCP/TLS), signals and the certificate watcher.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tern-stream")
+        .enable_all()
+        .build()?;
+    let udp = if config.no_udp {
+        None
+    } else {
+        let udp = UdpService::start(&config, core.clone(), nonces.clone(), quotas.clone())?;
+        for addr in &udp.listening {
+            info!(%addr, transport = "udp", "listening");
+        }
+        Some(udp)
+    };
+    // TCP/TLS relays draw from the same port pool as the UDP workers.
+    let ports = match &udp {
+        Some(udp) => udp.ports.clone(),
+        None => Arc::new(Mutex::new(RelayPorts::new(
+            PortPool::new(config.min_port, config.max_port),
+            config.sock_buf_size,
+        ))),
+    };
+    let deps = StreamDeps {
+        core,
+        nonces,
+        quotas,
+        ports,
+    };
+    let streams = StreamService::start(&config, runtime.handle(), deps, certs.clone())?;
+    if let Some(streams) = &streams {
+        let tls_sniffed = certs.is_some() && !config.no_tls;
+        for (addr, transport) in &streams.listening {
+            match transport {
+                tern::turn::Transport::Tcp if tls_sniffed => {
+                    info!(%addr, transport = "tcp", also = "tls", "listening")
+                }
+                transport => info!(%addr, transport = transport.as_str(), "listening"),
+            }
+        }
     }
-    info!(workers = udp.stats.len(), ports = %format!("{}-{}", config.min_port, config.max_port), realm = %config.realm, "tern started");
+    if let (Some(certs), Some(_)) = (&certs, &streams) {
+        runtime.spawn(certs.clone().watch(std::time::Duration::from_secs(2)));
+    }
+    let workers = udp.as_ref().map_or(0, |udp| udp.stats.len());
+    info!(workers, ports = %format!("{}-{}", config.min_port, config.max_port), realm = %config.realm, "tern started");
     if let Some(secret) = &generated_secret {
         print_first_run_banner(secret, &config);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(wait_for_signals(cli, &udp, generated_secret.as_deref()))?;
+    runtime.block_on(wait_for_signals(
+        cli,
+        udp.as_ref(),
+        streams.as_ref(),
+        certs.as_deref(),
+        generated_secret.as_deref(),
+    ))?;
     info!("shutting down");
-    udp.shutdown();
+    if let Some(streams) = streams {
+        streams.shutdown();
+    }
+    if let Some(udp) = udp {
+        udp.shutdown();
+    }
     Ok(())
 }
 
-/// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config).
+/// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config)
+/// and the TLS certificate; SIGUSR2 (coTURN's signal) reloads only the certificate.
 async fn wait_for_signals(
     cli: &Cli,
-    udp: &UdpService,
+    udp: Option<&UdpService>,
+    streams: Option<&StreamService>,
+    certs: Option<&CertStore>,
     generated_secret: Option<&str>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut user2 = signal(SignalKind::user_defined2())?;
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
-            _ = hangup.recv() => match config::load(&cli.serve) {
-                Ok(mut config) => {
-                    if let (Some(secret), true) = (generated_secret, config.static_auth_secrets.is_empty() && config.users.is_empty()) {
-                        config.static_auth_secrets.push(Secret(secret.to_string()));
-                    }
-                    udp.reload(Arc::new(CoreConfig::from_config(&config)));
-                    info!("configuration reloaded (listeners and port range change only on restart)");
+            _ = user2.recv() => {
+                if let Some(certs) = certs {
+                    let _ = certs.reload(); // logs the outcome
                 }
-                Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
-            },
+            }
+            _ = hangup.recv() => {
+                match config::load(&cli.serve) {
+                    Ok(mut config) => {
+                        if let (Some(secret), true) = (generated_secret, config.static_auth_secrets.is_empty() && config.users.is_empty()) {
+                            config.static_auth_secrets.push(Secret(secret.to_string()));
+                        }
+                        let core = Arc::new(CoreConfig::from_config(&config));
+                        if let Some(udp) = udp {
+                            udp.reload(core.clone());
+                        }
+                        if let Some(streams) = streams {
+                            streams.reload(core);
+                        }
+                        info!("configuration reloaded (listeners and port range change only on restart)");
+                    }
+                    Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
+                }
+                if let Some(certs) = certs {
+                    let _ = certs.reload(); // logs the outcome
+                }
+            }
         }
     }
 }
@@ -98,7 +181,11 @@ fn print_first_run_banner(secret: &str, config: &Config) {
     println!("Example credential, valid for one hour:");
     println!("  username:   {}", minted.username);
     println!("  credential: {}", minted.password);
-    let ice = ice_server_json(&minted, &[format!("turn:127.0.0.1:{port}?transport=udp")]);
+    let mut urls = vec![format!("turn:127.0.0.1:{port}?transport=udp")];
+    if !config.no_tcp {
+        urls.push(format!("turn:127.0.0.1:{port}?transport=tcp"));
+    }
+    let ice = ice_server_json(&minted, &urls);
     println!("  RTCIceServer: {ice}");
 }
 

@@ -2,15 +2,19 @@
 
 mod addresses;
 mod port_pool;
+pub mod proxy_protocol;
 mod relay_ports;
 mod sockets;
 mod stats;
+mod stream;
+pub mod tls;
 mod udp_worker;
 
 pub use addresses::{expand_listening_ips, RelayPlan};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
+pub use stream::{StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
 
 use crate::auth::NonceMint;
 use crate::config::Config;
