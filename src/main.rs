@@ -66,6 +66,8 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         .thread_name("tern-stream")
         .enable_all()
         .build()?;
+    // TCP/TLS listeners bind first: if one cannot, nothing has started serving.
+    let bound_streams = StreamService::bind(&config, certs.clone())?;
     let udp = if config.no_udp {
         None
     } else {
@@ -89,7 +91,10 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         quotas,
         ports,
     };
-    let streams = StreamService::start(&config, runtime.handle(), deps, certs.clone())?;
+    let streams = match bound_streams {
+        Some(bound) => Some(bound.serve(&config, runtime.handle(), deps)?),
+        None => None,
+    };
     if let Some(streams) = &streams {
         let tls_sniffed = certs.is_some() && !config.no_tls;
         for (addr, transport) in &streams.listening {

@@ -14,7 +14,7 @@ pub use addresses::{expand_listening_ips, RelayPlan};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
-pub use stream::{StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
+pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
 
 use crate::auth::NonceMint;
 use crate::config::Config;

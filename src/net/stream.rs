@@ -126,15 +126,66 @@ pub struct StreamService {
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
-impl StreamService {
-    /// Binds the TCP and TLS listeners `config` asks for (`Ok(None)` if none) and serves them on
-    /// the runtime of `runtime`. `certs` turns TLS on. Nothing serves if any bind fails.
-    pub fn start(
+/// Stream listeners bound but not yet serving (see [`StreamService::bind`]).
+pub struct BoundStreams {
+    listeners: Vec<(std::net::TcpListener, SocketAddr, Kind)>,
+    listening_ips: Vec<IpAddr>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl BoundStreams {
+    /// Serves the listeners on `runtime`: accepting starts now.
+    pub fn serve(
+        self,
         config: &Config,
         runtime: &tokio::runtime::Handle,
         deps: StreamDeps,
+    ) -> io::Result<StreamService> {
+        let (sender, receiver) = watch::channel(deps.core);
+        let stats = Arc::new(StreamStats::default());
+        let shared = Arc::new(Shared {
+            settings: StreamSettings::from_config(config),
+            core: receiver,
+            nonces: deps.nonces,
+            quotas: deps.quotas,
+            ports: deps.ports,
+            plan: RelayPlan {
+                relay_ips: config.relay_ips.clone(),
+                listening_ips: self.listening_ips,
+            },
+            tls: self.tls,
+            stats: stats.clone(),
+            per_ip: Mutex::new(HashMap::new()),
+            refusals: RefusalLog::default(),
+        });
+        let _entered = runtime.enter();
+        let mut listening = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (listener, addr, kind) in self.listeners {
+            let listener = TcpListener::from_std(listener)?;
+            let transport = match kind {
+                Kind::Plain => Transport::Tcp,
+                Kind::Tls => Transport::Tls,
+            };
+            listening.push((addr, transport));
+            accept_tasks.push(runtime.spawn(accept_loop(listener, kind, shared.clone())));
+        }
+        Ok(StreamService {
+            listening,
+            stats,
+            config: sender,
+            accept_tasks,
+        })
+    }
+}
+
+impl StreamService {
+    /// Binds the TCP and TLS listeners `config` asks for (`Ok(None)` if none); `certs` turns TLS
+    /// on. Bind before starting anything else, so nothing serves if a bind fails.
+    pub fn bind(
+        config: &Config,
         certs: Option<Arc<CertStore>>,
-    ) -> io::Result<Option<StreamService>> {
+    ) -> io::Result<Option<BoundStreams>> {
         let tls = certs
             .filter(|_| !config.no_tls)
             .map(|certs| TlsAcceptor::from(certs.server_config(&[ALPN_STUN_TURN])));
@@ -148,7 +199,7 @@ impl StreamService {
             return Ok(None);
         }
         let listening_ips = expand_listening_ips(&config.listening_ips)?;
-        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
         for ip in &listening_ips {
             for (port, kind) in [(plain_port, Kind::Plain), (tls_port, Kind::Tls)] {
                 let Some(port) = port else { continue };
@@ -156,43 +207,13 @@ impl StreamService {
                 let listener = tcp_listener(addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot listen on tcp {addr}: {e}"))
                 })?;
-                bound.push((listener, addr, kind));
+                listeners.push((listener, addr, kind));
             }
         }
-        let (sender, receiver) = watch::channel(deps.core);
-        let stats = Arc::new(StreamStats::default());
-        let shared = Arc::new(Shared {
-            settings: StreamSettings::from_config(config),
-            core: receiver,
-            nonces: deps.nonces,
-            quotas: deps.quotas,
-            ports: deps.ports,
-            plan: RelayPlan {
-                relay_ips: config.relay_ips.clone(),
-                listening_ips,
-            },
+        Ok(Some(BoundStreams {
+            listeners,
+            listening_ips,
             tls,
-            stats: stats.clone(),
-            per_ip: Mutex::new(HashMap::new()),
-            refusals: RefusalLog::default(),
-        });
-        let _entered = runtime.enter();
-        let mut listening = Vec::new();
-        let mut accept_tasks = Vec::new();
-        for (listener, addr, kind) in bound {
-            let listener = TcpListener::from_std(listener)?;
-            let transport = match kind {
-                Kind::Plain => Transport::Tcp,
-                Kind::Tls => Transport::Tls,
-            };
-            listening.push((addr, transport));
-            accept_tasks.push(runtime.spawn(accept_loop(listener, kind, shared.clone())));
-        }
-        Ok(Some(StreamService {
-            listening,
-            stats,
-            config: sender,
-            accept_tasks,
         }))
     }
 
