@@ -3,11 +3,13 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tern::auth::NonceMint;
 use tern::config::{self, Cli, Command, Config, CredentialsArgs, Secret};
 use tern::credentials::{ice_server_json, mint};
 use tern::http::{HttpSettings, HttpState};
-use tern::net::UdpService;
+use tern::net::tls::CertStore;
+use tern::net::{PortPool, RelayPorts, StreamDeps, StreamService, UdpService};
 use tern::policy::Quotas;
 use tern::turn::CoreConfig;
 use tracing::{error, info, warn};
@@ -25,8 +27,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Certificate files are checked like any other configuration, before anything binds.
+    let certs = match (&config.cert, &config.pkey, config.no_tls) {
+        (Some(cert), Some(pkey), false) => match CertStore::load(cert, pkey) {
+            Ok(certs) => Some(certs),
+            Err(error) => {
+                eprintln!("tern: configuration error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     init_logging(&config.log_level);
-    match serve(&cli, config) {
+    match serve(&cli, config, certs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error}");
@@ -36,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
+fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::io::Result<()> {
     // Zero-config run: no credentials configured, so make a secret up and show how to use it.
     let generated_secret = if config.static_auth_secrets.is_empty() && config.users.is_empty() {
         let secret = random_secret();
@@ -73,21 +86,73 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
     };
     let core = Arc::new(CoreConfig::from_config(&config));
     let quotas = Arc::new(Quotas::new());
-    let udp = UdpService::start(&config, core, NonceMint::new(), quotas)?;
-    for addr in &udp.listening {
-        info!(%addr, transport = "udp", "listening");
+    let nonces = NonceMint::new();
+    // Connection tasks (TCP/TLS), signals and the certificate watcher.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tern-stream")
+        .enable_all()
+        .build()?;
+    // TCP/TLS listeners bind first: if one cannot, nothing has started serving.
+    let bound_streams = StreamService::bind(&config, certs.clone())?;
+    let udp = if config.no_udp {
+        None
+    } else {
+        let udp = UdpService::start(&config, core.clone(), nonces.clone(), quotas.clone())?;
+        for addr in &udp.listening {
+            info!(%addr, transport = "udp", "listening");
+        }
+        Some(udp)
+    };
+    // TCP/TLS relays draw from the same port pool as the UDP workers.
+    let ports = match &udp {
+        Some(udp) => udp.ports.clone(),
+        None => Arc::new(Mutex::new(RelayPorts::new(
+            PortPool::new(config.min_port, config.max_port),
+            config.sock_buf_size,
+        ))),
+    };
+    // One drain switch for every relay (admin API, /readyz).
+    let draining = match &udp {
+        Some(udp) => udp.draining.clone(),
+        None => Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let deps = StreamDeps {
+        core,
+        nonces,
+        quotas,
+        ports: ports.clone(),
+        draining: draining.clone(),
+    };
+    let streams = match bound_streams {
+        Some(bound) => Some(bound.serve(&config, runtime.handle(), deps)?),
+        None => None,
+    };
+    if let Some(streams) = &streams {
+        let tls_sniffed = certs.is_some() && !config.no_tls;
+        for (addr, transport) in &streams.listening {
+            match transport {
+                tern::turn::Transport::Tcp if tls_sniffed => {
+                    info!(%addr, transport = "tcp", also = "tls", "listening")
+                }
+                transport => info!(%addr, transport = transport.as_str(), "listening"),
+            }
+        }
     }
-    info!(workers = udp.stats.len(), ports = %format!("{}-{}", config.min_port, config.max_port), realm = %config.realm, "tern started");
+    if let (Some(certs), Some(_)) = (&certs, &streams) {
+        runtime.spawn(certs.clone().watch(std::time::Duration::from_secs(2)));
+    }
+    let workers = udp.as_ref().map_or(0, |udp| udp.stats.len());
+    info!(workers, ports = %format!("{}-{}", config.min_port, config.max_port), realm = %config.realm, "tern started");
     if let Some(secret) = &generated.secret {
         print_first_run_banner(secret, generated.api_key.as_deref(), &config);
     }
-    // Signals and the HTTP endpoint; relay workers have their own threads and never wait on this.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tern-http")
-        .enable_all()
-        .build()?;
-    let http = HttpState::new(HttpSettings::from_config(&config), &udp);
+    let http = HttpState::new(
+        HttpSettings::from_config(&config),
+        udp.as_ref(),
+        ports,
+        draining,
+    );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = match http_listener {
         Some(listener) => {
@@ -107,7 +172,13 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
         None => None,
     };
     http.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    runtime.block_on(wait_for_signals(cli, &udp, &http, &generated))?;
+    let running = Running {
+        udp: udp.as_ref(),
+        streams: streams.as_ref(),
+        certs: certs.as_deref(),
+        http: &http,
+    };
+    runtime.block_on(wait_for_signals(cli, running, &generated))?;
     info!("shutting down");
     http.ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -117,7 +188,12 @@ fn serve(cli: &Cli, mut config: Config) -> std::io::Result<()> {
             tokio::time::timeout(std::time::Duration::from_secs(2), task).await
         });
     }
-    udp.shutdown();
+    if let Some(streams) = streams {
+        streams.shutdown();
+    }
+    if let Some(udp) = udp {
+        udp.shutdown();
+    }
     Ok(())
 }
 
@@ -142,38 +218,71 @@ impl Generated {
     }
 }
 
-/// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config).
+/// The services a reload or shutdown reaches.
+#[derive(Clone, Copy)]
+struct Running<'a> {
+    udp: Option<&'a UdpService>,
+    streams: Option<&'a StreamService>,
+    certs: Option<&'a CertStore>,
+    http: &'a HttpState,
+}
+
+/// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config)
+/// and the TLS certificate; SIGUSR2 (coTURN's signal) reloads only the certificate.
 async fn wait_for_signals(
     cli: &Cli,
-    udp: &UdpService,
-    http: &HttpState,
+    running: Running<'_>,
     generated: &Generated,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut user2 = signal(SignalKind::user_defined2())?;
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
-            _ = hangup.recv() => match config::load(&cli.serve) {
-                Ok(mut config) => {
-                    generated.apply(&mut config);
-                    udp.reload(Arc::new(CoreConfig::from_config(&config)));
-                    // Workers take the new secrets before the endpoint signs with them, so a
-                    // credential minted right after a rotation verifies.
-                    let control = udp.control();
-                    let synced = tokio::task::spawn_blocking(move || control.sync(std::time::Duration::from_secs(2))).await.unwrap_or(false);
-                    if !synced {
-                        warn!("a relay worker did not confirm the reload within 2 s");
-                    }
-                    http.reload(HttpSettings::from_config(&config));
-                    info!("configuration reloaded (listeners and port range change only on restart)");
+            _ = user2.recv() => {
+                if let Some(certs) = running.certs {
+                    let _ = certs.reload(); // logs the outcome
                 }
-                Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
-            },
+            }
+            _ = hangup.recv() => {
+                match config::load(&cli.serve) {
+                    Ok(mut config) => {
+                        generated.apply(&mut config);
+                        reload(running, &config).await;
+                        info!("configuration reloaded (listeners and port range change only on restart)");
+                    }
+                    Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
+                }
+                if let Some(certs) = running.certs {
+                    let _ = certs.reload(); // logs the outcome
+                }
+            }
         }
     }
+}
+
+/// Hands a reloaded configuration to every service. Relay workers confirm before the HTTP
+/// endpoint signs with new secrets, so a credential minted right after a rotation verifies.
+async fn reload(running: Running<'_>, config: &Config) {
+    let core = Arc::new(CoreConfig::from_config(config));
+    if let Some(streams) = running.streams {
+        streams.reload(core.clone());
+    }
+    if let Some(udp) = running.udp {
+        udp.reload(core);
+        let control = udp.control();
+        let synced =
+            tokio::task::spawn_blocking(move || control.sync(std::time::Duration::from_secs(2)))
+                .await
+                .unwrap_or(false);
+        if !synced {
+            warn!("a relay worker did not confirm the reload within 2 s");
+        }
+    }
+    running.http.reload(HttpSettings::from_config(config));
 }
 
 fn print_first_run_banner(secret: &str, api_key: Option<&str>, config: &Config) {
@@ -184,7 +293,11 @@ fn print_first_run_banner(secret: &str, api_key: Option<&str>, config: &Config) 
     println!("Example credential, valid for one hour:");
     println!("  username:   {}", minted.username);
     println!("  credential: {}", minted.password);
-    let ice = ice_server_json(&minted, &[format!("turn:127.0.0.1:{port}?transport=udp")]);
+    let mut urls = vec![format!("turn:127.0.0.1:{port}?transport=udp")];
+    if !config.no_tcp {
+        urls.push(format!("turn:127.0.0.1:{port}?transport=tcp"));
+    }
+    let ice = ice_server_json(&minted, &urls);
     println!("  RTCIceServer: {ice}");
     if let (Some(key), false) = (api_key, config.no_http) {
         let http = config.http_listen;

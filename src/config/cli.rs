@@ -228,6 +228,55 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub public_uris: Option<Vec<String>>,
+    /// Don't listen on TCP (listening-port) [default: false].
+    #[arg(
+        long,
+        env = "TERN_NO_TCP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub no_tcp: Option<bool>,
+    /// Don't serve TLS [default: false].
+    #[arg(
+        long,
+        env = "TERN_NO_TLS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub no_tls: Option<bool>,
+    /// TLS port (turns:) [default: 5349].
+    #[arg(long, env = "TERN_TLS_LISTENING_PORT", value_name = "PORT")]
+    pub tls_listening_port: Option<u16>,
+    /// TLS certificate chain, PEM [default: none].
+    #[arg(long, env = "TERN_CERT", value_name = "PATH")]
+    pub cert: Option<String>,
+    /// TLS private key, PEM [default: none].
+    #[arg(long, env = "TERN_PKEY", value_name = "PATH")]
+    pub pkey: Option<String>,
+    /// Sources whose PROXY protocol headers are accepted (repeatable) [default: none].
+    #[arg(
+        long,
+        env = "TERN_PROXY_PROTOCOL_TRUSTED",
+        value_name = "RANGE",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_trusted: Option<Vec<String>>,
+    /// TCP/TLS connections per client address, 0 = unlimited [default: 64].
+    #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// TCP/TLS connections in total, 0 = unlimited [default: 10000].
+    #[arg(long, env = "TERN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Seconds a TCP/TLS connection may take to send its first valid STUN message [default: 10].
+    #[arg(long, env = "TERN_STREAM_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub stream_idle_timeout: Option<u32>,
+    /// Seconds a started TCP/TLS frame may take to complete [default: 10].
+    #[arg(long, env = "TERN_PARTIAL_FRAME_TIMEOUT", value_name = "SECONDS")]
+    pub partial_frame_timeout: Option<u32>,
     /// Accepted for coTURN compatibility; tern always does this.
     #[arg(
         long,

@@ -88,6 +88,18 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
                 .collect()
         }
         "public-uris" => config.public_uris = strings(key, value)?,
+        "no-tcp" => config.no_tcp = boolean(key, value)?,
+        "no-tls" => config.no_tls = boolean(key, value)?,
+        "tls-listening-port" => config.tls_listening_port = integer(key, value)?,
+        "cert" => config.cert = optional_text(string(key, value)?).map(Into::into),
+        "pkey" => config.pkey = optional_text(string(key, value)?).map(Into::into),
+        "proxy-protocol-trusted" => {
+            config.proxy_protocol_trusted = each(key, value, values::range)?
+        }
+        "max-connections-per-ip" => config.max_connections_per_ip = integer(key, value)?,
+        "max-connections" => config.max_connections = integer(key, value)?,
+        "stream-idle-timeout" => config.stream_idle_timeout = integer(key, value)?,
+        "partial-frame-timeout" => config.partial_frame_timeout = integer(key, value)?,
         // Accepted for coTURN compatibility; tern always does this.
         "use-auth-secret" | "lt-cred-mech" | "fingerprint" => {
             boolean(key, value)?;
@@ -337,6 +349,16 @@ mod tests {
             "api-keys",
             "admin-api-keys",
             "public-uris",
+            "no-tcp",
+            "no-tls",
+            "tls-listening-port",
+            "cert",
+            "pkey",
+            "proxy-protocol-trusted",
+            "max-connections-per-ip",
+            "max-connections",
+            "stream-idle-timeout",
+            "partial-frame-timeout",
             "use-auth-secret",
             "lt-cred-mech",
             "fingerprint",
@@ -348,6 +370,68 @@ mod tests {
             });
             assert!(listed, "{key} missing from turnserver.toml");
         }
+    }
+
+    #[test]
+    fn stream_keys() {
+        let defaults = Config::default();
+        assert_eq!(defaults.tls_listening_port, 5349);
+        assert!(!defaults.no_tcp && !defaults.no_tls);
+        assert!(defaults.cert.is_none() && defaults.pkey.is_none());
+        assert!(defaults.proxy_protocol_trusted.is_empty());
+        assert_eq!(
+            (defaults.max_connections_per_ip, defaults.max_connections),
+            (64, 10000)
+        );
+        assert_eq!(
+            (defaults.stream_idle_timeout, defaults.partial_frame_timeout),
+            (10, 10)
+        );
+        let config = parse(
+            r#"
+            no-tcp = true
+            no-tls = true
+            tls-listening-port = 443
+            cert = "/etc/tern/cert.pem"
+            pkey = "/etc/tern/key.pem"
+            proxy-protocol-trusted = ["10.0.0.0/8", "192.0.2.7"]
+            max-connections-per-ip = 3
+            max-connections = 100
+            stream-idle-timeout = 5
+            partial-frame-timeout = 2
+            "#,
+        );
+        assert!(config.no_tcp && config.no_tls);
+        assert_eq!(config.tls_listening_port, 443);
+        assert_eq!(
+            config.cert.as_deref(),
+            Some(std::path::Path::new("/etc/tern/cert.pem"))
+        );
+        assert_eq!(
+            config.pkey.as_deref(),
+            Some(std::path::Path::new("/etc/tern/key.pem"))
+        );
+        assert_eq!(config.proxy_protocol_trusted.len(), 2);
+        assert_eq!(
+            (config.max_connections_per_ip, config.max_connections),
+            (3, 100)
+        );
+        assert_eq!(
+            (config.stream_idle_timeout, config.partial_frame_timeout),
+            (5, 2)
+        );
+        let (key, _) = invalid_key_value(r#"proxy-protocol-trusted = "nope""#);
+        assert_eq!(key, "proxy-protocol-trusted");
+        let (key, _) = invalid_key_value(r#"cert = "/a.pem""#);
+        assert_eq!(key, "cert", "cert without pkey");
+        let (key, _) = invalid_key_value("stream-idle-timeout = 0");
+        assert_eq!(key, "stream-idle-timeout");
+        let (key, _) = invalid_key_value("partial-frame-timeout = 0");
+        assert_eq!(key, "partial-frame-timeout");
+        let (key, _) = invalid_key_value("tls-listening-port = 0");
+        assert_eq!(key, "tls-listening-port");
+        let (key, _) = invalid_key_value("no-udp = true\nno-tcp = true");
+        assert_eq!(key, "no-udp", "every listener off");
     }
 
     #[test]

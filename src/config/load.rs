@@ -129,6 +129,28 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
     if let Some(uris) = &args.public_uris {
         config.public_uris = uris.clone();
     }
+    set(&mut config.no_tcp, args.no_tcp);
+    set(&mut config.no_tls, args.no_tls);
+    set(&mut config.tls_listening_port, args.tls_listening_port);
+    if let Some(cert) = &args.cert {
+        config.cert = optional_text(cert.clone()).map(Into::into);
+    }
+    if let Some(pkey) = &args.pkey {
+        config.pkey = optional_text(pkey.clone()).map(Into::into);
+    }
+    if let Some(ranges) = &args.proxy_protocol_trusted {
+        config.proxy_protocol_trusted = each("proxy-protocol-trusted", ranges, values::range)?;
+    }
+    set(
+        &mut config.max_connections_per_ip,
+        args.max_connections_per_ip,
+    );
+    set(&mut config.max_connections, args.max_connections);
+    set(&mut config.stream_idle_timeout, args.stream_idle_timeout);
+    set(
+        &mut config.partial_frame_timeout,
+        args.partial_frame_timeout,
+    );
     // use-auth-secret, lt-cred-mech, fingerprint: accepted for coTURN compatibility; tern
     // always does this.
     let _ = (args.use_auth_secret, args.lt_cred_mech, args.fingerprint);
@@ -277,6 +299,39 @@ mod tests {
             vec![Secret("new1".into()), Secret("new2".into())]
         );
         assert!(config.allow_loopback_peers);
+    }
+
+    #[test]
+    fn stream_flags_and_env() {
+        let env = [("TERN_PROXY_PROTOCOL_TRUSTED", "10.0.0.0/8,192.0.2.7")];
+        let config = load(&args_with_env(
+            &env,
+            &[
+                "--no-tcp",
+                "--no-tls=false",
+                "--tls-listening-port=443",
+                "--cert=/c.pem",
+                "--pkey=/k.pem",
+                "--max-connections-per-ip=3",
+                "--max-connections=100",
+                "--stream-idle-timeout=5",
+                "--partial-frame-timeout=2",
+            ],
+        ))
+        .unwrap();
+        assert!(config.no_tcp && !config.no_tls);
+        assert_eq!(config.tls_listening_port, 443);
+        assert_eq!(config.cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(config.pkey, Some(PathBuf::from("/k.pem")));
+        assert_eq!(config.proxy_protocol_trusted.len(), 2);
+        assert_eq!(
+            (config.max_connections_per_ip, config.max_connections),
+            (3, 100)
+        );
+        assert_eq!(
+            (config.stream_idle_timeout, config.partial_frame_timeout),
+            (5, 2)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 /// A REST secret; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,6 +101,25 @@ pub struct Config {
     pub admin_api_keys: Vec<Secret>,
     /// `public-uris`: the TURN/STUN URIs handed out with credentials; empty = derived.
     pub public_uris: Vec<String>,
+    /// `no-tcp` (false): no plain TCP listener on `listening-port`.
+    pub no_tcp: bool,
+    /// `no-tls` (false): no TLS, neither on `tls-listening-port` nor sniffed on `listening-port`.
+    pub no_tls: bool,
+    /// `tls-listening-port` (5349): TLS-only listener, on when `cert` and `pkey` are set.
+    pub tls_listening_port: u16,
+    /// `cert` / `pkey` (none): PEM certificate chain and private key; TLS needs both.
+    pub cert: Option<PathBuf>,
+    pub pkey: Option<PathBuf>,
+    /// `proxy-protocol-trusted` (none): sources whose PROXY v1/v2 headers are believed.
+    pub proxy_protocol_trusted: Vec<IpRange>,
+    /// `max-connections-per-ip` (64) and `max-connections` (10000), TCP/TLS; 0 = unlimited.
+    pub max_connections_per_ip: u32,
+    pub max_connections: u32,
+    /// `stream-idle-timeout` (10): seconds a TCP/TLS connection may take to send its first
+    /// valid STUN message (TLS handshake and PROXY header included).
+    pub stream_idle_timeout: u32,
+    /// `partial-frame-timeout` (10): seconds a started frame may take to complete.
+    pub partial_frame_timeout: u32,
 }
 
 impl Config {
@@ -148,6 +168,16 @@ impl Default for Config {
             api_keys: Vec::new(),
             admin_api_keys: Vec::new(),
             public_uris: Vec::new(),
+            no_tcp: false,
+            no_tls: false,
+            tls_listening_port: 5349,
+            cert: None,
+            pkey: None,
+            proxy_protocol_trusted: Vec::new(),
+            max_connections_per_ip: 64,
+            max_connections: 10000,
+            stream_idle_timeout: 10,
+            partial_frame_timeout: 10,
         }
     }
 }

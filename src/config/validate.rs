@@ -107,9 +107,37 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             reason,
         ));
     }
+    streams(config)?;
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         let reason = format!("not a tracing filter: {err}");
         return Err(invalid("log-level", &config.log_level, reason));
+    }
+    Ok(())
+}
+
+/// TCP/TLS keys. Whether the certificate files load is checked at start (see `net::tls`).
+fn streams(config: &Config) -> Result<(), ConfigError> {
+    nonzero_port("tls-listening-port", config.tls_listening_port)?;
+    at_least_one_second("stream-idle-timeout", config.stream_idle_timeout.into())?;
+    at_least_one_second("partial-frame-timeout", config.partial_frame_timeout.into())?;
+    match (&config.cert, &config.pkey) {
+        (Some(cert), None) => {
+            let cert = cert.display().to_string();
+            return Err(invalid("cert", &cert, "pkey must be set too"));
+        }
+        (None, Some(pkey)) => {
+            let pkey = pkey.display().to_string();
+            return Err(invalid("pkey", &pkey, "cert must be set too"));
+        }
+        _ => {}
+    }
+    let tls = !config.no_tls && config.cert.is_some();
+    if config.no_udp && config.no_tcp && !tls {
+        return Err(invalid(
+            "no-udp",
+            "true",
+            "no-tcp is set and TLS is off (no-tls, or no cert/pkey): nothing would listen",
+        ));
     }
     Ok(())
 }

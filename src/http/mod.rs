@@ -69,16 +69,21 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(settings: HttpSettings, udp: &UdpService) -> Arc<HttpState> {
-        let stats = udp.stats.clone();
-        let ports = udp.ports.clone();
-        let draining = udp.draining.clone();
+    /// `udp` is `None` under `no-udp`: metrics and the admin API then see no UDP workers.
+    pub fn new(
+        settings: HttpSettings,
+        udp: Option<&UdpService>,
+        ports: Arc<Mutex<RelayPorts>>,
+        draining: Arc<AtomicBool>,
+    ) -> Arc<HttpState> {
+        let stats = udp.map(|udp| udp.stats.clone()).unwrap_or_default();
+        let control = udp.map(UdpService::control).unwrap_or_default();
         Arc::new(HttpState {
             settings: ArcSwap::from_pointee(settings),
             metrics: metrics::Metrics::new(stats.clone(), ports.clone(), draining.clone()),
             stats,
             ports,
-            control: udp.control(),
+            control,
             draining,
             ready: AtomicBool::new(false),
         })

@@ -36,7 +36,7 @@ pub fn parse_allocation_id(text: &str) -> Option<(usize, AllocId)> {
 
 /// A cloneable handle on every worker's control channel. Calls block up to `timeout`; call them
 /// from a blocking context (e.g. `tokio::task::spawn_blocking`).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct WorkerControl {
     pub(super) workers: Vec<(Sender<Control>, Arc<Waker>)>,
 }

@@ -3,9 +3,12 @@
 mod addresses;
 mod control;
 mod port_pool;
+pub mod proxy_protocol;
 mod relay_ports;
 mod sockets;
 mod stats;
+mod stream;
+pub mod tls;
 mod udp_worker;
 
 pub use addresses::{expand_listening_ips, RelayPlan};
@@ -13,6 +16,7 @@ pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
+pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
 
 use crate::auth::NonceMint;
 use crate::config::Config;

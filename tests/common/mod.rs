@@ -1,6 +1,8 @@
 //! Shared test support: runs the real `tern` binary on loopback.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

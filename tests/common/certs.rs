@@ -1,0 +1,73 @@
+//! Throw-away TLS certificates for tests (rcgen): a CA per call and a `localhost` leaf it signs.
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A CA certificate (PEM, to trust) and a leaf certificate + key for `localhost`/127.0.0.1 (PEM).
+pub struct TestCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCert {
+    pub fn generate() -> TestCert {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        TestCert {
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// Writes the leaf and its key where tern reads them.
+    pub fn install(&self, cert: &Path, key: &Path) {
+        std::fs::write(cert, &self.cert_pem).unwrap();
+        std::fs::write(key, &self.key_pem).unwrap();
+    }
+
+    /// A rustls client configuration that trusts only this CA and offers ALPN `stun.turn`.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"stun.turn".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// True if a TLS connection to 127.0.0.1:`port` that trusts only `cert`'s CA completes its
+/// handshake (so the server presents that certificate).
+pub fn served_by(port: u16, cert: &TestCert) -> bool {
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(cert.client_config(), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    while stream.conn.is_handshaking() {
+        if stream.conn.complete_io(&mut stream.sock).is_err() {
+            return false;
+        }
+    }
+    true
+}

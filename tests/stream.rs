@@ -1,0 +1,582 @@
+//! TURN over TCP and TLS against the real binary on loopback: stream framing (coalesced and split
+//! frames, ChannelData padding), TLS (dedicated port and sniffed on the plain port), PROXY
+//! protocol, connection limits and the slowloris timeouts.
+
+mod common;
+
+use common::certs::TestCert;
+use common::{free_port, EchoPeer, TempFile, Tern, SECRET};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tern::stun::{self, attr, Class, Message, MessageWriter, Method};
+
+const REALM: &str = "tern";
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+fn tid(n: u8) -> [u8; 12] {
+    [n; 12]
+}
+
+fn binding(n: u8) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    MessageWriter::new(&mut buf, Method::BINDING, Class::Request, &tid(n))
+        .finish()
+        .unwrap()
+        .to_vec()
+}
+
+/// Reads one whole frame (STUN or padded ChannelData) from a stream.
+fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    stream.read_exact(&mut frame)?;
+    let len = stun::frame_len(&frame, true)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{frame:?}")))?;
+    frame.resize(len, 0);
+    stream.read_exact(&mut frame[4..])?;
+    Ok(frame)
+}
+
+fn xor_mapped(frame: &[u8]) -> SocketAddr {
+    let msg = Message::parse(frame).unwrap();
+    assert_eq!(msg.class(), Class::Success, "{frame:?}");
+    stun::decode_xor_address(
+        msg.get(attr::XOR_MAPPED_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap()
+}
+
+/// True if the server closes the connection (EOF or reset) within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn answers_binding(stream: &mut TcpStream, n: u8) -> bool {
+    stream.write_all(&binding(n)).is_ok()
+        && read_frame(stream)
+            .is_ok_and(|f| Message::parse(&f).is_ok_and(|m| m.class() == Class::Success))
+}
+
+/// A free TCP port on 127.0.0.1 for the TLS listener.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn binding_requests_coalesced_and_split_are_all_answered() {
+    let tern = Tern::start("");
+    let mut stream = connect(tern.addr);
+    let local = stream.local_addr().unwrap();
+
+    // Two requests in one write.
+    let mut both = binding(1);
+    both.extend(binding(2));
+    stream.write_all(&both).unwrap();
+    for n in [1, 2] {
+        let frame = read_frame(&mut stream).unwrap();
+        assert_eq!(Message::parse(&frame).unwrap().transaction_id(), &tid(n));
+        assert_eq!(
+            xor_mapped(&frame),
+            local,
+            "XOR-MAPPED-ADDRESS is the TCP client"
+        );
+    }
+
+    // One request across three writes (inside the header, then inside the body).
+    let mut buf = [0u8; 64];
+    let mut writer = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, &tid(3));
+    writer.add_fingerprint();
+    let request = writer.finish().unwrap().to_vec();
+    for part in [&request[..3], &request[3..22], &request[22..]] {
+        stream.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let frame = read_frame(&mut stream).unwrap();
+    assert_eq!(Message::parse(&frame).unwrap().transaction_id(), &tid(3));
+
+    // And a request followed by half of the next in one write, then the rest.
+    let mut one_and_a_half = binding(4);
+    let next = binding(5);
+    one_and_a_half.extend_from_slice(&next[..10]);
+    stream.write_all(&one_and_a_half).unwrap();
+    let frame = read_frame(&mut stream).unwrap();
+    assert_eq!(Message::parse(&frame).unwrap().transaction_id(), &tid(4));
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(&next[10..]).unwrap();
+    let frame = read_frame(&mut stream).unwrap();
+    assert_eq!(Message::parse(&frame).unwrap().transaction_id(), &tid(5));
+}
+
+#[test]
+fn garbage_first_bytes_close_the_connection() {
+    let tern = Tern::start("");
+    let mut stream = connect(tern.addr);
+    stream.write_all(&[0xFF; 24]).unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)));
+}
+
+/// A raw TURN client over any byte stream, with a REST credential.
+struct RawTurn<S> {
+    stream: S,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+impl<S: Read + Write> RawTurn<S> {
+    fn new(stream: S) -> Self {
+        let minted = tern::credentials::mint(SECRET, Some("raw"), 3600, common::unix_now());
+        use md5::Digest;
+        let key: [u8; 16] =
+            md5::Md5::digest(format!("{}:{REALM}:{}", minted.username, minted.password)).into();
+        RawTurn {
+            stream,
+            username: minted.username,
+            key,
+            nonce: Vec::new(),
+            next_tid: 0x10,
+        }
+    }
+
+    /// Sends an authenticated request (learning the nonce from a 401 first) and returns the
+    /// success response.
+    fn request(&mut self, method: Method, attrs: impl Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
+        for _ in 0..2 {
+            self.next_tid += 1;
+            let tid = tid(self.next_tid);
+            let mut buf = [0u8; 512];
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
+            attrs(&mut w);
+            if !self.nonce.is_empty() {
+                w.add_bytes(attr::USERNAME, self.username.as_bytes());
+                w.add_bytes(attr::REALM, REALM.as_bytes());
+                w.add_bytes(attr::NONCE, &self.nonce);
+                w.add_message_integrity(&self.key);
+            }
+            let request = w.finish().unwrap().to_vec();
+            self.stream.write_all(&request).unwrap();
+            let response = read_frame(&mut self.stream).unwrap();
+            let msg = Message::parse(&response).unwrap();
+            assert_eq!(msg.transaction_id(), &tid);
+            match msg.class() {
+                Class::Success => return response,
+                Class::Error if msg.error_code().is_some_and(|(c, _)| c == 401 || c == 438) => {
+                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
+                }
+                _ => panic!("{method:?} failed: {:?}", msg.error_code()),
+            }
+        }
+        panic!("{method:?}: still unauthorized");
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let msg = Message::parse(&response).unwrap();
+        stun::decode_xor_address(
+            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            msg.transaction_id(),
+        )
+        .unwrap()
+    }
+
+    fn channel_bind(&mut self, channel: u16, peer: SocketAddr) {
+        self.request(Method::CHANNEL_BIND, |w| {
+            w.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16);
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+    }
+}
+
+fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = channel.to_be_bytes().to_vec();
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.resize(frame.len().div_ceil(4) * 4, 0);
+    frame
+}
+
+#[test]
+fn channel_data_is_padded_both_ways_on_a_tcp_allocation() {
+    let tern = Tern::start("allow-loopback-peers = true");
+    let peer = EchoPeer::start(Duration::from_secs(20));
+    let mut client = RawTurn::new(connect(tern.addr));
+    let relayed = client.allocate();
+    assert_eq!(relayed.ip(), tern.addr.ip());
+    client.channel_bind(0x4001, peer.addr);
+
+    // Odd payload sizes, coalesced in one write: each frame padded to 4 bytes.
+    let payloads: [&[u8]; 3] = [b"a", b"hello", b"0123456789ab"];
+    let mut burst = Vec::new();
+    for payload in payloads {
+        burst.extend(channel_data(0x4001, payload));
+    }
+    client.stream.write_all(&burst).unwrap();
+    for payload in payloads {
+        let frame = read_frame(&mut client.stream).unwrap();
+        assert_eq!(frame.len() % 4, 0, "padded over TCP: {frame:?}");
+        assert_eq!(&frame[..2], &0x4001u16.to_be_bytes());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([frame[2], frame[3]])),
+            payload.len()
+        );
+        assert_eq!(&frame[4..4 + payload.len()], payload);
+    }
+    let received = peer.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 3);
+    assert!(received.iter().all(|(from, _)| *from == relayed));
+    assert_eq!(
+        received[1].1, b"hello",
+        "the peer gets the payload, not the padding"
+    );
+
+    // Closing the connection ends the allocation: the relay port is free again at once.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while std::net::UdpSocket::bind(relayed).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "relay port still bound after close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_and_slowloris_connections_are_closed() {
+    let tern = Tern::start("stream-idle-timeout = 1\npartial-frame-timeout = 1");
+    // Nothing at all.
+    let mut silent = connect(tern.addr);
+    let started = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(4)));
+    assert!(started.elapsed() >= Duration::from_millis(800));
+
+    // A valid message, then 10 bytes of a header and nothing more.
+    let mut slow = connect(tern.addr);
+    assert!(answers_binding(&mut slow, 1));
+    slow.write_all(&binding(2)[..10]).unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(4)));
+    assert!(started.elapsed() >= Duration::from_millis(800));
+
+    // Complete frames, however slow, keep a connection (the idle timeout is only for the
+    // first message, the partial-frame timeout only for a started frame).
+    let mut steady = connect(tern.addr);
+    for n in 0..5 {
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(answers_binding(&mut steady, n), "round {n}");
+    }
+    // Each frame may take up to the timeout: halves of frames 500 ms apart are fine.
+    for n in 10..13 {
+        let request = binding(n);
+        steady.write_all(&request[..8]).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        steady.write_all(&request[8..]).unwrap();
+        steady
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        assert!(read_frame(&mut steady).is_ok(), "round {n}");
+    }
+}
+
+#[test]
+fn per_ip_connection_limit() {
+    let tern = Tern::start("max-connections-per-ip = 3");
+    let mut open: Vec<TcpStream> = (0..3).map(|_| connect(tern.addr)).collect();
+    for (n, stream) in open.iter_mut().enumerate() {
+        assert!(answers_binding(stream, n as u8));
+    }
+    let mut fourth = connect(tern.addr);
+    let _ = fourth.write_all(&binding(9));
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(2)),
+        "4th closed"
+    );
+    for (n, stream) in open.iter_mut().enumerate() {
+        assert!(
+            answers_binding(stream, 20 + n as u8),
+            "the first 3 still work"
+        );
+    }
+    // A closed connection gives its place back.
+    drop(open.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect(tern.addr);
+    assert!(answers_binding(&mut again, 30));
+    assert!(tern
+        .logs()
+        .contains("connections refused by connection limits"));
+}
+
+#[test]
+fn total_connection_limit() {
+    let tern = Tern::start("max-connections = 2\nmax-connections-per-ip = 0");
+    let mut first = connect(tern.addr);
+    let mut second = connect(tern.addr);
+    assert!(answers_binding(&mut first, 1) && answers_binding(&mut second, 2));
+    let mut third = connect(tern.addr);
+    assert!(closed_within(&mut third, Duration::from_secs(2)));
+    assert!(answers_binding(&mut first, 3));
+}
+
+struct DumpLogsOnPanic<'a>(&'a Tern);
+
+impl Drop for DumpLogsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("tern logs:\n{}", self.0.logs());
+        }
+    }
+}
+
+fn proxy_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (source, destination) else {
+        panic!("IPv4 only here");
+    };
+    let mut header = tern::net::proxy_protocol::V2_SIGNATURE.to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0x00, 12]);
+    header.extend_from_slice(&src.ip().octets());
+    header.extend_from_slice(&dst.ip().octets());
+    header.extend_from_slice(&src.port().to_be_bytes());
+    header.extend_from_slice(&dst.port().to_be_bytes());
+    header
+}
+
+#[test]
+fn proxy_protocol_from_trusted_sources_sets_the_client_address() {
+    let tern = Tern::start("proxy-protocol-trusted = [\"127.0.0.0/8\"]");
+    let real: SocketAddr = "203.0.113.9:4242".parse().unwrap();
+    let _logs = DumpLogsOnPanic(&tern);
+
+    // v2, with the first request in the same write.
+    let mut stream = connect(tern.addr);
+    let mut bytes = proxy_v2(real, tern.addr);
+    bytes.extend(binding(1));
+    stream.write_all(&bytes).unwrap();
+    assert_eq!(xor_mapped(&read_frame(&mut stream).unwrap()), real);
+
+    // v1, split in two writes.
+    let mut stream = connect(tern.addr);
+    stream
+        .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 5")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(b"6324 3478\r\n").unwrap();
+    stream.write_all(&binding(2)).unwrap();
+    assert_eq!(
+        xor_mapped(&read_frame(&mut stream).unwrap()),
+        "198.51.100.7:56324".parse().unwrap()
+    );
+
+    // A trusted source may also connect without a header.
+    let mut stream = connect(tern.addr);
+    let local = stream.local_addr().unwrap();
+    stream.write_all(&binding(3)).unwrap();
+    assert_eq!(xor_mapped(&read_frame(&mut stream).unwrap()), local);
+
+    // A malformed header closes.
+    let mut stream = connect(tern.addr);
+    stream.write_all(b"PROXY TCP4 nonsense\r\n").unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)));
+}
+
+#[test]
+fn proxy_protocol_from_untrusted_sources_is_refused() {
+    let tern = Tern::start("proxy-protocol-trusted = [\"192.0.2.0/24\"]");
+    let mut stream = connect(tern.addr);
+    let mut bytes = proxy_v2("203.0.113.9:4242".parse().unwrap(), tern.addr);
+    bytes.extend(binding(1));
+    stream.write_all(&bytes).unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)));
+
+    // Default: no source is trusted.
+    let tern = Tern::start("");
+    let mut stream = connect(tern.addr);
+    stream
+        .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 56324 3478\r\n")
+        .unwrap();
+    stream.write_all(&binding(2)).unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)));
+}
+
+/// A TLS tern: certificate files, and the TLS port.
+struct TlsTern {
+    tern: Tern,
+    tls_port: u16,
+    cert: TempFile,
+    key: TempFile,
+}
+
+fn start_tls(name: &str, cert: &TestCert, extra: &str) -> TlsTern {
+    let cert_file = TempFile::new(&format!("{name}-cert.pem"), &cert.cert_pem);
+    let key_file = TempFile::new(&format!("{name}-key.pem"), &cert.key_pem);
+    let tls_port = free_tcp_port();
+    let tern = Tern::start(&format!(
+        "tls-listening-port = {tls_port}\ncert = \"{}\"\npkey = \"{}\"\n{extra}",
+        cert_file.0.display(),
+        key_file.0.display()
+    ));
+    TlsTern {
+        tern,
+        tls_port,
+        cert: cert_file,
+        key: key_file,
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(port: u16, trust: &TestCert) -> io::Result<TlsStream> {
+    let tcp = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(trust.client_config(), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    // Drive the handshake to completion (errors show here, e.g. an untrusted certificate).
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+fn tls_binding(stream: &mut TlsStream, n: u8) -> SocketAddr {
+    stream.write_all(&binding(n)).unwrap();
+    xor_mapped(&read_frame(stream).unwrap())
+}
+
+#[test]
+fn tls_on_its_port_and_sniffed_on_the_plain_port() {
+    let cert = TestCert::generate();
+    let tls = start_tls("tls-ports", &cert, "allow-loopback-peers = true");
+    for port in [tls.tls_port, tls.tern.port] {
+        let mut stream = tls_connect(port, &cert).unwrap();
+        assert_eq!(stream.conn.alpn_protocol(), Some(&b"stun.turn"[..]));
+        let local = stream.sock.local_addr().unwrap();
+        assert_eq!(tls_binding(&mut stream, 1), local);
+    }
+    // Plain STUN still works on the plain port, and is refused on the TLS-only port.
+    let mut plain = connect(tls.tern.addr);
+    assert!(answers_binding(&mut plain, 2));
+    let mut plain_on_tls = connect(SocketAddr::from(([127, 0, 0, 1], tls.tls_port)));
+    let _ = plain_on_tls.write_all(&binding(3));
+    assert!(closed_within(&mut plain_on_tls, Duration::from_secs(2)));
+
+    // A TURN allocation relays over TLS with padded ChannelData.
+    let peer = EchoPeer::start(Duration::from_secs(20));
+    let mut client = RawTurn::new(tls_connect(tls.tls_port, &cert).unwrap());
+    client.allocate();
+    client.channel_bind(0x4002, peer.addr);
+    client
+        .stream
+        .write_all(&channel_data(0x4002, b"over tls"))
+        .unwrap();
+    let frame = read_frame(&mut client.stream).unwrap();
+    assert_eq!(&frame[4..12], b"over tls");
+    let _ = (&tls.cert, &tls.key);
+}
+
+#[test]
+fn tls_certificate_reloads_on_file_change_and_bad_files_are_refused() {
+    let cert_a = TestCert::generate();
+    let cert_b = TestCert::generate();
+    let tls = start_tls("tls-watch", &cert_a, "");
+    let mut kept = tls_connect(tls.tls_port, &cert_a).unwrap();
+    assert!(tls_connect(tls.tls_port, &cert_b).is_err());
+
+    // Replaced on disk, no signal: the watcher picks it up within a few seconds.
+    cert_b.install(&tls.cert.0, &tls.key.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tls_connect(tls.tls_port, &cert_b).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cert B not served:\n{}",
+            tls.tern.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tls_connect(tls.tls_port, &cert_a).is_err());
+    // The connection made under A goes on.
+    let local = kept.sock.local_addr().unwrap();
+    assert_eq!(tls_binding(&mut kept, 1), local);
+
+    // A garbage certificate, then SIGUSR2: refused with an error, B keeps serving.
+    std::fs::write(
+        &tls.cert.0,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-USR2", &tls.tern.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tls.tern.logs().contains("TLS certificate reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged:\n{}",
+            tls.tern.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        tls.tern.logs().contains(&tls.cert.0.display().to_string()),
+        "the log names the file"
+    );
+    let mut stream = tls_connect(tls.tls_port, &cert_b).unwrap();
+    tls_binding(&mut stream, 2);
+}
+
+#[test]
+fn bad_certificate_at_start_is_a_configuration_error() {
+    let port = free_port();
+    let missing =
+        std::env::temp_dir().join(format!("tern-test-{}-missing.pem", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "--listening-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &port.to_string(),
+        ])
+        .arg(format!("--cert={}", missing.display()))
+        .arg(format!("--pkey={}", missing.display()))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cert") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+}
