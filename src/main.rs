@@ -27,9 +27,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Certificate files are checked like any other configuration, before anything binds.
-    let certs = match (&config.cert, &config.pkey, config.no_tls) {
-        (Some(cert), Some(pkey), false) => match CertStore::load(cert, pkey) {
+    // Certificate files are checked like any other configuration, before anything binds. The
+    // TLS listener (unless no-tls) and HTTPS (http-tls) share them.
+    let wants_certs = !config.no_tls || (config.http_tls && !config.no_http);
+    let certs = match (&config.cert, &config.pkey, wants_certs) {
+        (Some(cert), Some(pkey), true) => match CertStore::load(cert, pkey) {
             Ok(certs) => Some(certs),
             Err(error) => {
                 eprintln!("tern: configuration error: {error}");
@@ -71,7 +73,6 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         api_key: generated_api_key,
     };
     // Bind HTTP before the relay starts, so a taken port fails start-up before anything serves.
-    // TODO(https): serve TLS here with the TLS listener's certificate loader once it lands.
     let http_listener = if config.no_http {
         None
     } else {
@@ -139,7 +140,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
             }
         }
     }
-    if let (Some(certs), Some(_)) = (&certs, &streams) {
+    if let Some(certs) = &certs {
         runtime.spawn(certs.clone().watch(std::time::Duration::from_secs(2)));
     }
     let workers = udp.as_ref().map_or(0, |udp| udp.stats.len());
@@ -158,13 +159,23 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         Some(listener) => {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            info!(addr = %config.http_listen, "http listening");
+            // Validation made sure cert and pkey are set with http-tls, so certs is loaded.
+            let tls = certs
+                .as_ref()
+                .filter(|_| config.http_tls)
+                .map(|certs| certs.server_config(&[b"h2", b"http/1.1"]));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            info!(addr = %config.http_listen, scheme, "http listening");
             let state = http.clone();
             Some(runtime.spawn(async move {
                 let shutdown = async {
                     let _ = http_stopped.await;
                 };
-                if let Err(error) = tern::http::serve(listener, state, shutdown).await {
+                let served = match tls {
+                    Some(tls) => tern::http::serve_tls(listener, tls, state, shutdown).await,
+                    None => tern::http::serve(listener, state, shutdown).await,
+                };
+                if let Err(error) = served {
                     error!(%error, "http server failed");
                 }
             }))
@@ -301,12 +312,13 @@ fn print_first_run_banner(secret: &str, api_key: Option<&str>, config: &Config) 
     println!("  RTCIceServer: {ice}");
     if let (Some(key), false) = (api_key, config.no_http) {
         let http = config.http_listen;
+        let scheme = if config.http_tls { "https" } else { "http" };
         println!("No api-keys configured: generated one for the credential endpoint.");
         println!("  api-key = {key}");
         println!(
-            "  curl -X POST -H 'Authorization: Bearer {key}' http://{http}/api/v1/credentials"
+            "  curl -X POST -H 'Authorization: Bearer {key}' {scheme}://{http}/api/v1/credentials"
         );
-        println!("Trickle ICE test page: http://{http}/");
+        println!("Trickle ICE test page: {scheme}://{http}/");
     }
 }
 

@@ -200,6 +200,16 @@ pub struct ServeArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub no_http: Option<bool>,
+    /// Serve the HTTP endpoint as HTTPS with cert/pkey [default: false].
+    #[arg(
+        long,
+        env = "TERN_HTTP_TLS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub http_tls: Option<bool>,
     /// Bearer key for the credential endpoint (repeatable).
     #[arg(
         long,

@@ -75,6 +75,7 @@ fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), Config
         "no-udp" => config.no_udp = boolean(key, value)?,
         "http-listen" => config.http_listen = values::socket_addr(key, &string(key, value)?)?,
         "no-http" => config.no_http = boolean(key, value)?,
+        "http-tls" => config.http_tls = boolean(key, value)?,
         "api-keys" => {
             config.api_keys = secret_strings(key, value)?
                 .into_iter()
@@ -346,6 +347,7 @@ mod tests {
             "no-udp",
             "http-listen",
             "no-http",
+            "http-tls",
             "api-keys",
             "admin-api-keys",
             "public-uris",

@@ -120,6 +120,7 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> 
         config.http_listen = values::socket_addr("http-listen", addr)?;
     }
     set(&mut config.no_http, args.no_http);
+    set(&mut config.http_tls, args.http_tls);
     if let Some(keys) = &args.api_keys {
         config.api_keys = keys.clone();
     }

@@ -95,6 +95,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// `no-http` (false).
     pub no_http: bool,
+    /// `http-tls` (false): serve the HTTP endpoint as HTTPS with `cert` / `pkey` (which must be
+    /// set), reloaded like the TLS listener's.
+    pub http_tls: bool,
     /// `api-keys`: bearer keys for the credential endpoint (secret).
     pub api_keys: Vec<Secret>,
     /// `admin-api-keys`: bearer keys for the admin API; none = admin API off (secret).
@@ -165,6 +168,7 @@ impl Default for Config {
             alternate_servers: Vec::new(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             no_http: false,
+            http_tls: false,
             api_keys: Vec::new(),
             admin_api_keys: Vec::new(),
             public_uris: Vec::new(),

@@ -131,6 +131,13 @@ fn streams(config: &Config) -> Result<(), ConfigError> {
         }
         _ => {}
     }
+    if config.http_tls && config.cert.is_none() {
+        return Err(invalid(
+            "http-tls",
+            "true",
+            "needs cert and pkey (the same certificate as the TLS listener)",
+        ));
+    }
     let tls = !config.no_tls && config.cert.is_some();
     if config.no_udp && config.no_tcp && !tls {
         return Err(invalid(
@@ -229,6 +236,10 @@ mod tests {
             "http://example.com",
         );
         assert_rejected("http-listen = \"localhost\"", "http-listen", "localhost");
+        assert_rejected("http-tls = true", "http-tls", "true");
+        let https = from_toml_str("http-tls = true\ncert = \"/c.pem\"\npkey = \"/k.pem\"").unwrap();
+        assert!(https.http_tls);
+        assert!(!from_toml_str("").unwrap().http_tls);
         let config = from_toml_str(
             "http-listen = \"[::1]:9000\"\nno-http = true\napi-keys = [\"0123456789abcdef\"]\n\
              admin-api-keys = \"fedcba9876543210\"\npublic-uris = \"turns:turn.example.com:443?transport=tcp\"",

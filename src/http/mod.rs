@@ -5,9 +5,9 @@
 //! workers it reads from their published atomics ([`crate::net::WorkerStats`]) or asks over
 //! their control channel ([`crate::net::WorkerControl`]) from a blocking task.
 //!
-//! TODO(https): optional TLS for this endpoint should reuse the TLS listener's certificate
-//! loader (`cert` / `pkey`) once that lands; until then it is plain HTTP, bound to loopback by
-//! default (put a reverse proxy in front to expose it).
+//! Plain HTTP by default, bound to loopback (put a reverse proxy in front to expose it). With
+//! `http-tls` it serves HTTPS ([`serve_tls`]: HTTP/2 and HTTP/1.1 by ALPN) with the TLS
+//! listener's certificate store, so certificate reloads reach it too.
 
 mod admin;
 mod credentials;
@@ -119,6 +119,68 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTPS until `shutdown` completes: TLS with `tls` (e.g.
+/// `CertStore::server_config(&[b"h2", b"http/1.1"])`, whose certificate follows reloads), then
+/// HTTP/2 or HTTP/1.1 as negotiated. In-flight requests get a second to finish at shutdown.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::debug!(%error, "https accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "https: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "https: TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Slow request headers are cut off (hyper's header read timeout needs a timer).
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "https connection ended with an error");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// `{"error": message}` with `status`. Messages are fixed texts or name a field: never a
