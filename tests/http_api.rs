@@ -53,7 +53,11 @@ async fn credential_endpoint_shapes_key_check_and_ttl_cap() {
     let tern = Tern::start(&format!(
         "api-keys = [\"{API_KEY}\"]\nmax-credential-ttl = 600"
     ));
-    let uri = format!("turn:127.0.0.1:{}?transport=udp", tern.port);
+    // UDP and TCP are on by default; TLS is not (no certificate).
+    let uri = [
+        format!("turn:127.0.0.1:{}?transport=udp", tern.port),
+        format!("turn:127.0.0.1:{}?transport=tcp", tern.port),
+    ];
 
     // No body: defaults, with the ttl capped by max-credential-ttl.
     let reply = post_credentials(&tern, Some(API_KEY), None);
@@ -66,7 +70,7 @@ async fn credential_endpoint_shapes_key_check_and_ttl_cap() {
         .parse()
         .expect("no user: the username is the expiry");
     assert!(expiry.abs_diff(unix_now() + 600) <= 5);
-    assert_eq!(minted["uris"], serde_json::json!([uri]));
+    assert_eq!(minted["uris"], serde_json::json!(uri));
     // The browser shape carries the same credential.
     let ice = &minted["iceServers"][0];
     assert_eq!(ice["urls"], minted["uris"]);
@@ -116,7 +120,7 @@ async fn credential_endpoint_shapes_key_check_and_ttl_cap() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let minted = reply.json();
     assert!(minted["username"].as_str().unwrap().ends_with(":bob"));
-    assert_eq!(minted["uris"], serde_json::json!([uri]));
+    assert_eq!(minted["uris"], serde_json::json!(uri));
     assert!(allocates(tern.addr, &minted).await);
     let url = tern.url("/api/v1/credentials?service=turn&username=bob&key=nope");
     assert_eq!(http("GET", &url, None, None).status, 401);

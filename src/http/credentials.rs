@@ -201,9 +201,11 @@ fn ttl(seconds: Option<u64>) -> Result<u64, FieldError> {
 /// address clients can reach (the `external-ip` public addresses, else the listening addresses,
 /// loopback left out when others exist).
 ///
-/// UDP gives `turn:<ip>:<port>?transport=udp` (IPv6 in brackets). The TCP and TLS listeners add
-/// `turn:<ip>:<port>?transport=tcp` and `turns:<ip>:<tls-port>?transport=tcp` here, each only
-/// when its listener is on.
+/// Per address, in this order, each only when its listener is on: `turn:<ip>:<port>?transport=udp`
+/// (unless `no-udp`), `turn:<ip>:<port>?transport=tcp` (unless `no-tcp`) and
+/// `turns:<ip>:<tls-listening-port>?transport=tcp` (with `cert` and `pkey`, unless `no-tls`).
+/// IPv6 goes in brackets. Browsers check a `turns:` host against the certificate, so a
+/// deployment whose certificate names a host should list that host in `public-uris`.
 pub fn derive_uris(config: &Config) -> Vec<String> {
     if !config.public_uris.is_empty() {
         return config.public_uris.clone();
@@ -219,6 +221,8 @@ pub fn derive_uris(config: &Config) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     hosts.retain(|ip| seen.insert(*ip));
     let port = config.listening_port;
+    let tls = !config.no_tls && config.cert.is_some() && config.pkey.is_some();
+    let tls_port = config.tls_listening_port;
     let mut uris = Vec::new();
     for ip in hosts {
         let host = match ip {
@@ -227,6 +231,12 @@ pub fn derive_uris(config: &Config) -> Vec<String> {
         };
         if !config.no_udp {
             uris.push(format!("turn:{host}:{port}?transport=udp"));
+        }
+        if !config.no_tcp {
+            uris.push(format!("turn:{host}:{port}?transport=tcp"));
+        }
+        if tls {
+            uris.push(format!("turns:{host}:{tls_port}?transport=tcp"));
         }
     }
     uris
@@ -293,6 +303,42 @@ mod tests {
             listening_ips: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
             ..Config::default()
         };
+        assert_eq!(
+            derive_uris(&config),
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp",
+                "turn:[::1]:3478?transport=udp",
+                "turn:[::1]:3478?transport=tcp",
+            ]
+        );
+        // TLS on: turns: on tls-listening-port, for each address.
+        config.cert = Some("/c.pem".into());
+        config.pkey = Some("/k.pem".into());
+        config.tls_listening_port = 5350;
+        assert_eq!(
+            derive_uris(&config),
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp",
+                "turns:127.0.0.1:5350?transport=tcp",
+                "turn:[::1]:3478?transport=udp",
+                "turn:[::1]:3478?transport=tcp",
+                "turns:[::1]:5350?transport=tcp",
+            ]
+        );
+        // Each listener switched off drops its URIs.
+        config.no_udp = true;
+        config.no_tcp = true;
+        assert_eq!(
+            derive_uris(&config),
+            [
+                "turns:127.0.0.1:5350?transport=tcp",
+                "turns:[::1]:5350?transport=tcp"
+            ]
+        );
+        config.no_tls = true;
+        config.no_udp = false;
         assert_eq!(
             derive_uris(&config),
             [
