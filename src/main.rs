@@ -151,6 +151,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     let http = HttpState::new(
         HttpSettings::from_config(&config),
         udp.as_ref(),
+        streams.as_ref(),
         ports,
         draining,
     );

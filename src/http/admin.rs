@@ -2,15 +2,18 @@
 //! key configured it does not exist (404).
 //!
 //! - `GET /api/v1/admin/allocations`: every allocation (id, user, client and relay address,
-//!   transport, age, traffic).
-//! - `DELETE /api/v1/admin/allocations/{id}`: end one allocation.
+//!   transport, age, traffic), on the UDP workers (ids `<worker>-<slot>-<generation>`) and on
+//!   TCP/TLS connections (ids `tcp-<connection>-<slot>-<generation>`, `tls-…`).
+//! - `DELETE /api/v1/admin/allocations/{id}`: end one allocation (a TCP/TLS allocation's
+//!   connection is closed too).
 //! - `DELETE /api/v1/admin/users/{user}/allocations`: end all of a user's allocations (the user
 //!   part of a REST username, or the whole username).
 //! - `POST /api/v1/admin/drain`: refuse new allocations (486) while existing ones go on;
 //!   `/readyz` turns 503. `DELETE /api/v1/admin/drain` resumes.
 
 use super::{bearer, json_error, key_matches, HttpState};
-use crate::net::{parse_allocation_id, AllocationEntry};
+use crate::net::{parse_allocation_id, parse_stream_allocation_id, StreamAllocation};
+use crate::turn::AllocationInfo;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,10 +56,9 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-fn entry_json(entry: &AllocationEntry) -> serde_json::Value {
-    let info = &entry.info;
+fn entry_json(id: String, info: &AllocationInfo) -> serde_json::Value {
     serde_json::json!({
-        "id": entry.id_string(),
+        "id": id,
         "user": info.username,
         "client": info.tuple.client.to_string(),
         "server": info.tuple.server.to_string(),
@@ -86,7 +88,13 @@ async fn list(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     entries.sort_by_key(|e| (e.worker, e.id.index));
-    let list: Vec<_> = entries.iter().map(entry_json).collect();
+    let mut streams = state.streams.list_allocations(WORKER_TIMEOUT).await;
+    streams.sort_by_key(|e| (e.connection, e.id.index));
+    let list: Vec<_> = entries
+        .iter()
+        .map(|e| entry_json(e.id_string(), &e.info))
+        .chain(streams.iter().map(|e| entry_json(e.id_string(), &e.info)))
+        .collect();
     Json(serde_json::json!({ "allocations": list })).into_response()
 }
 
@@ -98,12 +106,20 @@ async fn delete_one(
     if let Some(refused) = authorize(&state, &headers) {
         return refused;
     }
-    let Some((worker, alloc)) = parse_allocation_id(&id) else {
-        return json_error(StatusCode::NOT_FOUND, "no such allocation");
+    let deleted = if let Some((connection, alloc)) = parse_stream_allocation_id(&id) {
+        state
+            .streams
+            .delete_allocation(connection, alloc, WORKER_TIMEOUT)
+            .await
+    } else if let Some((worker, alloc)) = parse_allocation_id(&id) {
+        let control = state.control.clone();
+        blocking(move || control.delete_allocation(worker, alloc, WORKER_TIMEOUT))
+            .await
+            .flatten()
+    } else {
+        None
     };
-    let control = state.control.clone();
-    let deleted = blocking(move || control.delete_allocation(worker, alloc, WORKER_TIMEOUT)).await;
-    match deleted.flatten() {
+    match deleted {
         Some(true) => {
             info!(allocation = %id, "allocation deleted by the admin API");
             Json(serde_json::json!({ "deleted": 1 })).into_response()
@@ -140,6 +156,22 @@ async fn delete_user(
     })
     .await
     .unwrap_or(0);
+    // Stream connections: each matching allocation by id (a connection has at most one).
+    let doomed: Vec<StreamAllocation> = state
+        .streams
+        .list_allocations(WORKER_TIMEOUT)
+        .await
+        .into_iter()
+        .filter(|e| user_matches(&e.info.username, &user))
+        .collect();
+    let mut deleted = deleted;
+    for entry in doomed {
+        let gone = state
+            .streams
+            .delete_allocation(entry.connection, entry.id, WORKER_TIMEOUT)
+            .await;
+        deleted += usize::from(gone == Some(true));
+    }
     info!(user = %user, deleted, "user's allocations deleted by the admin API");
     Json(serde_json::json!({ "deleted": deleted })).into_response()
 }

@@ -40,14 +40,20 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
+    /// `workers`: the UDP workers' stats; `streams`: the TCP/TLS connections' counters, added up.
     pub fn new(
-        stats: Vec<Arc<WorkerStats>>,
+        workers: Vec<Arc<WorkerStats>>,
+        streams: Option<Arc<WorkerStats>>,
         ports: Arc<Mutex<RelayPorts>>,
         draining: Arc<AtomicBool>,
     ) -> Metrics {
+        let relay_workers = workers.len();
+        let mut stats = workers;
+        stats.extend(streams);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(TernCollector {
             stats,
+            relay_workers,
             ports,
             draining,
         }));
@@ -56,7 +62,9 @@ impl Metrics {
 }
 
 struct TernCollector {
+    /// The UDP workers' stats, then the stream connections' (if any); every metric is their sum.
     stats: Vec<Arc<WorkerStats>>,
+    relay_workers: usize,
     ports: Arc<Mutex<RelayPorts>>,
     draining: Arc<AtomicBool>,
 }
@@ -246,7 +254,7 @@ impl Collector for TernCollector {
             e,
             "tern_relay_workers",
             "Relay worker threads",
-            self.stats.len() as u64,
+            self.relay_workers as u64,
         )?;
         Ok(())
     }

@@ -18,7 +18,9 @@ mod page;
 pub use credentials::derive_uris;
 
 use crate::config::{Config, Secret};
-use crate::net::{RelayPorts, UdpService, WorkerControl, WorkerStats};
+use crate::net::{
+    RelayPorts, StreamControl, StreamService, UdpService, WorkerControl, WorkerStats,
+};
 use arc_swap::ArcSwap;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -62,6 +64,8 @@ pub struct HttpState {
     pub stats: Vec<Arc<WorkerStats>>,
     pub ports: Arc<Mutex<RelayPorts>>,
     pub control: WorkerControl,
+    /// The TCP/TLS connections' allocations, for the admin API.
+    pub streams: StreamControl,
     pub draining: Arc<AtomicBool>,
     /// Listeners bound and serving (false before start-up completes and once shutdown begins).
     pub ready: AtomicBool,
@@ -69,21 +73,30 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    /// `udp` is `None` under `no-udp`: metrics and the admin API then see no UDP workers.
+    /// `udp` is `None` under `no-udp`, `streams` when no TCP/TLS listener runs: metrics and the
+    /// admin API then see none of those.
     pub fn new(
         settings: HttpSettings,
         udp: Option<&UdpService>,
+        streams: Option<&StreamService>,
         ports: Arc<Mutex<RelayPorts>>,
         draining: Arc<AtomicBool>,
     ) -> Arc<HttpState> {
         let stats = udp.map(|udp| udp.stats.clone()).unwrap_or_default();
         let control = udp.map(UdpService::control).unwrap_or_default();
+        let stream_stats = streams.map(|streams| streams.stats.turn.clone());
         Arc::new(HttpState {
             settings: ArcSwap::from_pointee(settings),
-            metrics: metrics::Metrics::new(stats.clone(), ports.clone(), draining.clone()),
+            metrics: metrics::Metrics::new(
+                stats.clone(),
+                stream_stats,
+                ports.clone(),
+                draining.clone(),
+            ),
             stats,
             ports,
             control,
+            streams: streams.map(StreamService::control).unwrap_or_default(),
             draining,
             ready: AtomicBool::new(false),
         })

@@ -8,6 +8,7 @@ mod relay_ports;
 mod sockets;
 mod stats;
 mod stream;
+mod stream_admin;
 pub mod tls;
 mod udp_worker;
 
@@ -17,6 +18,7 @@ pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
 pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
+pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 
 use crate::auth::NonceMint;
 use crate::config::Config;

@@ -17,6 +17,8 @@
 use super::addresses::{expand_listening_ips, RelayPlan};
 use super::proxy_protocol::{self, Parsed};
 use super::relay_ports::RelayPorts;
+use super::stats::WorkerStats;
+use super::stream_admin::{Folder, StreamCommand, StreamControl, StreamRegistry};
 use super::tls::{CertStore, ALPN_STUN_TURN};
 use crate::auth::NonceMint;
 use crate::config::Config;
@@ -96,6 +98,9 @@ pub struct StreamStats {
     pub timeouts: AtomicU64,
     /// Allocations on streams now.
     pub allocations: AtomicU64,
+    /// Every connection's TURN counters added up (for metrics; see `stream_admin::Folder`), and
+    /// open connections by transport in `connections_open`.
+    pub turn: Arc<WorkerStats>,
 }
 
 /// What connection tasks need from the rest of the process.
@@ -126,6 +131,7 @@ pub struct StreamService {
     pub stats: Arc<StreamStats>,
     config: watch::Sender<Arc<CoreConfig>>,
     accept_tasks: Vec<JoinHandle<()>>,
+    registry: Arc<StreamRegistry>,
 }
 
 /// Stream listeners bound but not yet serving (see [`StreamService::bind`]).
@@ -145,7 +151,9 @@ impl BoundStreams {
     ) -> io::Result<StreamService> {
         let (sender, receiver) = watch::channel(deps.core);
         let stats = Arc::new(StreamStats::default());
+        let registry = Arc::new(StreamRegistry::default());
         let shared = Arc::new(Shared {
+            registry: registry.clone(),
             settings: StreamSettings::from_config(config),
             core: receiver,
             nonces: deps.nonces,
@@ -178,6 +186,7 @@ impl BoundStreams {
             stats,
             config: sender,
             accept_tasks,
+            registry,
         })
     }
 }
@@ -220,6 +229,13 @@ impl StreamService {
         }))
     }
 
+    /// The admin API's handle on the connections (list and delete their allocations).
+    pub fn control(&self) -> StreamControl {
+        StreamControl {
+            registry: Some(self.registry.clone()),
+        }
+    }
+
     /// Hands every connection a new configuration snapshot; allocations stay.
     pub fn reload(&self, core: Arc<CoreConfig>) {
         self.config.send_replace(core);
@@ -260,6 +276,8 @@ struct Shared {
     /// Open connections per client address (only addresses under a per-IP limit).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refusals: RefusalLog,
+    /// Serving connections, for the admin API.
+    registry: Arc<StreamRegistry>,
 }
 
 impl Shared {
@@ -385,6 +403,8 @@ enum Close {
     BadFrame,
     IdleTimeout,
     PartialFrameTimeout,
+    /// The admin API deleted the allocation.
+    AdminDeleted,
 }
 
 async fn connection(
@@ -469,7 +489,7 @@ async fn connection(
         Close::BadFrame => {
             shared.stats.protocol_errors.fetch_add(1, Relaxed);
         }
-        Close::Eof | Close::Io => {}
+        Close::Eof | Close::Io | Close::AdminDeleted => {}
     }
     debug!(%client, reason = ?ending, "connection closed");
     drop(permit);
@@ -671,6 +691,8 @@ struct Session {
     tuple: FiveTuple,
     relay: Option<Relay>,
     clock_synced: Instant,
+    /// Adds this connection's counter changes into `StreamStats::turn`.
+    folder: Folder,
 }
 
 impl Session {
@@ -720,6 +742,7 @@ impl Drop for Session {
         self.server.close_tuple(&self.tuple);
         self.apply_events();
         self.relay = None;
+        self.folder.fold(&self.server);
     }
 }
 
@@ -775,11 +798,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         unix_now(),
     );
     server.set_drain_flag(shared.draining.clone());
+    let (_registration, mut commands) = shared
+        .registry
+        .register(tuple.transport, shared.stats.turn.clone());
     let mut session = Session {
         server,
         tuple,
         relay: None,
         clock_synced: now,
+        folder: Folder::new(shared.stats.turn.clone()),
     };
     let mut reply = vec![0u8; REPLY_BUFFER].into_boxed_slice();
     let mut seen_valid = false;
@@ -802,6 +829,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(progressed) => progressed,
         Err(close) => return close,
     };
+    session.folder.fold(&session.server);
     let sleep = tokio::time::sleep_until(first_deadline.into());
     tokio::pin!(sleep);
     loop {
@@ -840,6 +868,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(any) => progressed = any,
                     Err(close) => return close,
                 }
+                session.folder.fold(&session.server);
             }
             received = recv_peer(&mut session.relay) => {
                 let Ok((len, peer)) = received else { continue };
@@ -849,6 +878,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         return Close::Io;
                     }
                 }
+                session.folder.fold_traffic(&session.server);
             }
             () = &mut sleep => {
                 let now = Instant::now();
@@ -860,7 +890,22 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 session.server.handle_timeout(now);
                 session.apply_events();
+                session.folder.fold(&session.server);
             }
+            Some(command) = commands.recv() => match command {
+                StreamCommand::List(reply) => {
+                    let now = Instant::now();
+                    let _ = reply.send(session.server.allocations_with_ids(now).collect());
+                }
+                StreamCommand::Delete(alloc, reply) => {
+                    let deleted = session.server.delete_allocation(alloc);
+                    let _ = reply.send(deleted);
+                    if deleted {
+                        // The session's drop releases the relay and folds the counters.
+                        return Close::AdminDeleted;
+                    }
+                }
+            },
             changed = core.changed(), if config_open => match changed {
                 Ok(()) => session.server.set_config(core.borrow_and_update().clone()),
                 Err(_) => config_open = false,

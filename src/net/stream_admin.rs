@@ -1,0 +1,358 @@
+//! What the rest of the process sees of TCP/TLS connections, each of which owns its own
+//! `turn::Server`:
+//!
+//! - **Metrics.** [`Folder`] adds the changes of a connection's TURN counters into one shared
+//!   [`WorkerStats`] (`StreamStats::turn`) after each batch of work (frames of one read, a peer
+//!   datagram, a timer, the end of the connection): a few relaxed `fetch_add`s, only for the
+//!   counters that moved. Gauges (live allocations) fold the same way, by wrapping deltas.
+//! - **Admin API.** [`StreamRegistry`] maps a connection id to its task's command channel; it is
+//!   touched when a connection starts serving, when it ends, and by admin calls, never per
+//!   packet. [`StreamControl`] is the admin API's handle on it.
+
+use super::stats::WorkerStats;
+use crate::turn::metrics::transport_index;
+use crate::turn::{AllocId, AllocationInfo, Counters, Server, Transport};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Adds the changes of one connection's counters into the shared stats.
+pub(super) struct Folder {
+    into: Arc<WorkerStats>,
+    last: Counters,
+    last_allocations: u64,
+}
+
+fn add(cell: &AtomicU64, now: u64, before: u64) {
+    // Wrapping: a gauge that went down adds its two's-complement delta.
+    let delta = now.wrapping_sub(before);
+    if delta != 0 {
+        cell.fetch_add(delta, Relaxed);
+    }
+}
+
+fn add_all(cells: &[AtomicU64], now: &[u64], before: &[u64]) {
+    for ((cell, now), before) in cells.iter().zip(now).zip(before) {
+        add(cell, *now, *before);
+    }
+}
+
+impl Folder {
+    pub fn new(into: Arc<WorkerStats>) -> Folder {
+        Folder {
+            into,
+            last: Counters::default(),
+            last_allocations: 0,
+        }
+    }
+
+    /// Folds relayed traffic only (after a peer datagram).
+    pub fn fold_traffic(&mut self, server: &Server) {
+        let (now, before, s) = (&server.counters().traffic, &self.last.traffic, &self.into);
+        add(
+            &s.packets_to_peer,
+            now.packets_to_peer,
+            before.packets_to_peer,
+        );
+        add(&s.bytes_to_peer, now.bytes_to_peer, before.bytes_to_peer);
+        add(
+            &s.packets_to_client,
+            now.packets_to_client,
+            before.packets_to_client,
+        );
+        add(
+            &s.bytes_to_client,
+            now.bytes_to_client,
+            before.bytes_to_client,
+        );
+        self.last.traffic = *now;
+    }
+
+    /// Folds every counter.
+    pub fn fold(&mut self, server: &Server) {
+        self.fold_traffic(server);
+        self.fold_counters(*server.counters(), server.allocation_count() as u64);
+    }
+
+    fn fold_counters(&mut self, c: Counters, allocations: u64) {
+        let (before, s) = (self.last, &self.into);
+        add(
+            &s.packets_to_peer,
+            c.traffic.packets_to_peer,
+            before.traffic.packets_to_peer,
+        );
+        add(
+            &s.bytes_to_peer,
+            c.traffic.bytes_to_peer,
+            before.traffic.bytes_to_peer,
+        );
+        add(
+            &s.packets_to_client,
+            c.traffic.packets_to_client,
+            before.traffic.packets_to_client,
+        );
+        add(
+            &s.bytes_to_client,
+            c.traffic.bytes_to_client,
+            before.traffic.bytes_to_client,
+        );
+        add(&s.allocations, allocations, self.last_allocations);
+        add(
+            &s.allocations_created,
+            c.allocations_created,
+            before.allocations_created,
+        );
+        add(
+            &s.allocations_expired,
+            c.allocations_expired,
+            before.allocations_expired,
+        );
+        add(
+            &s.allocations_deleted,
+            c.allocations_deleted,
+            before.allocations_deleted,
+        );
+        add(&s.auth_failures, c.auth_failures, before.auth_failures);
+        add(&s.peers_denied, c.peers_denied, before.peers_denied);
+        add(
+            &s.quota_rejections,
+            c.quota_rejections,
+            before.quota_rejections,
+        );
+        add(&s.redirects, c.redirects, before.redirects);
+        add(
+            &s.drain_rejections,
+            c.drain_rejections,
+            before.drain_rejections,
+        );
+        for ((cells, now), before) in s
+            .requests
+            .iter()
+            .zip(&c.requests.counts)
+            .zip(&before.requests.counts)
+        {
+            add_all(cells, now, before);
+        }
+        add_all(
+            &s.auth_failures_by_reason,
+            &c.auth_failures_by_reason,
+            &before.auth_failures_by_reason,
+        );
+        add_all(
+            &s.allocations_by_transport,
+            &c.allocations_by_transport,
+            &before.allocations_by_transport,
+        );
+        self.last = c;
+        self.last_allocations = allocations;
+    }
+}
+
+/// What the admin API asks a connection task.
+pub(super) enum StreamCommand {
+    /// The connection's allocations (at most one).
+    List(oneshot::Sender<Vec<(AllocId, AllocationInfo)>>),
+    /// Delete this allocation and close the connection; replies whether it existed.
+    Delete(AllocId, oneshot::Sender<bool>),
+}
+
+/// Connection tasks by id, for the admin API.
+#[derive(Default)]
+pub struct StreamRegistry {
+    next: AtomicU64,
+    connections: Mutex<HashMap<u64, (Transport, mpsc::UnboundedSender<StreamCommand>)>>,
+}
+
+/// A connection's place in the registry and in `tern_connections{transport}`; both are given
+/// back on drop.
+pub(super) struct Registration {
+    pub id: u64,
+    transport: Transport,
+    registry: Arc<StreamRegistry>,
+    stats: Arc<WorkerStats>,
+}
+
+impl StreamRegistry {
+    /// Registers a connection serving `transport`; commands arrive on the receiver.
+    pub(super) fn register(
+        self: &Arc<Self>,
+        transport: Transport,
+        stats: Arc<WorkerStats>,
+    ) -> (Registration, mpsc::UnboundedReceiver<StreamCommand>) {
+        let id = self.next.fetch_add(1, Relaxed);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.lock().insert(id, (transport, sender));
+        stats.connections_open[transport_index(transport)].fetch_add(1, Relaxed);
+        let registration = Registration {
+            id,
+            transport,
+            registry: self.clone(),
+            stats,
+        };
+        (registration, receiver)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, (Transport, mpsc::UnboundedSender<StreamCommand>)>>
+    {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+        self.stats.connections_open[transport_index(self.transport)].fetch_sub(1, Relaxed);
+    }
+}
+
+/// One allocation on a stream connection, as the admin API lists it.
+#[derive(Clone, Debug)]
+pub struct StreamAllocation {
+    pub connection: u64,
+    pub id: AllocId,
+    pub info: AllocationInfo,
+}
+
+impl StreamAllocation {
+    /// `"<tcp|tls>-<connection>-<slot>-<generation>"`: never the shape of a UDP worker's id
+    /// (which starts with a number), and never reused in a process (connection ids only grow).
+    pub fn id_string(&self) -> String {
+        format!(
+            "{}-{}-{}-{}",
+            self.info.tuple.transport.as_str(),
+            self.connection,
+            self.id.index,
+            self.id.generation
+        )
+    }
+}
+
+/// Parses an id made by [`StreamAllocation::id_string`]: the connection and the allocation.
+pub fn parse_stream_allocation_id(text: &str) -> Option<(u64, AllocId)> {
+    let rest = text
+        .strip_prefix("tcp-")
+        .or_else(|| text.strip_prefix("tls-"))?;
+    let mut parts = rest.splitn(3, '-');
+    let connection = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    Some((connection, AllocId { index, generation }))
+}
+
+/// The admin API's handle on the stream connections; empty (nothing listed, nothing found)
+/// when no TCP/TLS listener runs.
+#[derive(Clone, Default)]
+pub struct StreamControl {
+    pub(super) registry: Option<Arc<StreamRegistry>>,
+}
+
+impl StreamControl {
+    /// Every stream connection's allocations; a connection that does not answer within
+    /// `timeout` (or ends meanwhile) is left out.
+    pub async fn list_allocations(&self, timeout: Duration) -> Vec<StreamAllocation> {
+        let Some(registry) = &self.registry else {
+            return Vec::new();
+        };
+        let asked: Vec<_> = {
+            let connections = registry.lock();
+            connections
+                .iter()
+                .filter_map(|(id, (_, sender))| {
+                    let (reply, answer) = oneshot::channel();
+                    sender.send(StreamCommand::List(reply)).ok()?;
+                    Some((*id, answer))
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut entries = Vec::new();
+        for (connection, answer) in asked {
+            if let Ok(Ok(list)) = tokio::time::timeout_at(deadline, answer).await {
+                entries.extend(list.into_iter().map(|(id, info)| StreamAllocation {
+                    connection,
+                    id,
+                    info,
+                }));
+            }
+        }
+        entries
+    }
+
+    /// Deletes one allocation (its connection closes); `None` if the connection is gone or did
+    /// not answer in time.
+    pub async fn delete_allocation(
+        &self,
+        connection: u64,
+        id: AllocId,
+        timeout: Duration,
+    ) -> Option<bool> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let connections = self.registry.as_ref()?.lock();
+            let (_, sender) = connections.get(&connection)?;
+            sender.send(StreamCommand::Delete(id, reply)).ok()?;
+        }
+        tokio::time::timeout(timeout, answer).await.ok()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_differ_from_udp_ids() {
+        assert_eq!(
+            parse_stream_allocation_id("tcp-7-0-3"),
+            Some((
+                7,
+                AllocId {
+                    index: 0,
+                    generation: 3
+                }
+            ))
+        );
+        assert!(parse_stream_allocation_id("tls-1-2-3").is_some());
+        assert_eq!(parse_stream_allocation_id("0-1-2"), None);
+        assert_eq!(parse_stream_allocation_id("udp-1-2-3"), None);
+        assert_eq!(parse_stream_allocation_id("tcp-1-2"), None);
+        assert_eq!(crate::net::parse_allocation_id("tcp-1-2-3"), None);
+    }
+
+    #[test]
+    fn folding_adds_deltas_and_takes_gauges_back() {
+        let stats = Arc::new(WorkerStats::default());
+        let mut a = Folder::new(stats.clone());
+        let mut b = Folder::new(stats.clone());
+        // Two connections, one allocation each.
+        let mut counters = Counters::default();
+        counters.allocations_by_transport[1] = 1;
+        counters.allocations_created = 1;
+        counters.traffic.bytes_to_peer = 100;
+        counters.requests.counts[1][0] = 1;
+        a.fold_counters(counters, 1);
+        b.fold_counters(counters, 1);
+        // Folding again with nothing new changes nothing.
+        a.fold_counters(counters, 1);
+        assert_eq!(stats.allocations_by_transport[1].load(Relaxed), 2);
+        assert_eq!(stats.allocations.load(Relaxed), 2);
+        assert_eq!(stats.bytes_to_peer.load(Relaxed), 200);
+        assert_eq!(stats.requests[1][0].load(Relaxed), 2);
+        // One ends: the gauges go down, the counters keep counting.
+        counters.allocations_by_transport[1] = 0;
+        counters.allocations_deleted = 1;
+        counters.traffic.bytes_to_peer = 150;
+        a.fold_counters(counters, 0);
+        assert_eq!(stats.allocations_by_transport[1].load(Relaxed), 1);
+        assert_eq!(stats.allocations.load(Relaxed), 1);
+        assert_eq!(stats.allocations_created.load(Relaxed), 2);
+        assert_eq!(stats.allocations_deleted.load(Relaxed), 1);
+        assert_eq!(stats.bytes_to_peer.load(Relaxed), 250);
+    }
+}
