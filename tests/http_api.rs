@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{hangup, http, unix_now, EchoPeer, Reply, Tern};
+use common::certs::{https, negotiated_alpn, TestCert};
+use common::stream_client::{read_frame, StreamTurn};
+use common::{hangup, http, unix_now, EchoPeer, Reply, TempFile, Tern};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -466,4 +468,270 @@ fn no_http_switches_the_endpoint_off_and_unknown_paths_are_json_404() {
     ));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     drop(off);
+}
+
+/// A TCP connection to tern with a 5 s read timeout.
+fn tcp_connect(addr: SocketAddr) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn tls_connect(port: u16, cert: &TestCert) -> TlsStream {
+    let tcp = tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(cert.client_config(), name).unwrap();
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// True once the server has closed the connection (EOF or an error), within the read timeout.
+fn closed(stream: &mut impl std::io::Read) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn mint_for(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
+    let minted = post_credentials(
+        tern,
+        Some(API_KEY),
+        Some(&format!("{{\"user\":\"{user}\"}}")),
+    )
+    .json();
+    let uris = minted["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    (
+        minted["username"].as_str().unwrap().to_string(),
+        minted["password"].as_str().unwrap().to_string(),
+        uris,
+    )
+}
+
+#[test]
+fn tcp_and_tls_allocations_show_in_metrics_and_the_admin_api() {
+    let cert = TestCert::generate();
+    let cert_file = TempFile::new("admin-streams-cert.pem", &cert.cert_pem);
+    let key_file = TempFile::new("admin-streams-key.pem", &cert.key_pem);
+    let tls_port = common::free_tcp_port();
+    let tern = Tern::start(&format!(
+        "allow-loopback-peers = true\napi-keys = [\"{API_KEY}\"]\nadmin-api-keys = [\"{ADMIN_KEY}\"]\n\
+         tls-listening-port = {tls_port}\ncert = \"{}\"\npkey = \"{}\"",
+        cert_file.0.display(),
+        key_file.0.display()
+    ));
+    let admin = |method: &str, path: &str| http(method, &tern.url(path), Some(ADMIN_KEY), None);
+    let before = scrape(&tern);
+    for transport in ["tcp", "tls"] {
+        let gauge = format!("tern_connections{{transport=\"{transport}\"}}");
+        assert!(before.contains(&format!("{gauge} 0")), "{before}");
+    }
+
+    // The derived URIs name every listener.
+    let (tcp_user, tcp_password, uris) = mint_for(&tern, "streamer");
+    let port = tern.port;
+    assert_eq!(
+        uris,
+        [
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            format!("turns:127.0.0.1:{tls_port}?transport=tcp"),
+        ]
+    );
+
+    // A TCP allocation relaying to an echo peer (Send indications out, Data indications back).
+    let echo = EchoPeer::start(Duration::from_secs(30));
+    let mut tcp = StreamTurn::new(tcp_connect(tern.addr), &tcp_user, &tcp_password, "tern");
+    let tcp_relay = tcp.allocate().expect("TCP allocate");
+    tcp.create_permission(echo.addr).unwrap();
+    for i in 0..5u8 {
+        tcp.send(echo.addr, &[i; 100]).unwrap();
+        let frame = read_frame(&mut tcp.stream).unwrap();
+        assert_eq!(frame[..2], [0x00, 0x17], "a Data indication");
+    }
+    // A TLS allocation of another user.
+    let (tls_user, tls_password, _) = mint_for(&tern, "secure");
+    let mut tls = StreamTurn::new(
+        tls_connect(tls_port, &cert),
+        &tls_user,
+        &tls_password,
+        "tern",
+    );
+    let tls_relay = tls.allocate().expect("TLS allocate");
+    // A wrong password over TCP is an authentication failure like any other.
+    let mut wrong = StreamTurn::new(tcp_connect(tern.addr), &tcp_user, "wrong", "tern");
+    assert_eq!(wrong.allocate(), Err(401));
+    drop(wrong);
+
+    let live = scrape_until(&tern, "stream allocations and connections show", |m| {
+        sample(m, "tern_allocations{transport=\"tcp\"}") == 1
+            && sample(m, "tern_allocations{transport=\"tls\"}") == 1
+            && sample(m, "tern_connections{transport=\"tcp\"}") == 1
+            && sample(m, "tern_connections{transport=\"tls\"}") == 1
+            && sample(m, "tern_auth_failures_total{reason=\"bad_integrity\"}") >= 1
+    });
+    assert_eq!(sample(&live, "tern_allocations{transport=\"udp\"}"), 0);
+    assert_eq!(sample(&live, "tern_allocations_created_total"), 2);
+    assert!(
+        sample(
+            &live,
+            "tern_requests_total{method=\"allocate\",code=\"200\"}"
+        ) >= 2
+    );
+    assert!(
+        sample(
+            &live,
+            "tern_requests_total{method=\"allocate\",code=\"401\"}"
+        ) >= 3
+    );
+    assert!(
+        sample(
+            &live,
+            "tern_requests_total{method=\"create_permission\",code=\"200\"}"
+        ) >= 1
+    );
+    assert!(sample(&live, "tern_relayed_packets_total{direction=\"to_peer\"}") >= 5);
+    assert!(sample(&live, "tern_relayed_packets_total{direction=\"to_client\"}") >= 5);
+    assert!(sample(&live, "tern_relayed_bytes_total{direction=\"to_peer\"}") >= 500);
+    assert_eq!(sample(&live, "tern_relay_ports_free"), 98);
+
+    // The admin API lists both, with ids of their own.
+    let list = admin("GET", "/api/v1/admin/allocations").json();
+    let allocations = list["allocations"].as_array().unwrap().clone();
+    assert_eq!(allocations.len(), 2, "{list}");
+    let find = |transport: &str| {
+        allocations
+            .iter()
+            .find(|a| a["transport"] == transport)
+            .unwrap_or_else(|| panic!("no {transport} allocation: {list}"))
+            .clone()
+    };
+    let (on_tcp, on_tls) = (find("tcp"), find("tls"));
+    assert!(
+        on_tcp["id"].as_str().unwrap().starts_with("tcp-"),
+        "{on_tcp}"
+    );
+    assert!(
+        on_tls["id"].as_str().unwrap().starts_with("tls-"),
+        "{on_tls}"
+    );
+    assert_eq!(on_tcp["relay"], tcp_relay.to_string());
+    assert_eq!(on_tls["relay"], tls_relay.to_string());
+    assert_eq!(on_tcp["user"], tcp_user.as_str());
+    assert_eq!(
+        on_tcp["client"],
+        tcp.stream.local_addr().unwrap().to_string()
+    );
+    assert!(on_tcp["bytes_to_peer"].as_u64() >= Some(500), "{on_tcp}");
+
+    // Deleting the TCP one by id ends the allocation and closes its connection.
+    let path = format!(
+        "/api/v1/admin/allocations/{}",
+        on_tcp["id"].as_str().unwrap()
+    );
+    assert_eq!(admin("DELETE", &path).json()["deleted"], 1);
+    assert!(closed(&mut tcp.stream), "the TCP connection is closed");
+    assert_eq!(admin("DELETE", &path).status, 404);
+    assert_eq!(
+        admin("DELETE", "/api/v1/admin/allocations/tcp-999-0-0").status,
+        404
+    );
+    // The TLS one by user.
+    let reply = admin("DELETE", "/api/v1/admin/users/secure/allocations");
+    assert_eq!(reply.json()["deleted"], 1);
+    assert!(closed(&mut tls.stream), "the TLS connection is closed");
+    let list = admin("GET", "/api/v1/admin/allocations").json();
+    assert_eq!(list["allocations"].as_array().unwrap().len(), 0, "{list}");
+    let after = scrape_until(&tern, "stream allocations and connections gone", |m| {
+        sample(m, "tern_allocations{transport=\"tcp\"}") == 0
+            && sample(m, "tern_allocations{transport=\"tls\"}") == 0
+            && sample(m, "tern_connections{transport=\"tcp\"}") == 0
+            && sample(m, "tern_connections{transport=\"tls\"}") == 0
+    });
+    assert_eq!(sample(&after, "tern_allocations_deleted_total"), 2);
+    assert_eq!(sample(&after, "tern_relay_ports_free"), 100);
+    assert!(!tern.logs().contains(ADMIN_KEY));
+}
+
+#[test]
+fn https_endpoint_uses_the_tls_certificate_and_follows_reloads() {
+    let cert_a = TestCert::generate();
+    let cert_b = TestCert::generate();
+    let cert_file = TempFile::new("https-cert.pem", &cert_a.cert_pem);
+    let key_file = TempFile::new("https-key.pem", &cert_a.key_pem);
+    // HTTPS works without the TURN TLS listener (no-tls): the certificate loads for HTTPS alone.
+    let tern = Tern::start(&format!(
+        "http-tls = true\nno-tls = true\napi-keys = [\"{API_KEY}\"]\ncert = \"{}\"\npkey = \"{}\"",
+        cert_file.0.display(),
+        key_file.0.display()
+    ));
+    let port = tern.http.unwrap().port();
+
+    let (status, body) = https(port, &cert_a, "GET", "/healthz", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        https(port, &cert_a, "POST", "/api/v1/credentials", Some(API_KEY)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let minted: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !minted["uris"].to_string().contains("turns:"),
+        "no-tls: no turns: URI: {minted}"
+    );
+    let (status, _) = https(port, &cert_a, "GET", "/metrics", None).unwrap();
+    assert_eq!(status, 200);
+    // HTTP/2 when the client offers it, HTTP/1.1 otherwise.
+    assert_eq!(
+        negotiated_alpn(port, &cert_a, &[b"h2", b"http/1.1"]).as_deref(),
+        Some(&b"h2"[..])
+    );
+    assert_eq!(
+        negotiated_alpn(port, &cert_a, &[b"http/1.1"]).as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    // Plain HTTP gets no answer on the HTTPS port.
+    {
+        use std::io::{Read, Write};
+        let mut plain = tcp_connect(tern.http.unwrap());
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer);
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    }
+    // A client trusting another CA refuses the certificate.
+    assert!(https(port, &cert_b, "GET", "/healthz", None).is_err());
+
+    // The certificate replaced on disk: HTTPS follows without a restart or signal.
+    cert_b.install(&cert_file.0, &key_file.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while https(port, &cert_b, "GET", "/healthz", None).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "HTTPS still serves the old certificate; logs:\n{}",
+            tern.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(https(port, &cert_b, "GET", "/readyz", None).unwrap().0, 200);
 }

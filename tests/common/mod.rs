@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod stream_client;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};

@@ -1,0 +1,108 @@
+//! A minimal TURN client over a byte stream (TCP or TLS): long-term credentials, Allocate,
+//! CreatePermission, Send indications. Enough to put an allocation on a stream connection.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use tern::stun::{self, attr, Class, Message, MessageWriter, Method};
+
+/// Reads one whole frame (STUN or padded ChannelData) from a stream.
+pub fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    stream.read_exact(&mut frame)?;
+    let len = stun::frame_len(&frame, true)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{frame:?}")))?;
+    frame.resize(len, 0);
+    stream.read_exact(&mut frame[4..])?;
+    Ok(frame)
+}
+
+pub struct StreamTurn<S> {
+    pub stream: S,
+    username: String,
+    key: [u8; 16],
+    realm: String,
+    nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+impl<S: Read + Write> StreamTurn<S> {
+    pub fn new(stream: S, username: &str, password: &str, realm: &str) -> Self {
+        use md5::Digest;
+        let key: [u8; 16] = md5::Md5::digest(format!("{username}:{realm}:{password}")).into();
+        StreamTurn {
+            stream,
+            username: username.to_string(),
+            key,
+            realm: realm.to_string(),
+            nonce: Vec::new(),
+            next_tid: 0x10,
+        }
+    }
+
+    /// Sends an authenticated request (learning the nonce from a 401 first); the success
+    /// response, or the error code.
+    pub fn request(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>),
+    ) -> Result<Vec<u8>, u16> {
+        for _ in 0..2 {
+            self.next_tid = self.next_tid.wrapping_add(1);
+            let tid = [self.next_tid; 12];
+            let mut buf = [0u8; 512];
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
+            attrs(&mut w);
+            if !self.nonce.is_empty() {
+                w.add_bytes(attr::USERNAME, self.username.as_bytes());
+                w.add_bytes(attr::REALM, self.realm.as_bytes());
+                w.add_bytes(attr::NONCE, &self.nonce);
+                w.add_message_integrity(&self.key);
+            }
+            let request = w.finish().unwrap().to_vec();
+            self.stream.write_all(&request).map_err(|_| 0u16)?;
+            let response = read_frame(&mut self.stream).map_err(|_| 0u16)?;
+            let msg = Message::parse(&response).unwrap();
+            assert_eq!(msg.transaction_id(), &tid);
+            match msg.class() {
+                Class::Success => return Ok(response),
+                Class::Error if msg.error_code().is_some_and(|(c, _)| c == 401 || c == 438) => {
+                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
+                }
+                _ => return Err(msg.error_code().map_or(0, |(c, _)| c)),
+            }
+        }
+        Err(401)
+    }
+
+    /// Allocates a UDP relay; its address.
+    pub fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        })?;
+        let msg = Message::parse(&response).unwrap();
+        Ok(stun::decode_xor_address(
+            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            msg.transaction_id(),
+        )
+        .unwrap())
+    }
+
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Result<(), u16> {
+        self.request(Method::CREATE_PERMISSION, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .map(|_| ())
+    }
+
+    /// A Send indication with `data` for `peer`.
+    pub fn send(&mut self, peer: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.next_tid = self.next_tid.wrapping_add(1);
+        let tid = [self.next_tid; 12];
+        let mut buf = [0u8; 2048];
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, &tid);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        w.add_bytes(attr::DATA, data);
+        let indication = w.finish().unwrap().to_vec();
+        self.stream.write_all(&indication)
+    }
+}
