@@ -1,6 +1,7 @@
 //! A real browser through tern: headless Chromium (Debian's `chromium` package, no download at
 //! test time) runs two relay-only `RTCPeerConnection`s in one page with credentials from tern's
-//! endpoint, and tern's own Trickle ICE page. Under CI=true a missing Chromium fails the run;
+//! endpoint, once through tern over each client transport (UDP, TCP, TLS, checked with the
+//! selected pair's `relayProtocol`), and tern's own Trickle ICE page. Under CI=true a missing Chromium fails the run;
 //! elsewhere the tests are reported and skipped.
 //!
 //! The e2e page (`tests/browser/e2e.html`) is served by a throwaway axum server in the test,
@@ -12,7 +13,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{http, Tern};
+use common::certs::TestCert;
+use common::{http, TempFile, Tern};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -56,7 +58,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn open(binary: &PathBuf, url: &str) -> Browser {
+    fn open(binary: &PathBuf, url: &str, trust: Option<&TestCert>) -> Browser {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let profile = std::env::temp_dir().join(format!(
             "tern-chromium-{}-{}",
@@ -83,6 +85,7 @@ impl Browser {
                 "--allow-loopback-in-peer-connection",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(trust.map(trust_flags).unwrap_or_default())
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -91,6 +94,17 @@ impl Browser {
             .expect("start chromium");
         Browser { child, profile }
     }
+}
+
+/// Makes Chromium accept tern's test certificate for TURN over TLS: the leaf's public key is
+/// pinned with `--ignore-certificate-errors-spki-list` (it applies to WebRTC's TLS sockets too,
+/// needs `--user-data-dir`, and accepts only a chain holding that key, unlike
+/// `--ignore-certificate-errors`). A TLS run without it fails with 701 on every candidate.
+fn trust_flags(cert: &TestCert) -> Vec<String> {
+    vec![format!(
+        "--ignore-certificate-errors-spki-list={}",
+        cert.spki_pin()
+    )]
 }
 
 impl Drop for Browser {
@@ -161,6 +175,34 @@ fn start_tern() -> Tern {
     ))
 }
 
+/// tern with TLS too: a throwaway CA's `localhost`/127.0.0.1 certificate, on a TLS port of its
+/// own (and sniffed on the plain one).
+struct TlsTern {
+    tern: Tern,
+    tls_port: u16,
+    cert: TestCert,
+    _files: (TempFile, TempFile),
+}
+
+fn start_tls_tern() -> TlsTern {
+    let cert = TestCert::generate();
+    let cert_file = TempFile::new("browser-cert.pem", &cert.cert_pem);
+    let key_file = TempFile::new("browser-key.pem", &cert.key_pem);
+    let tls_port = common::free_tcp_port();
+    let tern = Tern::start(&format!(
+        "allow-loopback-peers = true\napi-keys = [\"{API_KEY}\"]\ntls-listening-port = {tls_port}\n\
+         cert = \"{}\"\npkey = \"{}\"",
+        cert_file.0.display(),
+        key_file.0.display()
+    ));
+    TlsTern {
+        tern,
+        tls_port,
+        cert,
+        _files: (cert_file, key_file),
+    }
+}
+
 /// Credentials from tern's endpoint, as an app backend would get them.
 fn mint(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
     let body = format!("{{\"user\":\"{user}\",\"ttl\":600}}");
@@ -185,25 +227,45 @@ fn mint(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
     )
 }
 
-/// The TURN URLs to test the browser through. Adding a transport is one line here once tern
-/// listens on it: `?transport=tcp` for TCP, `turns:` for TLS.
-fn transports(tern: &Tern, uris: &[String]) -> Vec<(&'static str, String)> {
-    let udp = format!("turn:127.0.0.1:{}?transport=udp", tern.port);
-    assert!(uris.contains(&udp), "{uris:?}");
+/// The TURN URLs to test the browser through, each named by the `relayProtocol` the browser
+/// must report for it. The endpoint hands out `turns:` with the IP address; a browser checks the
+/// certificate against the host it dialled, so the test dials `localhost` (the certificate's
+/// name), as a deployment would list its host name in `public-uris`.
+fn transports(tls: &TlsTern, uris: &[String]) -> Vec<(&'static str, String)> {
+    let port = tls.tern.port;
+    let udp = format!("turn:127.0.0.1:{port}?transport=udp");
+    let tcp = format!("turn:127.0.0.1:{port}?transport=tcp");
+    let turns = format!("turns:127.0.0.1:{}?transport=tcp", tls.tls_port);
+    assert_eq!(uris, [udp.clone(), tcp.clone(), turns], "{uris:?}");
     vec![
         ("udp", udp),
-        // ("tcp", format!("turn:127.0.0.1:{}?transport=tcp", tern.port)),
-        // ("tls", format!("turns:localhost:{}?transport=tcp", tls_port)),
+        ("tcp", tcp),
+        (
+            "tls",
+            format!("turns:localhost:{}?transport=tcp", tls.tls_port),
+        ),
     ]
+}
+
+/// `tern_relayed_bytes_total{direction="to_peer"}` now.
+fn relayed_to_peer(tern: &Tern) -> u64 {
+    http("GET", &tern.url("/metrics"), None, None)
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_relayed_bytes_total{direction=\"to_peer\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_peers_connect_through_tern_relays() {
     let Some(binary) = chromium() else { return };
-    let tern = start_tern();
+    let tls = start_tls_tern();
+    let tern = &tls.tern;
     let mut harness = Harness::start().await;
-    let (username, password, uris) = mint(&tern, "browser");
-    for (name, url) in transports(&tern, &uris) {
+    let (username, password, uris) = mint(tern, "browser");
+    for (name, url) in transports(&tls, &uris) {
+        let relayed_before = relayed_to_peer(tern);
         let page = format!(
             "{}/e2e.html?name={name}&url={}&username={}&credential={}",
             harness.base,
@@ -211,7 +273,7 @@ async fn two_browser_peers_connect_through_tern_relays() {
             encode(&username),
             encode(&password)
         );
-        let browser = Browser::open(&binary, &page);
+        let browser = Browser::open(&binary, &page, Some(&tls.cert));
         let report = harness.next_report(name).await;
         drop(browser);
         eprintln!("{name}: {report}");
@@ -232,22 +294,22 @@ async fn two_browser_peers_connect_through_tern_relays() {
         assert!(report["framesDecoded"].as_u64() > Some(0), "{context}");
         assert_eq!(report["selectedPair"]["local"], "relay", "{context}");
         assert_eq!(report["selectedPair"]["remote"], "relay", "{context}");
-        // The relayed media and data went through tern: the metrics saw them (workers publish
-        // every 500 ms).
+        // The browser reached tern over the transport under test.
+        assert_eq!(
+            report["selectedPair"]["localRelayProtocol"], name,
+            "{context}"
+        );
+        // The relayed media and data went through tern: the metrics saw them (UDP workers
+        // publish every 500 ms, stream connections as they go).
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         loop {
-            let metrics = http("GET", &tern.url("/metrics"), None, None).body;
-            let relayed = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("tern_relayed_bytes_total{direction=\"to_peer\"} "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            let relayed = relayed_to_peer(tern) - relayed_before;
             if relayed >= 1024 * 1024 {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{relayed} bytes relayed\n{metrics}"
+                "{name}: {relayed} bytes relayed"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -269,7 +331,7 @@ async fn trickle_ice_page_shows_relay_candidates() {
         encode(&password),
         encode(&format!("{}/report", harness.base))
     ));
-    let browser = Browser::open(&binary, &page);
+    let browser = Browser::open(&binary, &page, None);
     let report = harness.next_report("trickle ICE page").await;
     drop(browser);
     eprintln!("trickle ICE page: {report}");

@@ -9,6 +9,8 @@ pub struct TestCert {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The leaf's SubjectPublicKeyInfo, DER.
+    pub leaf_spki: Vec<u8>,
 }
 
 impl TestCert {
@@ -21,11 +23,20 @@ impl TestCert {
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
+        use rcgen::PublicKeyData;
         TestCert {
+            leaf_spki: leaf_key.subject_public_key_info(),
             ca_pem: ca.pem(),
             cert_pem: leaf.pem(),
             key_pem: leaf_key.serialize_pem(),
         }
+    }
+
+    /// base64(SHA-256(leaf SPKI)), as Chromium's `--ignore-certificate-errors-spki-list` takes it.
+    pub fn spki_pin(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&self.leaf_spki))
     }
 
     /// Writes the leaf and its key where tern reads them.
