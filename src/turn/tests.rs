@@ -1499,7 +1499,7 @@ fn connection_bind_needs_a_known_id_and_the_allocations_user() {
     assert_eq!(h.nonce, control_nonce);
     assert_eq!(bind(&mut h, 8, &mut registry), Some(441), "another user's");
     assert_eq!(bind(&mut h, 7, &mut registry), None);
-    assert!(registry.pending.get(&7).is_none(), "claimed");
+    assert!(!registry.pending.contains_key(&7), "claimed");
     // Gone now: a fresh nonce for this connection, then 400.
     assert_eq!(bind(&mut h, 7, &mut registry), Some(438));
     let tid = h.tid();
