@@ -8,6 +8,7 @@ mod relay_ports;
 mod sockets;
 mod stats;
 mod stream;
+mod tcp_relay;
 pub mod tls;
 mod udp_worker;
 

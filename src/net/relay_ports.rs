@@ -30,6 +30,13 @@ pub struct OpenedRelay {
     pub reservation: Option<[u8; 8]>,
 }
 
+/// A bound TCP relay listener (RFC 6062) and the port it took from the pool.
+pub struct OpenedTcpRelay {
+    pub listener: std::net::TcpListener,
+    pub local: SocketAddr,
+    pub port: u16,
+}
+
 pub struct RelayPorts {
     pool: PortPool,
     reservations: Vec<Reservation>,
@@ -69,6 +76,29 @@ impl RelayPorts {
             } => self.bind_from_pool(ip, |pool| pool.take(true)),
             PortRequest::Even { reserve_next: true } => self.bind_pair(ip, now),
         }
+    }
+
+    /// Binds a TCP relay listener on `ip`, on any free port of the pool.
+    pub fn open_tcp(&mut self, ip: IpAddr) -> Result<OpenedTcpRelay, RelayError> {
+        for _ in 0..BIND_ATTEMPTS {
+            let port = self.pool.take(false).ok_or(RelayError::NoPorts)?;
+            let local = SocketAddr::new(ip, port);
+            match sockets::relay_tcp_listener(local) {
+                Ok(listener) => {
+                    return Ok(OpenedTcpRelay {
+                        listener,
+                        local,
+                        port,
+                    })
+                }
+                Err(error) => {
+                    debug!(%error, port, "TCP relay port not bindable");
+                    self.pool.give_back(port);
+                }
+            }
+        }
+        warn!(%ip, "no bindable TCP relay port after {BIND_ATTEMPTS} attempts");
+        Err(RelayError::NoPorts)
     }
 
     fn bind_from_pool(
