@@ -97,6 +97,10 @@ pub struct StreamStats {
     pub timeouts: AtomicU64,
     /// Allocations on streams now.
     pub allocations: AtomicU64,
+    /// RFC 6062 peer connections opened by Connect or accepted on a relayed address, in total.
+    pub tcp_peer_connections: AtomicU64,
+    /// RFC 6062 data connections spliced with their peer connection now.
+    pub tcp_spliced: AtomicU64,
 }
 
 /// What connection tasks need from the rest of the process.
@@ -794,6 +798,7 @@ impl Session {
                 // Without a permission the peer connection is closed here (dropped).
                 let (id, data) = self.server.connection_attempt(alloc, peer_addr, reply)?;
                 if shared.registry.insert(pending(id, peer, peer_addr)) {
+                    shared.stats.tcp_peer_connections.fetch_add(1, Relaxed);
                     Some(data)
                 } else {
                     None // an id collision across allocations: the peer is closed
@@ -806,7 +811,13 @@ impl Session {
             RelayEvent::Connected(id, result) => {
                 let connected = match result {
                     Ok(peer) => match peer.peer_addr() {
-                        Ok(peer_addr) => shared.registry.insert(pending(id, peer, peer_addr)),
+                        Ok(peer_addr) => {
+                            let filed = shared.registry.insert(pending(id, peer, peer_addr));
+                            if filed {
+                                shared.stats.tcp_peer_connections.fetch_add(1, Relaxed);
+                            }
+                            filed
+                        }
                         Err(_) => false,
                     },
                     Err(error) => {
@@ -943,8 +954,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(progressed) => progressed,
         Err(Close::Bound(bound)) => {
             drop((session, reply, input));
-            tcp_relay::splice(stream, bound.leftover, bound.pending).await;
-            return Close::Spliced;
+            return splice(stream, *bound, shared).await;
         }
         Err(close) => return close,
     };
@@ -986,8 +996,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(any) => progressed = any,
                     Err(Close::Bound(bound)) => {
                         drop((session, reply, input));
-                        tcp_relay::splice(stream, bound.leftover, bound.pending).await;
-                        return Close::Spliced;
+                        return splice(stream, *bound, shared).await;
                     }
                     Err(close) => return close,
                 }
@@ -1117,6 +1126,18 @@ async fn handle_frames<S: AsyncWrite + Unpin>(
         stream.flush().await.map_err(|_| Close::Io)?;
     }
     Ok(progressed)
+}
+
+/// Carries a bound data connection's bytes to and from its peer until either closes.
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    bound: Bound,
+    shared: &Arc<Shared>,
+) -> Close {
+    shared.stats.tcp_spliced.fetch_add(1, Relaxed);
+    tcp_relay::splice(stream, bound.leftover, bound.pending).await;
+    shared.stats.tcp_spliced.fetch_sub(1, Relaxed);
+    Close::Spliced
 }
 
 /// The next event of the TCP relay; pending forever without one.
