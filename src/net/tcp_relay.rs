@@ -186,7 +186,13 @@ impl TcpRelay {
     pub async fn next_event(&mut self) -> RelayEvent {
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => return RelayEvent::Accepted(accepted),
+                accepted = self.listener.accept() => {
+                    if accepted.is_err() {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    return RelayEvent::Accepted(accepted);
+                }
                 Some(joined) = self.connects.join_next() => {
                     if let Ok((id, result)) = joined {
                         return RelayEvent::Connected(id, result);

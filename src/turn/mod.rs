@@ -18,6 +18,7 @@ pub use nat_discovery::NatDiscovery;
 pub use server::{
     AllocId, BoundRelay, ConnectionLookup, Counters, Event, Family, FiveTuple, Output, PortRequest,
     RelayError, RelayRequest, RelayTransport, Server, Transport, CONNECTION_BIND_TIMEOUT,
+    MAX_PEER_CONNECTIONS,
 };
 
 #[cfg(test)]

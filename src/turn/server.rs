@@ -216,6 +216,10 @@ pub trait ConnectionLookup {
 /// to reach the peer (RFC 6062 §5.2, §5.3: 30 s). The I/O layer enforces both.
 pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Peer TCP connections (pending and spliced) one TCP allocation may have at once: a Connect
+/// beyond it is 508, a peer connecting beyond it is closed.
+pub const MAX_PEER_CONNECTIONS: usize = 128;
+
 /// How a response is protected: with the request's integrity kind and key, and a FINGERPRINT if
 /// the request had one.
 #[derive(Clone, Copy)]
@@ -678,6 +682,7 @@ impl Server {
         let allocation = live(&mut self.allocations, alloc)?;
         if allocation.relay_transport != RelayTransport::Tcp
             || !allocation.has_permission(peer.ip())
+            || allocation.peer_connections.len() >= MAX_PEER_CONNECTIONS
         {
             return None;
         }
@@ -1471,6 +1476,9 @@ impl Server {
             .any(|c| c.peer == peer)
         {
             return self.reply_error(out, tuple, msg, seal, errors::CONNECTION_ALREADY_EXISTS);
+        }
+        if self.allocations[index].peer_connections.len() >= MAX_PEER_CONNECTIONS {
+            return self.reply_error(out, tuple, msg, seal, errors::INSUFFICIENT_CAPACITY);
         }
         let Some(id) = self.next_connection_id(index) else {
             return self.reply_error(out, tuple, msg, seal, errors::INSUFFICIENT_CAPACITY);

@@ -1412,6 +1412,21 @@ fn connect_checks_the_peer_and_refuses_a_second_connection_to_it() {
     assert!(h.connect(addr(PEER)).is_ok());
     // Connect installs the permission for the peer.
     assert!(h.server.allocations[0].has_permission(addr(PEER).ip()));
+
+    // At most MAX_PEER_CONNECTIONS at once: then 508, and inbound peers are refused.
+    let open = h.server.allocations[0].peer_connections.len();
+    for port in 0..(MAX_PEER_CONNECTIONS - open) {
+        assert!(h
+            .connect(SocketAddr::new(addr(PEER).ip(), 6000 + port as u16))
+            .is_ok());
+    }
+    assert_eq!(h.connect(addr("203.0.114.9:9999")), Err(508));
+    let mut out = vec![0u8; 512];
+    let alloc = alloc_id(&h);
+    assert!(h
+        .server
+        .connection_attempt(alloc, addr("203.0.114.9:9998"), &mut out)
+        .is_none());
 }
 
 #[test]
