@@ -195,3 +195,50 @@ fn certificate_reload_while_allocations_relay_over_tls() {
     assert!(served_by(tls_port, &cert_b));
     assert_all_came_back(&run_uclient_on(&tern, tls_port, &["-t", "-S"]));
 }
+
+/// RFC 6062: every client Allocates with REQUESTED-TRANSPORT=TCP; one of each pair Connects to
+/// the other's relayed address, whose allocation gets a ConnectionAttempt; both ConnectionBind
+/// on new data connections and send raw bytes both ways.
+#[test]
+fn uclient_relays_over_tcp_allocations() {
+    if !uclient_available() {
+        return;
+    }
+    let tern = Tern::start("allow-loopback-peers = true");
+    // -T: TCP relay (implies -t -y -c).
+    assert_all_came_back(&run_uclient(&tern, &["-T"]));
+    let logs = tern.logs();
+    assert!(logs.contains("peer connection opened"), "{logs}");
+    assert!(logs.contains("peer connection accepted"), "{logs}");
+}
+
+#[test]
+fn uclient_relays_over_tcp_allocations_with_tls_data_connections() {
+    if !uclient_available() {
+        return;
+    }
+    let cert = TestCert::generate();
+    let (tern, tls_port, _cert, _key) = start_tls("uclient-tcp-relay-tls", &cert);
+    assert_all_came_back(&run_uclient_on(&tern, tls_port, &["-T", "-S"]));
+}
+
+/// -P: passive TCP, the "peer" is a plain TCP client that connects to the relayed address
+/// (ConnectionAttempt, ConnectionBind). uclient counts only what its TURN clients receive (its
+/// peer cannot parse raw bytes), so exactly half comes back by its count: coTURN 4.6 reports the
+/// same.
+#[test]
+fn uclient_passive_tcp_relay_with_active_peers() {
+    if !uclient_available() {
+        return;
+    }
+    let tern = Tern::start("allow-loopback-peers = true");
+    let text = run_uclient(&tern, &["-P"]);
+    let (sent, received, _) = totals(&text);
+    assert!(sent >= 200, "{text}");
+    assert_eq!(
+        received * 2,
+        sent,
+        "all the peers sent came through:\n{text}"
+    );
+    assert!(tern.logs().contains("connection bound"), "{}", tern.logs());
+}

@@ -244,6 +244,18 @@ impl Collector for TernCollector {
                     .encode(family.encode_family(&[("transport", *transport)])?)?;
             }
         }
+        counter(
+            e,
+            "tern_tcp_peer_connections",
+            "RFC 6062 peer connections opened by Connect or accepted on a relayed address",
+            self.sum(|s| &s.tcp_peer_connections),
+        )?;
+        gauge(
+            e,
+            "tern_tcp_relay_spliced",
+            "RFC 6062 data connections spliced with a peer connection now",
+            self.sum(|s| &s.tcp_spliced),
+        )?;
         gauge(
             e,
             "tern_draining",

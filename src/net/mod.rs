@@ -9,6 +9,7 @@ mod sockets;
 mod stats;
 mod stream;
 mod stream_admin;
+mod tcp_relay;
 pub mod tls;
 mod udp_worker;
 

@@ -30,6 +30,13 @@ pub struct OpenedRelay {
     pub reservation: Option<[u8; 8]>,
 }
 
+/// A bound TCP relay listener (RFC 6062) and the port it took from the pool.
+pub struct OpenedTcpRelay {
+    pub listener: std::net::TcpListener,
+    pub local: SocketAddr,
+    pub port: u16,
+}
+
 pub struct RelayPorts {
     pool: PortPool,
     reservations: Vec<Reservation>,
@@ -69,6 +76,29 @@ impl RelayPorts {
             } => self.bind_from_pool(ip, |pool| pool.take(true)),
             PortRequest::Even { reserve_next: true } => self.bind_pair(ip, now),
         }
+    }
+
+    /// Binds a TCP relay listener on `ip`, on any free port of the pool.
+    pub fn open_tcp(&mut self, ip: IpAddr) -> Result<OpenedTcpRelay, RelayError> {
+        for _ in 0..BIND_ATTEMPTS {
+            let port = self.pool.take(false).ok_or(RelayError::NoPorts)?;
+            let local = SocketAddr::new(ip, port);
+            match sockets::relay_tcp_listener(local) {
+                Ok(listener) => {
+                    return Ok(OpenedTcpRelay {
+                        listener,
+                        local,
+                        port,
+                    })
+                }
+                Err(error) => {
+                    debug!(%error, port, "TCP relay port not bindable");
+                    self.pool.give_back(port);
+                }
+            }
+        }
+        warn!(%ip, "no bindable TCP relay port after {BIND_ATTEMPTS} attempts");
+        Err(RelayError::NoPorts)
     }
 
     fn bind_from_pool(
@@ -151,15 +181,25 @@ fn opened(socket: UdpSocket, ip: IpAddr, port: u16, reservation: Option<[u8; 8]>
 mod tests {
     use super::*;
 
-    fn ports(min: u16, max: u16) -> RelayPorts {
-        RelayPorts::new(PortPool::new(min, max), 0)
+    /// A pool over `len` consecutive loopback ports that are free right now, starting even.
+    /// Searched below the ephemeral range and the integration tests' relay ranges (40000+), so
+    /// parallel tests and servers don't collide with it.
+    fn free_ports(len: u16) -> RelayPorts {
+        let mut base = 20_000 + (std::process::id() % 1000) as u16 * 10;
+        loop {
+            let free = (base..base + len).all(|p| std::net::UdpSocket::bind((LOOPBACK, p)).is_ok());
+            if free {
+                return RelayPorts::new(PortPool::new(base, base + len - 1), 0);
+            }
+            base = if base > 29_000 { 20_000 } else { base + 10 };
+        }
     }
 
     const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn reservation_holds_the_odd_port_for_its_token() {
-        let mut relay_ports = ports(46000, 46003);
+        let mut relay_ports = free_ports(4);
         let now = Instant::now();
         let first = relay_ports
             .open(LOOPBACK, PortRequest::Even { reserve_next: true }, now)
@@ -189,7 +229,7 @@ mod tests {
 
     #[test]
     fn unclaimed_reservation_expires_and_its_port_returns() {
-        let mut relay_ports = ports(46010, 46011);
+        let mut relay_ports = free_ports(2);
         let now = Instant::now();
         let first = relay_ports
             .open(LOOPBACK, PortRequest::Even { reserve_next: true }, now)

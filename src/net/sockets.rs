@@ -1,4 +1,5 @@
-//! Creating the UDP sockets: listeners (one per worker, SO_REUSEPORT) and relays.
+//! Creating the UDP sockets: listeners (one per worker, SO_REUSEPORT) and relays; and the TCP
+//! sockets of RFC 6062 relays.
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -28,6 +29,35 @@ pub fn relay_udp(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSoc
         socket.set_recv_buffer_size(buffer)?;
         socket.set_send_buffer_size(buffer)?;
     }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The listening socket of a TCP relay (RFC 6062) on `addr`. SO_REUSEADDR and SO_REUSEPORT, so
+/// that connections to peers can be opened from the same address and port
+/// ([`relay_tcp_outgoing`]) while it listens.
+pub fn relay_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// A socket bound to a TCP relay's address, to connect to a peer from it.
+pub fn relay_tcp_outgoing(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())

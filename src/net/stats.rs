@@ -7,6 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// RFC 6062 peer connections opened by Connect or accepted on a relayed address, in total
+    /// (stream connections only; written directly by the I/O layer, not by `publish`).
+    pub tcp_peer_connections: AtomicU64,
+    /// RFC 6062 data connections spliced with their peer connection now.
+    pub tcp_spliced: AtomicU64,
     pub allocations: AtomicU64,
     pub allocations_created: AtomicU64,
     pub allocations_expired: AtomicU64,

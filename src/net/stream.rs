@@ -19,14 +19,15 @@ use super::proxy_protocol::{self, Parsed};
 use super::relay_ports::RelayPorts;
 use super::stats::WorkerStats;
 use super::stream_admin::{Folder, StreamCommand, StreamControl, StreamRegistry};
+use super::tcp_relay::{self, Claimer, ConnectionRegistry, Pending, RelayEvent, TcpRelay};
 use super::tls::{CertStore, ALPN_STUN_TURN};
 use crate::auth::NonceMint;
 use crate::config::Config;
 use crate::policy::{IpRange, Quotas};
 use crate::stun::{self, FrameKind, Message, DATA_INDICATION_MAX_PREFIX};
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest, Server,
-    Transport,
+    AllocId, BoundRelay, CoreConfig, Event, FiveTuple, Output, RelayError, RelayRequest,
+    RelayTransport, Server, Transport,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
@@ -168,6 +169,7 @@ impl BoundStreams {
             stats: stats.clone(),
             per_ip: Mutex::new(HashMap::new()),
             refusals: RefusalLog::default(),
+            tcp_connections: Arc::new(ConnectionRegistry::default()),
         });
         let _entered = runtime.enter();
         let mut listening = Vec::new();
@@ -278,6 +280,8 @@ struct Shared {
     refusals: RefusalLog,
     /// Serving connections, for the admin API.
     registry: Arc<StreamRegistry>,
+    /// RFC 6062 peer connections waiting for their ConnectionBind, across connections.
+    tcp_connections: Arc<ConnectionRegistry>,
 }
 
 impl Shared {
@@ -405,6 +409,17 @@ enum Close {
     PartialFrameTimeout,
     /// The admin API deleted the allocation.
     AdminDeleted,
+    /// A ConnectionBind succeeded: the connection now carries a peer's bytes (RFC 6062).
+    Bound(Box<Bound>),
+    /// A spliced data connection ended.
+    Spliced,
+}
+
+/// A data connection's claimed peer connection, and the bytes that followed its ConnectionBind.
+#[derive(Debug)]
+struct Bound {
+    pending: Pending,
+    leftover: Vec<u8>,
 }
 
 async fn connection(
@@ -489,7 +504,7 @@ async fn connection(
         Close::BadFrame => {
             shared.stats.protocol_errors.fetch_add(1, Relaxed);
         }
-        Close::Eof | Close::Io | Close::AdminDeleted => {}
+        Close::Eof | Close::Io | Close::AdminDeleted | Close::Bound(_) | Close::Spliced => {}
     }
     debug!(%client, reason = ?ending, "connection closed");
     drop(permit);
@@ -690,9 +705,25 @@ struct Session {
     server: Server,
     tuple: FiveTuple,
     relay: Option<Relay>,
+    /// The relay of a TCP allocation (RFC 6062), instead of `relay`.
+    tcp_relay: Option<TcpRelaySlot>,
     clock_synced: Instant,
     /// Adds this connection's counter changes into `StreamStats::turn`.
     folder: Folder,
+}
+
+/// A TCP relay and the pool port it holds.
+struct TcpRelaySlot {
+    relay: TcpRelay,
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl Drop for TcpRelaySlot {
+    fn drop(&mut self) {
+        lock(&self.shared.ports).release(self.port);
+        self.shared.stats.allocations.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Session {
@@ -711,12 +742,15 @@ impl Session {
         request: RelayRequest,
         reply: &'r mut [u8],
     ) -> Output<'r> {
-        let bound = match open_relay(shared, now, request) {
-            Ok((bound, relay)) => {
+        let bound = match request.transport {
+            RelayTransport::Udp => open_relay(shared, now, request).map(|(bound, relay)| {
                 self.relay = Some(relay);
-                Ok(bound)
-            }
-            Err(error) => Err(error),
+                bound
+            }),
+            RelayTransport::Tcp => open_tcp_relay(shared, request).map(|(bound, relay)| {
+                self.tcp_relay = Some(relay);
+                bound
+            }),
         };
         // A connection holds one relay socket: a dual-stack request gets its primary family and an
         // ADDRESS-ERROR-CODE for the additional one.
@@ -727,11 +761,96 @@ impl Session {
             .relay_bound(now, request.alloc, bound, additional, reply)
     }
 
-    /// Drops the relay socket of an allocation the server has ended.
+    /// Drops the relay socket of an allocation the server has ended; starts Connects.
     fn apply_events(&mut self) {
-        while let Some(Event::Released { alloc, .. }) = self.server.poll_event() {
-            if self.relay.as_ref().is_some_and(|r| r.alloc == alloc) {
-                self.relay = None;
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                Event::Released { alloc, .. } => {
+                    if self.relay.as_ref().is_some_and(|r| r.alloc == alloc) {
+                        self.relay = None;
+                    }
+                    if self
+                        .tcp_relay
+                        .as_ref()
+                        .is_some_and(|r| r.relay.alloc == alloc)
+                    {
+                        self.tcp_relay = None;
+                    }
+                }
+                Event::ConnectPeer {
+                    alloc,
+                    peer,
+                    connection_id,
+                } => match self.tcp_relay.as_mut() {
+                    Some(slot) if slot.relay.alloc == alloc => {
+                        slot.relay.connect(peer, connection_id);
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Something happened on the TCP relay; returns what to send the client, if anything.
+    fn tcp_relay_event<'r>(
+        &mut self,
+        shared: &Arc<Shared>,
+        event: RelayEvent,
+        reply: &'r mut [u8],
+    ) -> Option<&'r [u8]> {
+        let slot = self.tcp_relay.as_ref()?;
+        let alloc = slot.relay.alloc;
+        let owner = slot.relay.owner();
+        let username: Box<str> = self.server.allocation_username(alloc)?.into();
+        let control_client = self.tuple.client;
+        let pending = |id, peer: TcpStream, peer_addr| Pending {
+            id,
+            username: username.clone(),
+            control_client,
+            peer: Some(peer),
+            peer_addr,
+            owner: owner.clone(),
+        };
+        match event {
+            RelayEvent::Accepted(Ok((peer, peer_addr))) => {
+                // Without a permission the peer connection is closed here (dropped).
+                let (id, data) = self.server.connection_attempt(alloc, peer_addr, reply)?;
+                if shared.tcp_connections.insert(pending(id, peer, peer_addr)) {
+                    shared.stats.turn.tcp_peer_connections.fetch_add(1, Relaxed);
+                    Some(data)
+                } else {
+                    None // an id collision across allocations: the peer is closed
+                }
+            }
+            RelayEvent::Accepted(Err(error)) => {
+                debug!(%error, "TCP relay accept failed");
+                None
+            }
+            RelayEvent::Connected(id, result) => {
+                let connected = match result {
+                    Ok(peer) => match peer.peer_addr() {
+                        Ok(peer_addr) => {
+                            let filed = shared.tcp_connections.insert(pending(id, peer, peer_addr));
+                            if filed {
+                                shared.stats.turn.tcp_peer_connections.fetch_add(1, Relaxed);
+                            }
+                            filed
+                        }
+                        Err(_) => false,
+                    },
+                    Err(error) => {
+                        debug!(%error, connection_id = id, "connect to peer failed");
+                        false
+                    }
+                };
+                match self.server.connect_result(alloc, id, connected, reply) {
+                    Output::ToClient { data, .. } => Some(data),
+                    _ => None,
+                }
+            }
+            RelayEvent::Closed(id) => {
+                self.server.connection_closed(alloc, id);
+                None
             }
         }
     }
@@ -743,7 +862,35 @@ impl Drop for Session {
         self.apply_events();
         self.relay = None;
         self.folder.fold(&self.server);
+        self.tcp_relay = None;
     }
+}
+
+/// Binds the listening socket of a TCP allocation's relayed address.
+fn open_tcp_relay(
+    shared: &Arc<Shared>,
+    request: RelayRequest,
+) -> Result<(BoundRelay, TcpRelaySlot), RelayError> {
+    let ip = shared
+        .plan
+        .ip_for(request.family, request.tuple.server.ip())
+        .ok_or(RelayError::FamilyUnsupported)?;
+    let opened = lock(&shared.ports).open_tcp(ip)?;
+    let listener = match TcpListener::from_std(opened.listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(%error, "cannot register TCP relay socket");
+            lock(&shared.ports).release(opened.port);
+            return Err(RelayError::NoPorts);
+        }
+    };
+    shared.stats.allocations.fetch_add(1, Relaxed);
+    let slot = TcpRelaySlot {
+        relay: TcpRelay::new(request.alloc, listener, opened.local),
+        port: opened.port,
+        shared: shared.clone(),
+    };
+    Ok((BoundRelay::from(opened.local), slot))
 }
 
 fn open_relay(
@@ -805,6 +952,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         server,
         tuple,
         relay: None,
+        tcp_relay: None,
         clock_synced: now,
         folder: Folder::new(shared.stats.turn.clone()),
     };
@@ -827,6 +975,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     {
         Ok(progressed) => progressed,
+        Err(Close::Bound(bound)) => {
+            drop((session, reply, input));
+            return splice(stream, *bound, shared).await;
+        }
         Err(close) => return close,
     };
     session.folder.fold(&session.server);
@@ -866,9 +1018,20 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 session.sync_clock(now);
                 match handle_frames(&mut stream, &mut input, &mut session, shared, &mut reply, &mut seen_valid, now).await {
                     Ok(any) => progressed = any,
+                    Err(Close::Bound(bound)) => {
+                        drop((session, reply, input));
+                        return splice(stream, *bound, shared).await;
+                    }
                     Err(close) => return close,
                 }
                 session.folder.fold(&session.server);
+            }
+            event = tcp_relay_event(&mut session.tcp_relay) => {
+                if let Some(data) = session.tcp_relay_event(shared, event, &mut reply) {
+                    if stream.write_all(data).await.is_err() || stream.flush().await.is_err() {
+                        return Close::Io;
+                    }
+                }
             }
             received = recv_peer(&mut session.relay) => {
                 let Ok((len, peer)) = received else { continue };
@@ -957,6 +1120,24 @@ async fn handle_frames<S: AsyncWrite + Unpin>(
                 && Message::parse(frame).is_ok_and(|m| m.fingerprint_ok() != Some(false));
         }
         let tuple = session.tuple;
+        if is_connection_bind(frame) {
+            let mut claimer = Claimer::new(&shared.tcp_connections);
+            let output = session
+                .server
+                .connection_bind(now, tuple, frame, &mut claimer, reply);
+            if let Output::ToClient { data, .. } = output {
+                stream.write_all(data).await.map_err(|_| Close::Io)?;
+                wrote = true;
+            }
+            input.consume(len);
+            progressed = true;
+            if let Some(pending) = claimer.claimed {
+                stream.flush().await.map_err(|_| Close::Io)?;
+                let leftover = input.pending().to_vec();
+                return Err(Close::Bound(Box::new(Bound { pending, leftover })));
+            }
+            continue;
+        }
         match session.server.handle_client(now, tuple, frame, reply) {
             Output::ToClient { data, .. } => {
                 stream.write_all(data).await.map_err(|_| Close::Io)?;
@@ -986,6 +1167,31 @@ async fn handle_frames<S: AsyncWrite + Unpin>(
         stream.flush().await.map_err(|_| Close::Io)?;
     }
     Ok(progressed)
+}
+
+/// Carries a bound data connection's bytes to and from its peer until either closes.
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    bound: Bound,
+    shared: &Arc<Shared>,
+) -> Close {
+    shared.stats.turn.tcp_spliced.fetch_add(1, Relaxed);
+    tcp_relay::splice(stream, bound.leftover, bound.pending).await;
+    shared.stats.turn.tcp_spliced.fetch_sub(1, Relaxed);
+    Close::Spliced
+}
+
+/// The next event of the TCP relay; pending forever without one.
+async fn tcp_relay_event(slot: &mut Option<TcpRelaySlot>) -> RelayEvent {
+    match slot {
+        Some(slot) => slot.relay.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A ConnectionBind request (RFC 6062), told by its message type alone.
+fn is_connection_bind(frame: &[u8]) -> bool {
+    frame.starts_with(&[0x00, 0x0B])
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -1,6 +1,6 @@
 //! One allocation's state: its relay, permissions and channels.
 
-use super::{Family, FiveTuple};
+use super::{Family, FiveTuple, RelayTransport};
 use crate::auth::LongTermKey;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -21,6 +21,26 @@ pub(crate) struct PendingReply {
     /// The families asked for, to name the one that failed in ADDRESS-ERROR-CODE.
     pub family: Family,
     pub additional: Option<Family>,
+}
+
+/// A Connect request (RFC 6062 §5.2) waiting for the I/O layer to reach the peer: what the
+/// deferred response needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingConnect {
+    pub tid: [u8; 12],
+    pub sha256: bool,
+    pub fingerprint: bool,
+}
+
+/// A peer TCP connection of a TCP allocation (RFC 6062): outbound (Connect) or inbound
+/// (ConnectionAttempt), from the moment it is asked for or accepted until the I/O layer reports it
+/// closed (never bound within 30 s, or either side of the spliced pair closed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerConnection {
+    pub id: u32,
+    pub peer: SocketAddr,
+    /// Set while a Connect is in progress.
+    pub connect: Option<PendingConnect>,
 }
 
 /// Per-allocation state. Kept small and flat: a few permissions and channels are the norm, so
@@ -51,6 +71,10 @@ pub(crate) struct Allocation {
     /// The deadline this allocation is filed under in the timer queue.
     pub next_deadline: Instant,
     pub stats: Traffic,
+    /// UDP (RFC 8656) or TCP (RFC 6062) toward peers.
+    pub relay_transport: RelayTransport,
+    /// Peer TCP connections of a TCP allocation.
+    pub peer_connections: Vec<PeerConnection>,
 }
 
 /// Relayed traffic of one allocation.

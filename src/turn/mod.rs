@@ -16,8 +16,9 @@ pub use allocation::AllocationInfo;
 pub use core_config::CoreConfig;
 pub use nat_discovery::NatDiscovery;
 pub use server::{
-    AllocId, BoundRelay, Counters, Event, Family, FiveTuple, Output, PortRequest, RelayError,
-    RelayRequest, Server, Transport,
+    AllocId, BoundRelay, ConnectionLookup, Counters, Event, Family, FiveTuple, Output, PortRequest,
+    RelayError, RelayRequest, RelayTransport, Server, Transport, CONNECTION_BIND_TIMEOUT,
+    MAX_PEER_CONNECTIONS,
 };
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! `Server`: requests and data in, what to send out.
 
-use super::allocation::{Allocation, AllocationInfo, PendingReply, Traffic};
+use super::allocation::{
+    Allocation, AllocationInfo, PeerConnection, PendingConnect, PendingReply, Traffic,
+};
 use super::core_config::CoreConfig;
 use super::errors::{self, reason};
 use super::metrics::{auth_reason, transport_index, RequestCounts, AUTH_REASONS, TRANSPORTS};
@@ -94,6 +96,13 @@ impl Family {
     }
 }
 
+/// What an allocation relays to peers: UDP datagrams (RFC 8656) or TCP connections (RFC 6062).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelayTransport {
+    Udp,
+    Tcp,
+}
+
 /// The I/O layer is asked to bind a relay socket (two for a dual-stack allocation), then calls
 /// [`Server::relay_bound`] with one result per family asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +116,9 @@ pub struct RelayRequest {
     pub additional: Option<Family>,
     /// Applies to the `family` relay; the additional one takes any port.
     pub port: PortRequest,
+    /// A UDP socket, or for [`RelayTransport::Tcp`] a TCP listening socket whose port outgoing
+    /// peer connections share (RFC 6062 §5.1). Only stream clients get TCP.
+    pub transport: RelayTransport,
 }
 
 /// Which relay port an Allocate asks for (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
@@ -178,7 +190,35 @@ pub enum Event {
         /// Local addresses of its relay sockets, by [`Family::index`].
         relays: [Option<SocketAddr>; 2],
     },
+    /// A Connect request (RFC 6062 §5.2) passed the checks: open a TCP connection from the
+    /// allocation's relayed address to `peer` (giving up after 30 s), then call
+    /// [`Server::connect_result`] with `connection_id`.
+    ConnectPeer {
+        alloc: AllocId,
+        peer: SocketAddr,
+        connection_id: u32,
+    },
 }
+
+/// The I/O layer's registry of peer TCP connections waiting for their ConnectionBind (RFC 6062
+/// §5.4). It is shared by every client connection, since the data connection is a different
+/// connection from the control connection that owns the allocation.
+pub trait ConnectionLookup {
+    /// The username of the allocation that owns pending connection `id`, and the client address
+    /// of its control connection (whose nonce the data connection may reuse).
+    fn pending(&self, id: u32) -> Option<(Box<str>, SocketAddr)>;
+    /// Takes pending connection `id` for this data connection; false if it is gone (bound by
+    /// another data connection, timed out, or its allocation ended).
+    fn claim(&mut self, id: u32) -> bool;
+}
+
+/// How long a peer TCP connection waits for its ConnectionBind, and how long a Connect may take
+/// to reach the peer (RFC 6062 §5.2, §5.3: 30 s). The I/O layer enforces both.
+pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Peer TCP connections (pending and spliced) one TCP allocation may have at once: a Connect
+/// beyond it is 508, a peer connecting beyond it is closed.
+pub const MAX_PEER_CONNECTIONS: usize = 128;
 
 /// How a response is protected: with the request's integrity kind and key, and a FINGERPRINT if
 /// the request had one.
@@ -550,6 +590,226 @@ impl Server {
         }
     }
 
+    /// Answers the Connect request behind [`Event::ConnectPeer`] once the I/O layer has opened
+    /// the peer connection (`connected`) or given up on it (447). On success the connection waits
+    /// for its ConnectionBind under `connection_id`; on failure it is forgotten.
+    pub fn connect_result<'a>(
+        &mut self,
+        alloc: AllocId,
+        connection_id: u32,
+        connected: bool,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        let Some(allocation) = live(&mut self.allocations, alloc) else {
+            return Output::Nothing;
+        };
+        let Some(position) = allocation
+            .peer_connections
+            .iter()
+            .position(|c| c.id == connection_id)
+        else {
+            return Output::Nothing;
+        };
+        let Some(pending) = allocation.peer_connections[position].connect.take() else {
+            return Output::Nothing;
+        };
+        let peer = allocation.peer_connections[position].peer;
+        if !connected {
+            allocation.peer_connections.swap_remove(position);
+        }
+        let tuple = allocation.tuple;
+        let key = allocation.key;
+        let seal = Seal {
+            key: Some(&key),
+            sha256: pending.sha256,
+            fingerprint: pending.fingerprint,
+        };
+        let software = self.config.software.as_deref();
+        let data = if connected {
+            debug!(client = %tuple.client, %peer, connection_id, "peer connection opened");
+            write_message(
+                out,
+                Method::CONNECT,
+                Class::Success,
+                &pending.tid,
+                software,
+                seal,
+                |w| {
+                    w.add_u32(attr::CONNECTION_ID, connection_id);
+                },
+            )
+        } else {
+            debug!(client = %tuple.client, %peer, "peer connection failed");
+            let code = errors::CONNECTION_TIMEOUT_OR_FAILURE;
+            write_message(
+                out,
+                Method::CONNECT,
+                Class::Error,
+                &pending.tid,
+                software,
+                seal,
+                |w| {
+                    w.add_error_code(code, reason(code));
+                },
+            )
+        };
+        if let Some(data) = data {
+            self.counters.requests.record(data);
+        }
+        to_client(tuple, data)
+    }
+
+    /// A peer connection of `alloc` is gone (never bound in time, or one side of the spliced pair
+    /// closed): a new Connect to that peer may proceed.
+    pub fn connection_closed(&mut self, alloc: AllocId, connection_id: u32) {
+        if let Some(allocation) = live(&mut self.allocations, alloc) {
+            allocation
+                .peer_connections
+                .retain(|c| c.id != connection_id);
+        }
+    }
+
+    /// A peer connected to the relayed address of TCP allocation `alloc` (RFC 6062 §5.3). With
+    /// a permission for its IP (and the peer policy allowing it) the connection gets an id and
+    /// the client a ConnectionAttempt indication, written into `out`; otherwise `None`, and the
+    /// I/O layer closes the peer connection.
+    pub fn connection_attempt<'a>(
+        &mut self,
+        alloc: AllocId,
+        peer: SocketAddr,
+        out: &'a mut [u8],
+    ) -> Option<(u32, &'a [u8])> {
+        let allocation = live(&mut self.allocations, alloc)?;
+        if allocation.relay_transport != RelayTransport::Tcp
+            || !allocation.has_permission(peer.ip())
+            || allocation.peer_connections.len() >= MAX_PEER_CONNECTIONS
+        {
+            return None;
+        }
+        if !self.config.policy.permits(peer.ip()) {
+            self.counters.peers_denied += 1;
+            return None;
+        }
+        let id = self.next_connection_id(alloc.index)?;
+        let allocation = &mut self.allocations[alloc.index];
+        allocation.peer_connections.push(PeerConnection {
+            id,
+            peer,
+            connect: None,
+        });
+        debug!(client = %allocation.tuple.client, %peer, connection_id = id, "peer connection accepted");
+        let tid = self.random_tid();
+        let mut writer =
+            MessageWriter::new(out, Method::CONNECTION_ATTEMPT, Class::Indication, &tid);
+        writer.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        writer.add_u32(attr::CONNECTION_ID, id);
+        writer.add_fingerprint();
+        writer.finish().map(|data| (id, data))
+    }
+
+    /// The username an allocation authenticated with (the data connections of a TCP allocation
+    /// must use the same).
+    pub fn allocation_username(&self, alloc: AllocId) -> Option<&str> {
+        self.allocations
+            .get(alloc.index)
+            .filter(|a| a.generation == alloc.generation)
+            .map(|a| &*a.username)
+    }
+
+    /// A ConnectionBind request (RFC 6062 §5.4) on a client connection: authenticated with the
+    /// same user as the allocation that owns the connection id, on a stream connection that has
+    /// no allocation. On success the response is the last STUN message on this connection:
+    /// the I/O layer has claimed the peer connection from `lookup` and splices the two.
+    pub fn connection_bind<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        input: &'a [u8],
+        lookup: &mut dyn ConnectionLookup,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        let Ok(msg) = Message::parse(input) else {
+            return Output::Nothing;
+        };
+        if msg.fingerprint_ok() == Some(false)
+            || msg.class() != Class::Request
+            || msg.method() != Method::CONNECTION_BIND
+        {
+            return Output::Nothing;
+        }
+        let output = self.connection_bind_request(now, tuple, &msg, lookup, out);
+        if let Output::ToClient { data, .. } = &output {
+            self.counters.requests.record(data);
+        }
+        output
+    }
+
+    fn connection_bind_request<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        lookup: &mut dyn ConnectionLookup,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        let id = match msg.get(attr::CONNECTION_ID) {
+            Some(&[a, b, c, d]) => Some(u32::from_be_bytes([a, b, c, d])),
+            _ => None,
+        };
+        let pending = id.and_then(|id| lookup.pending(id));
+        let control_client = pending.as_ref().map(|(_, client)| *client);
+        let authed = match self.authenticate(now, tuple, msg, None, control_client) {
+            Ok(authed) => authed,
+            Err(challenge) => return self.reply_challenge(now, out, tuple, msg, challenge),
+        };
+        let key = authed.key;
+        let seal = Seal {
+            key: Some(&key),
+            sha256: authed.kind == IntegrityKind::Sha256,
+            fingerprint: msg.fingerprint_ok().is_some(),
+        };
+        let mut unknown = [0u16; 8];
+        let count = msg.unknown_required(is_known_attribute, &mut unknown);
+        if count > 0 {
+            return self.reply_unknown(out, tuple, msg, seal, &unknown[..count]);
+        }
+        // A data connection carries nothing but its peer's bytes: not over UDP, not on a
+        // connection that has an allocation (RFC 6062 §5.4).
+        let (Some(id), Some((username, _))) = (id, pending) else {
+            debug!(client = %tuple.client, "connection bind refused: unknown connection id");
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        };
+        if !tuple.transport.is_stream() || self.by_tuple.contains_key(&tuple) {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        }
+        if *username != *authed.username {
+            info!(client = %tuple.client, user = authed.username, "connection bind refused: not the allocation's user");
+            return self.reply_error(out, tuple, msg, seal, errors::WRONG_CREDENTIALS);
+        }
+        if !lookup.claim(id) {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        }
+        debug!(client = %tuple.client, connection_id = id, "connection bound");
+        self.reply_success(out, tuple, msg, seal)
+    }
+
+    /// A fresh non-zero connection id, unique within the allocation (the I/O layer's registry
+    /// refuses the rare collision with another allocation's).
+    fn next_connection_id(&mut self, index: usize) -> Option<u32> {
+        for _ in 0..8 {
+            let tid = self.random_tid();
+            let id = u32::from_be_bytes([tid[0], tid[1], tid[2], tid[3]]);
+            let taken = self.allocations[index]
+                .peer_connections
+                .iter()
+                .any(|c| c.id == id);
+            if id != 0 && !taken {
+                return Some(id);
+            }
+        }
+        None
+    }
+
     /// Deletes every allocation of `username` (admin API); returns how many.
     pub fn delete_user(&mut self, username: &str) -> usize {
         let doomed: Vec<usize> = self
@@ -651,7 +911,8 @@ impl Server {
                 Method::ALLOCATE
                 | Method::REFRESH
                 | Method::CREATE_PERMISSION
-                | Method::CHANNEL_BIND,
+                | Method::CHANNEL_BIND
+                | Method::CONNECT,
             ) => self.turn_request(now, tuple, msg, out),
             (Class::Request, _) => {
                 self.reply_error(out, tuple, msg, Seal::open(msg), errors::BAD_REQUEST)
@@ -728,7 +989,10 @@ impl Server {
             return Output::Nothing;
         }
         let allocation = &mut self.allocations[index];
-        if !allocation.serves(peer.ip()) || !allocation.has_permission(peer.ip()) {
+        if !allocation.serves(peer.ip())
+            || !allocation.has_permission(peer.ip())
+            || allocation.relay_transport == RelayTransport::Tcp
+        {
             return Output::Nothing;
         }
         allocation.stats.packets_to_peer += 1;
@@ -754,7 +1018,7 @@ impl Server {
         out: &'a mut [u8],
     ) -> Output<'a> {
         let existing = self.by_tuple.get(&tuple).copied();
-        let authed = match self.authenticate(now, tuple, msg, existing) {
+        let authed = match self.authenticate(now, tuple, msg, existing, None) {
             Ok(authed) => authed,
             Err(challenge) => return self.reply_challenge(now, out, tuple, msg, challenge),
         };
@@ -790,6 +1054,7 @@ impl Server {
             (Method::CREATE_PERMISSION, Some(index)) => {
                 self.create_permission(now, index, tuple, msg, seal, out)
             }
+            (Method::CONNECT, Some(index)) => self.connect(now, index, tuple, msg, seal, out),
             (_, Some(index)) => self.channel_bind(now, index, tuple, msg, seal, out),
         }
     }
@@ -797,12 +1062,16 @@ impl Server {
     /// RFC 8489 §9.2.4, with the key remembered per allocation (§9.2.2: one username per
     /// allocation). REST expiry is checked on every request so an expired credential cannot
     /// keep refreshing.
+    ///
+    /// `also_nonce_of`: another client address whose nonce is accepted too (a ConnectionBind on a
+    /// data connection may carry the nonce its control connection was given).
     fn authenticate<'m>(
         &mut self,
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'m>,
         existing: Option<usize>,
+        also_nonce_of: Option<SocketAddr>,
     ) -> Result<Authed<'m>, Challenge> {
         let Some(kind) = msg.integrity_kind() else {
             return Err(Challenge::Unauthorized);
@@ -814,12 +1083,10 @@ impl Server {
             return Err(Challenge::BadRequest);
         };
         let unix = self.clock.unix_at(now);
-        match self
-            .nonces
-            .check(nonce, tuple.client, unix, self.config.stale_nonce_secs)
-        {
-            NonceCheck::Valid => {}
-            NonceCheck::Stale | NonceCheck::Invalid => return Err(Challenge::StaleNonce),
+        let stale = self.config.stale_nonce_secs;
+        let valid = |client| self.nonces.check(nonce, client, unix, stale) == NonceCheck::Valid;
+        if !valid(tuple.client) && !also_nonce_of.is_some_and(valid) {
+            return Err(Challenge::StaleNonce);
         }
         let keys = match self.config.auth.keys(username, unix) {
             Ok(keys) => keys,
@@ -866,9 +1133,20 @@ impl Server {
         seal: Seal<'_>,
         out: &'a mut [u8],
     ) -> Output<'a> {
-        match msg.get(attr::REQUESTED_TRANSPORT) {
+        let relay_transport = match msg.get(attr::REQUESTED_TRANSPORT) {
             None => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
-            Some([17, ..]) => {}
+            Some([17, ..]) => RelayTransport::Udp,
+            // RFC 6062 §5.1: TCP only for clients on TCP or TLS, and without the UDP-only
+            // attributes.
+            Some([6, ..])
+                if !tuple.transport.is_stream()
+                    || msg.get(attr::DONT_FRAGMENT).is_some()
+                    || msg.get(attr::EVEN_PORT).is_some()
+                    || msg.get(attr::RESERVATION_TOKEN).is_some() =>
+            {
+                return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST)
+            }
+            Some([6, ..]) => RelayTransport::Tcp,
             Some(_) => {
                 return self.reply_error(
                     out,
@@ -878,7 +1156,7 @@ impl Server {
                     errors::UNSUPPORTED_TRANSPORT_PROTOCOL,
                 )
             }
-        }
+        };
         let requested = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
         let legacy_family_attrs = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_none()
             && msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_LEGACY).is_some();
@@ -966,6 +1244,8 @@ impl Server {
             channels: Vec::new(),
             next_deadline: expires,
             stats: Traffic::default(),
+            relay_transport,
+            peer_connections: Vec::new(),
         });
         self.by_tuple.insert(tuple, index);
         self.counters.allocations_by_transport[transport_index(tuple.transport)] += 1;
@@ -977,6 +1257,7 @@ impl Server {
             family,
             additional,
             port,
+            transport: relay_transport,
         })
     }
 
@@ -1166,6 +1447,68 @@ impl Server {
         self.reply_success(out, tuple, msg, seal)
     }
 
+    /// RFC 6062 §5.2: check the peer, refuse a second connection to it (446), then ask the I/O
+    /// layer to connect; the response waits for [`Server::connect_result`].
+    fn connect<'a>(
+        &mut self,
+        now: Instant,
+        index: usize,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        seal: Seal<'_>,
+        out: &'a mut [u8],
+    ) -> Output<'a> {
+        if self.allocations[index].relay_transport != RelayTransport::Tcp {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        }
+        let peer = msg
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| stun::decode_xor_address(v, msg.transaction_id()).ok());
+        let Some(peer) = peer else {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        };
+        if let Some(code) = self.check_peer(index, peer) {
+            return self.reply_error(out, tuple, msg, seal, code);
+        }
+        if self.allocations[index]
+            .peer_connections
+            .iter()
+            .any(|c| c.peer == peer)
+        {
+            return self.reply_error(out, tuple, msg, seal, errors::CONNECTION_ALREADY_EXISTS);
+        }
+        if self.allocations[index].peer_connections.len() >= MAX_PEER_CONNECTIONS {
+            return self.reply_error(out, tuple, msg, seal, errors::INSUFFICIENT_CAPACITY);
+        }
+        let Some(id) = self.next_connection_id(index) else {
+            return self.reply_error(out, tuple, msg, seal, errors::INSUFFICIENT_CAPACITY);
+        };
+        let expires = now + self.config.permission_lifetime;
+        let allocation = &mut self.allocations[index];
+        // The peer may connect back to the relayed address: Connect installs the permission.
+        allocation.install_permission(peer.ip(), expires);
+        allocation.peer_connections.push(PeerConnection {
+            id,
+            peer,
+            connect: Some(PendingConnect {
+                tid: *msg.transaction_id(),
+                sha256: seal.sha256,
+                fingerprint: seal.fingerprint,
+            }),
+        });
+        let alloc = AllocId {
+            index,
+            generation: allocation.generation,
+        };
+        self.reschedule(index);
+        self.events.push_back(Event::ConnectPeer {
+            alloc,
+            peer,
+            connection_id: id,
+        });
+        Output::Nothing
+    }
+
     fn channel_bind<'a>(
         &mut self,
         now: Instant,
@@ -1175,6 +1518,10 @@ impl Server {
         seal: Seal<'_>,
         out: &'a mut [u8],
     ) -> Output<'a> {
+        // RFC 6062 §5: channels (and Send/Data) do not exist on TCP allocations.
+        if self.allocations[index].relay_transport == RelayTransport::Tcp {
+            return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST);
+        }
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             _ => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
@@ -1414,6 +1761,7 @@ fn is_known_attribute(typ: u16) -> bool {
             | attr::XOR_PEER_ADDRESS
             | attr::CHANNEL_NUMBER
             | attr::DATA
+            | attr::CONNECTION_ID
     )
 }
 

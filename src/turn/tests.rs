@@ -675,8 +675,9 @@ fn allocate_checks_transport_and_family() {
     let mut h = Harness::new(config());
     h.learn_nonce();
     assert_eq!(code(&h.request(Method::ALLOCATE, &[], true)), Some(400));
-    let tcp = (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
-    assert_eq!(code(&h.request(Method::ALLOCATE, &[tcp], true)), Some(442));
+    // TCP over UDP: 400 (RFC 6062 §5.1); see tcp_allocation_needs_a_stream_client_….
+    let sctp = (attr::REQUESTED_TRANSPORT, vec![132, 0, 0, 0]);
+    assert_eq!(code(&h.request(Method::ALLOCATE, &[sctp], true)), Some(442));
     let bad_family = (attr::REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0]);
     assert_eq!(
         code(&h.request(Method::ALLOCATE, &[udp_transport(), bad_family], true)),
@@ -1249,4 +1250,326 @@ fn draining_refuses_new_allocates_and_admin_deletes_count() {
     assert!(!h.server.delete_allocation(id));
     assert_eq!(h.server.counters().allocations_by_transport, [0, 0, 0]);
     assert_eq!(h.server.counters().allocations_deleted, 1);
+}
+
+// RFC 6062: TCP allocations.
+
+fn tcp_transport() -> (u16, Vec<u8>) {
+    (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])
+}
+
+/// A harness whose client is on TCP, with a TCP allocation.
+fn tcp_harness() -> Harness {
+    let mut h = Harness::new(config());
+    h.tuple.transport = Transport::Tcp;
+    h.learn_nonce();
+    let tid = h.tid();
+    let msg = h.build(Method::ALLOCATE, &[tcp_transport()], true, tid);
+    let tuple = h.tuple;
+    let request = match h.server.handle_client(h.now, tuple, &msg, &mut h.out) {
+        Output::BindRelay(request) => request,
+        other => panic!("expected BindRelay, got {other:?}"),
+    };
+    assert_eq!(request.transport, RelayTransport::Tcp);
+    let reply = match h.server.relay_bound(
+        h.now,
+        request.alloc,
+        Ok(addr(RELAY_V4).into()),
+        None,
+        &mut h.out,
+    ) {
+        Output::ToClient { data, .. } => data.to_vec(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(code(&reply), None);
+    h
+}
+
+fn alloc_id(h: &Harness) -> AllocId {
+    h.server.allocations_with_ids(h.now).next().unwrap().0
+}
+
+impl Harness {
+    /// Sends a Connect; `Ok(id)` when it went to the I/O layer, `Err(code)` when refused.
+    fn connect(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let tid = self.tid();
+        let attrs = vec![self.peer_attr(peer, &tid)];
+        let msg = self.build(Method::CONNECT, &attrs, true, tid);
+        let tuple = self.tuple;
+        match self
+            .server
+            .handle_client(self.now, tuple, &msg, &mut self.out)
+        {
+            Output::Nothing => {}
+            Output::ToClient { data, .. } => return Err(code(data).expect("an error")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match self.server.poll_event() {
+            Some(Event::ConnectPeer {
+                peer: asked,
+                connection_id,
+                ..
+            }) => {
+                assert_eq!(asked, peer);
+                Ok(connection_id)
+            }
+            other => panic!("expected ConnectPeer, got {other:?}"),
+        }
+    }
+
+    fn connect_result(&mut self, id: u32, connected: bool) -> Vec<u8> {
+        let alloc = alloc_id(self);
+        match self
+            .server
+            .connect_result(alloc, id, connected, &mut self.out)
+        {
+            Output::ToClient { data, .. } => data.to_vec(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    pending: std::collections::HashMap<u32, (Box<str>, SocketAddr)>,
+}
+
+impl ConnectionLookup for Registry {
+    fn pending(&self, id: u32) -> Option<(Box<str>, SocketAddr)> {
+        self.pending.get(&id).cloned()
+    }
+
+    fn claim(&mut self, id: u32) -> bool {
+        self.pending.remove(&id).is_some()
+    }
+}
+
+#[test]
+fn tcp_allocation_needs_a_stream_client_and_no_udp_only_attributes() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    // RFC 6062 §5.1: over UDP, 400.
+    let reply = h.request(Method::ALLOCATE, &[tcp_transport()], true);
+    assert_eq!(code(&reply), Some(400));
+    // Any other protocol stays 442.
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[(attr::REQUESTED_TRANSPORT, vec![132, 0, 0, 0])],
+        true,
+    );
+    assert_eq!(code(&reply), Some(442));
+    h.tuple.transport = Transport::Tcp;
+    h.learn_nonce();
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[tcp_transport(), (attr::EVEN_PORT, vec![0])],
+        true,
+    );
+    assert_eq!(code(&reply), Some(400));
+    let reply = h.request(
+        Method::ALLOCATE,
+        &[tcp_transport(), (attr::DONT_FRAGMENT, vec![])],
+        true,
+    );
+    assert_eq!(code(&reply), Some(400));
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn connect_checks_the_peer_and_refuses_a_second_connection_to_it() {
+    let mut h = tcp_harness();
+    // Loopback is denied by the default policy.
+    assert_eq!(h.connect(addr("127.0.0.1:80")), Err(403));
+    assert_eq!(h.connect(addr("[2001:db8::9]:80")), Err(443));
+    let id = h.connect(addr(PEER)).unwrap();
+    assert_ne!(id, 0);
+    // In progress: 446.
+    assert_eq!(h.connect(addr(PEER)), Err(446));
+    // Another port of the same peer is another connection.
+    let other = h.connect(addr("203.0.114.9:5001")).unwrap();
+    assert_ne!(other, id);
+
+    let reply = h.connect_result(id, true);
+    let msg = Message::parse(&reply).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Success, Method::CONNECT)
+    );
+    assert_eq!(msg.get_u32(attr::CONNECTION_ID), Some(id));
+    assert_eq!(
+        msg.verify_integrity(&h.key),
+        IntegrityCheck::Valid(IntegrityKind::Sha1)
+    );
+    // Established and waiting for its bind: still 446.
+    assert_eq!(h.connect(addr(PEER)), Err(446));
+    // Closed: a new Connect goes ahead.
+    h.server.connection_closed(alloc_id(&h), id);
+    let again = h.connect(addr(PEER)).unwrap();
+
+    let reply = h.connect_result(again, false);
+    assert_eq!(code(&reply), Some(447));
+    // A failed attempt is forgotten.
+    assert!(h.connect(addr(PEER)).is_ok());
+    // Connect installs the permission for the peer.
+    assert!(h.server.allocations[0].has_permission(addr(PEER).ip()));
+
+    // At most MAX_PEER_CONNECTIONS at once: then 508, and inbound peers are refused.
+    let open = h.server.allocations[0].peer_connections.len();
+    for port in 0..(MAX_PEER_CONNECTIONS - open) {
+        assert!(h
+            .connect(SocketAddr::new(addr(PEER).ip(), 6000 + port as u16))
+            .is_ok());
+    }
+    assert_eq!(h.connect(addr("203.0.114.9:9999")), Err(508));
+    let mut out = vec![0u8; 512];
+    let alloc = alloc_id(&h);
+    assert!(h
+        .server
+        .connection_attempt(alloc, addr("203.0.114.9:9998"), &mut out)
+        .is_none());
+}
+
+#[test]
+fn connect_on_a_udp_allocation_and_channels_on_a_tcp_one_are_bad_requests() {
+    let mut h = Harness::new(config());
+    h.allocate();
+    assert_eq!(h.connect(addr(PEER)), Err(400));
+
+    let mut h = tcp_harness();
+    assert_eq!(h.channel_bind(0x4000, addr(PEER)), Some(400));
+    // Send indications are dropped.
+    let indication = h.send_indication(addr(PEER), b"hello");
+    assert!(h.create_permission(&[addr(PEER)]).is_none());
+    assert!(h.client_sends(&indication).is_none());
+}
+
+#[test]
+fn inbound_peer_connections_need_a_permission_and_announce_themselves() {
+    let mut h = tcp_harness();
+    let alloc = alloc_id(&h);
+    let peer = addr("203.0.114.9:41000");
+    let mut out = vec![0u8; 512];
+    assert!(h.server.connection_attempt(alloc, peer, &mut out).is_none());
+    assert!(h.create_permission(&[addr(PEER)]).is_none());
+    let (id, data) = h
+        .server
+        .connection_attempt(alloc, peer, &mut out)
+        .expect("permitted");
+    let msg = Message::parse(data).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Indication, Method::CONNECTION_ATTEMPT)
+    );
+    assert_eq!(msg.get_u32(attr::CONNECTION_ID), Some(id));
+    let announced = stun::decode_xor_address(
+        msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap();
+    assert_eq!(announced, peer);
+    assert_eq!(h.server.allocation_username(alloc), Some(&*h.username));
+}
+
+#[test]
+fn connection_bind_needs_a_known_id_and_the_allocations_user() {
+    let mut h = tcp_harness();
+    let control = h.tuple;
+    let control_nonce = h.nonce.clone();
+    let mut registry = Registry::default();
+    registry
+        .pending
+        .insert(7, (h.username.clone().into(), control.client));
+    let other = mint(SECRET, Some("mallory"), 3600, UNIX_START);
+    registry
+        .pending
+        .insert(8, (other.username.clone().into(), control.client));
+
+    // The data connection: a new TCP connection from the same client.
+    let data_tuple = FiveTuple {
+        client: addr("198.51.100.7:40001"),
+        ..control
+    };
+    let bind = |h: &mut Harness, id: u32, registry: &mut Registry| -> Option<u16> {
+        let tid = h.tid();
+        let msg = h.build(
+            Method::CONNECTION_BIND,
+            &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())],
+            true,
+            tid,
+        );
+        match h
+            .server
+            .connection_bind(h.now, data_tuple, &msg, registry, &mut h.out)
+        {
+            Output::ToClient { data, .. } => {
+                let msg = Message::parse(data).unwrap();
+                assert_eq!(msg.method(), Method::CONNECTION_BIND);
+                msg.error_code().map(|(c, _)| c)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(bind(&mut h, 99, &mut registry), Some(438), "not our nonce");
+    // The control connection's nonce is accepted for a known id.
+    assert_eq!(h.nonce, control_nonce);
+    assert_eq!(bind(&mut h, 8, &mut registry), Some(441), "another user's");
+    assert_eq!(bind(&mut h, 7, &mut registry), None);
+    assert!(!registry.pending.contains_key(&7), "claimed");
+    // Gone now: a fresh nonce for this connection, then 400.
+    assert_eq!(bind(&mut h, 7, &mut registry), Some(438));
+    let tid = h.tid();
+    let probe = h.build(
+        Method::CONNECTION_BIND,
+        &[(attr::CONNECTION_ID, 7u32.to_be_bytes().to_vec())],
+        false,
+        tid,
+    );
+    let challenge =
+        match h
+            .server
+            .connection_bind(h.now, data_tuple, &probe, &mut registry, &mut h.out)
+        {
+            Output::ToClient { data, .. } => Message::parse(data)
+                .unwrap()
+                .get_str(attr::NONCE)
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+    h.nonce = challenge;
+    assert_eq!(bind(&mut h, 7, &mut registry), Some(400));
+
+    // Not on the control connection itself (it has an allocation).
+    registry
+        .pending
+        .insert(9, (h.username.clone().into(), control.client));
+    h.nonce = control_nonce;
+    let tid = h.tid();
+    let msg = h.build(
+        Method::CONNECTION_BIND,
+        &[(attr::CONNECTION_ID, 9u32.to_be_bytes().to_vec())],
+        true,
+        tid,
+    );
+    match h
+        .server
+        .connection_bind(h.now, control, &msg, &mut registry, &mut h.out)
+    {
+        Output::ToClient { data, .. } => assert_eq!(code(data), Some(400)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(registry.pending.contains_key(&9));
+}
+
+#[test]
+fn connection_bind_over_udp_is_a_bad_request() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let reply = h.request(
+        Method::CONNECTION_BIND,
+        &[(attr::CONNECTION_ID, 1u32.to_be_bytes().to_vec())],
+        true,
+    );
+    assert_eq!(code(&reply), Some(400));
 }

@@ -1,0 +1,314 @@
+//! TCP allocations (RFC 6062) against the real binary on loopback, driven message by message:
+//! Connect to a TCP echo peer and ConnectionBind on a second connection; a peer connecting to
+//! the relayed address, announced by ConnectionAttempt; the error codes; and closing.
+//! (coTURN's `turnutils_uclient -T` is the independent check, in tests/coturn_uclient.rs.)
+
+mod common;
+
+use common::{Tern, SECRET};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+use tern::stun::{self, attr, Class, Message, MessageWriter, Method};
+
+const REALM: &str = "tern";
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    stream.read_exact(&mut frame)?;
+    let len = stun::frame_len(&frame, true)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{frame:?}")))?;
+    frame.resize(len, 0);
+    stream.read_exact(&mut frame[4..])?;
+    Ok(frame)
+}
+
+/// True if the other end closes `stream` (EOF or reset) within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A TURN client over one TCP connection, with REST credentials for user `raw`.
+struct Client {
+    stream: TcpStream,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+impl Client {
+    fn new(server: SocketAddr) -> Self {
+        let minted = tern::credentials::mint(SECRET, Some("raw"), 3600, common::unix_now());
+        use md5::Digest;
+        let key: [u8; 16] =
+            md5::Md5::digest(format!("{}:{REALM}:{}", minted.username, minted.password)).into();
+        Client {
+            stream: connect(server),
+            username: minted.username,
+            key,
+            nonce: Vec::new(),
+            next_tid: 0x10,
+        }
+    }
+
+    /// Sends an authenticated request (learning a nonce from 401/438 first) and returns the
+    /// response, success or error.
+    fn request(&mut self, method: Method, attrs: impl Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
+        for _ in 0..2 {
+            self.next_tid += 1;
+            let tid = [self.next_tid; 12];
+            let mut buf = [0u8; 512];
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
+            attrs(&mut w);
+            if !self.nonce.is_empty() {
+                w.add_bytes(attr::USERNAME, self.username.as_bytes());
+                w.add_bytes(attr::REALM, REALM.as_bytes());
+                w.add_bytes(attr::NONCE, &self.nonce);
+                w.add_message_integrity(&self.key);
+            }
+            let request = w.finish().unwrap().to_vec();
+            self.stream.write_all(&request).unwrap();
+            let response = read_frame(&mut self.stream).unwrap();
+            let msg = Message::parse(&response).unwrap();
+            assert_eq!(msg.transaction_id(), &tid);
+            match msg.error_code() {
+                Some((401 | 438, _)) => {
+                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
+                }
+                _ => return response,
+            }
+        }
+        panic!("{method:?}: still unauthorized");
+    }
+
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        });
+        let msg = Message::parse(&response).unwrap();
+        assert_eq!(msg.class(), Class::Success, "{:?}", msg.error_code());
+        stun::decode_xor_address(
+            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            msg.transaction_id(),
+        )
+        .unwrap()
+    }
+
+    /// Connect: the CONNECTION-ID, or the error code.
+    fn connect_peer(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let response = self.request(Method::CONNECT, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        let msg = Message::parse(&response).unwrap();
+        assert_eq!(msg.method(), Method::CONNECT);
+        match msg.error_code() {
+            Some((code, _)) => Err(code),
+            None => Ok(msg.get_u32(attr::CONNECTION_ID).expect("CONNECTION-ID")),
+        }
+    }
+
+    fn create_permission(&mut self, peer: SocketAddr) {
+        let response = self.request(Method::CREATE_PERMISSION, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+    }
+
+    /// A data connection for `id`, with the same credentials and (first) the control
+    /// connection's nonce; `Err(code)` if the bind failed.
+    fn data_connection(&self, server: SocketAddr, id: u32) -> Result<TcpStream, u16> {
+        let mut data = Client {
+            stream: connect(server),
+            username: self.username.clone(),
+            key: self.key,
+            nonce: self.nonce.clone(),
+            next_tid: 0x80,
+        };
+        let response = data.request(Method::CONNECTION_BIND, |w| {
+            w.add_u32(attr::CONNECTION_ID, id);
+        });
+        let msg = Message::parse(&response).unwrap();
+        assert_eq!(msg.method(), Method::CONNECTION_BIND);
+        match msg.error_code() {
+            Some((code, _)) => Err(code),
+            None => Ok(data.stream),
+        }
+    }
+}
+
+/// A TCP peer that echoes every connection; reports each connection's source address.
+fn echo_peer() -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sources, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = sources.send(stream.peer_addr().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, receiver)
+}
+
+fn round_trip(stream: &mut TcpStream, payload: &[u8]) {
+    stream.write_all(payload).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, payload);
+}
+
+#[test]
+fn connect_then_connection_bind_relays_bytes_to_a_tcp_peer() {
+    let tern = Tern::start("allow-loopback-peers = true");
+    let (peer, sources) = echo_peer();
+    let mut control = Client::new(tern.addr);
+    let relayed = control.allocate_tcp();
+    assert_eq!(relayed.ip(), tern.addr.ip());
+
+    let id = control.connect_peer(peer).unwrap();
+    let source = sources.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(source, relayed, "the peer sees the relayed address");
+    // One connection per peer address at a time.
+    assert_eq!(control.connect_peer(peer), Err(446));
+    // Peer policy applies (private ranges are denied by default).
+    assert_eq!(
+        control.connect_peer("10.1.2.3:80".parse().unwrap()),
+        Err(403)
+    );
+    // Nobody listens there: 447.
+    let nobody = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(control.connect_peer(nobody), Err(447));
+
+    assert_eq!(control.data_connection(tern.addr, id ^ 1).err(), Some(400));
+    let mut data = control.data_connection(tern.addr, id).unwrap();
+    round_trip(&mut data, b"hello over a TCP relay");
+    // Not STUN-framed: any bytes go through as they are, large ones too.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    round_trip(&mut data, &big);
+    // Operators see the TCP relay in /metrics: one peer connection was established (the refused
+    // and failed attempts never were), and it is spliced now.
+    let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+    assert_eq!(
+        metric(&metrics, "tern_tcp_peer_connections_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "tern_tcp_relay_spliced"), 1, "{metrics}");
+    // A connection id is bound once.
+    assert_eq!(control.data_connection(tern.addr, id).err(), Some(400));
+
+    // The control connection closing ends the allocation and its data connections.
+    drop(control);
+    assert!(closed_within(&mut data, Duration::from_secs(5)));
+}
+
+#[test]
+fn a_peer_connecting_to_the_relayed_address_is_announced_and_bound() {
+    let tern = Tern::start("allow-loopback-peers = true");
+    let mut control = Client::new(tern.addr);
+    let relayed = control.allocate_tcp();
+
+    // No permission yet: the peer connection is closed and the client hears nothing.
+    let mut refused = connect(relayed);
+    assert!(closed_within(&mut refused, Duration::from_secs(5)));
+
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    let mut peer = connect(relayed);
+    let indication = read_frame(&mut control.stream).unwrap();
+    let msg = Message::parse(&indication).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Indication, Method::CONNECTION_ATTEMPT)
+    );
+    let announced = stun::decode_xor_address(
+        msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap();
+    assert_eq!(announced, peer.local_addr().unwrap());
+    let id = msg.get_u32(attr::CONNECTION_ID).unwrap();
+
+    // The peer may speak first: its bytes wait for the bind.
+    peer.write_all(b"early bytes from the peer").unwrap();
+    let mut data = control.data_connection(tern.addr, id).unwrap();
+    let mut buf = [0u8; 25];
+    data.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"early bytes from the peer");
+    data.write_all(b"and back").unwrap();
+    let mut buf = [0u8; 8];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"and back");
+
+    // The peer closing closes the data connection, and the control connection goes on.
+    drop(peer);
+    assert!(closed_within(&mut data, Duration::from_secs(5)));
+    let response = control.request(Method::REFRESH, |_| {});
+    assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+}
+
+#[test]
+fn tcp_allocations_refuse_channels_and_udp_allocations_refuse_connect() {
+    let tern = Tern::start("allow-loopback-peers = true");
+    let mut control = Client::new(tern.addr);
+    control.allocate_tcp();
+    let response = control.request(Method::CHANNEL_BIND, |w| {
+        w.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, "127.0.0.1:9".parse().unwrap());
+    });
+    assert_eq!(
+        Message::parse(&response).unwrap().error_code().map(|e| e.0),
+        Some(400)
+    );
+
+    let mut udp = Client::new(tern.addr);
+    let response = udp.request(Method::ALLOCATE, |w| {
+        w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+    assert_eq!(udp.connect_peer("127.0.0.1:9".parse().unwrap()), Err(400));
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
