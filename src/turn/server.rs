@@ -953,25 +953,15 @@ impl Server {
                 None => return self.reply_error(out, tuple, msg, seal, errors::BAD_REQUEST),
             }
         }
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Success,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
-                if let Some(other) = other {
-                    // RFC 5780 clients may still read the RFC 3489 MAPPED-ADDRESS.
-                    w.add_address(attr::MAPPED_ADDRESS, tuple.client);
-                    w.add_address(attr::RESPONSE_ORIGIN, reply_tuple.server);
-                    w.add_address(attr::OTHER_ADDRESS, other);
-                }
-            },
-        );
-        to_client(reply_tuple, data)
+        self.reply(out, reply_tuple, msg, Class::Success, seal, |w| {
+            w.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            if let Some(other) = other {
+                // RFC 5780 clients may still read the RFC 3489 MAPPED-ADDRESS.
+                w.add_address(attr::MAPPED_ADDRESS, tuple.client);
+                w.add_address(attr::RESPONSE_ORIGIN, reply_tuple.server);
+                w.add_address(attr::OTHER_ADDRESS, other);
+            }
+        })
     }
 
     fn send_indication<'a>(&mut self, tuple: FiveTuple, msg: &Message<'a>) -> Output<'a> {
@@ -1281,20 +1271,10 @@ impl Server {
         };
         self.counters.redirects += 1;
         debug!(client = %tuple.client, %alternate, "allocate redirected");
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Error,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_error_code(errors::TRY_ALTERNATE, reason(errors::TRY_ALTERNATE));
-                w.add_address(attr::ALTERNATE_SERVER, alternate);
-            },
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Error, seal, |w| {
+            w.add_error_code(errors::TRY_ALTERNATE, reason(errors::TRY_ALTERNATE));
+            w.add_address(attr::ALTERNATE_SERVER, alternate);
+        })
     }
 
     /// Round-robin over the configured alternate servers of `family`.
@@ -1397,19 +1377,9 @@ impl Server {
                 lifetime
             }
         };
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            Method::REFRESH,
-            Class::Success,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_u32(attr::LIFETIME, granted.as_secs() as u32);
-            },
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Success, seal, |w| {
+            w.add_u32(attr::LIFETIME, granted.as_secs() as u32);
+        })
     }
 
     fn create_permission<'a>(
@@ -1606,6 +1576,30 @@ impl Server {
         self.events.push_back(Event::Released { alloc, relays });
     }
 
+    /// Answers the request `msg` over `tuple`: `body`, then SOFTWARE, integrity and fingerprint
+    /// as `seal` says.
+    fn reply<'a>(
+        &self,
+        out: &'a mut [u8],
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        class: Class,
+        seal: Seal<'_>,
+        body: impl FnOnce(&mut MessageWriter<'a>),
+    ) -> Output<'a> {
+        let software = self.config.software.as_deref();
+        let data = write_message(
+            out,
+            msg.method(),
+            class,
+            msg.transaction_id(),
+            software,
+            seal,
+            body,
+        );
+        to_client(tuple, data)
+    }
+
     fn reply_challenge<'a>(
         &mut self,
         now: Instant,
@@ -1624,21 +1618,11 @@ impl Server {
         };
         let nonce = self.nonces.issue(tuple.client, self.clock.unix_at(now));
         let realm = self.config.auth.realm();
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Error,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_error_code(code, reason(code));
-                w.add_bytes(attr::REALM, realm.as_bytes());
-                w.add_bytes(attr::NONCE, nonce.as_str().as_bytes());
-            },
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Error, seal, |w| {
+            w.add_error_code(code, reason(code));
+            w.add_bytes(attr::REALM, realm.as_bytes());
+            w.add_bytes(attr::NONCE, nonce.as_str().as_bytes());
+        })
     }
 
     fn reply_unknown<'a>(
@@ -1649,20 +1633,10 @@ impl Server {
         seal: Seal<'_>,
         unknown: &[u16],
     ) -> Output<'a> {
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Error,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_error_code(errors::UNKNOWN_ATTRIBUTE, reason(errors::UNKNOWN_ATTRIBUTE));
-                w.add_unknown_attributes(unknown);
-            },
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Error, seal, |w| {
+            w.add_error_code(errors::UNKNOWN_ATTRIBUTE, reason(errors::UNKNOWN_ATTRIBUTE));
+            w.add_unknown_attributes(unknown);
+        })
     }
 
     fn reply_error<'a>(
@@ -1673,19 +1647,9 @@ impl Server {
         seal: Seal<'_>,
         code: u16,
     ) -> Output<'a> {
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Error,
-            msg.transaction_id(),
-            software,
-            seal,
-            |w| {
-                w.add_error_code(code, reason(code));
-            },
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Error, seal, |w| {
+            w.add_error_code(code, reason(code));
+        })
     }
 
     fn reply_success<'a>(
@@ -1695,17 +1659,7 @@ impl Server {
         msg: &Message<'_>,
         seal: Seal<'_>,
     ) -> Output<'a> {
-        let software = self.config.software.as_deref();
-        let data = write_message(
-            out,
-            msg.method(),
-            Class::Success,
-            msg.transaction_id(),
-            software,
-            seal,
-            |_| {},
-        );
-        to_client(tuple, data)
+        self.reply(out, tuple, msg, Class::Success, seal, |_| {})
     }
 }
 
