@@ -1,6 +1,7 @@
 //! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
 
 mod addresses;
+pub(crate) mod mmsg;
 mod port_pool;
 mod relay_ports;
 mod sockets;
