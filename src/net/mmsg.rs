@@ -131,18 +131,6 @@ impl<'a> SendBatch<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.count == BATCH
-    }
-
     /// Queues `data` for `dest` (`None`: the socket is connected). The caller flushes when full.
     pub fn push(&mut self, data: &'a [u8], dest: Option<&SocketAddr>) {
         debug_assert!(self.count < BATCH);
