@@ -73,7 +73,11 @@ pub(crate) struct UdpWorker {
     control: Receiver<Control>,
     stats: Arc<WorkerStats>,
     /// Receive slots for one batch; each holds the largest datagram plus framing room.
-    rx: RecvBatch,
+    /// Always `Some` between calls (lent out, without allocating, while a listener drains).
+    rx: Option<RecvBatch>,
+    /// One reply buffer per datagram of a listener batch, sent together.
+    replies: Box<[u8]>,
+    /// Reply buffer for answers sent on their own (Allocate completion).
     reply: Box<[u8]>,
 }
 
@@ -113,7 +117,8 @@ impl UdpWorker {
             plan: setup.plan,
             control: setup.control,
             stats: setup.stats,
-            rx: RecvBatch::new(PACKET_BUFFER),
+            rx: Some(RecvBatch::new(PACKET_BUFFER)),
+            replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
         })
     }
@@ -172,25 +177,32 @@ impl UdpWorker {
         true
     }
 
-    /// Reads the listener in batches (`recvmmsg`) and hands each datagram to the server; relayed
-    /// data goes straight out of the allocation's relay socket, replies back to the client.
+    /// Reads the listener in batches (`recvmmsg`) and hands each datagram to the server. Relayed
+    /// data goes straight out of the allocation's relay socket; replies to clients are collected
+    /// and leave together with one `sendmmsg` per batch.
     fn drain_listener(&mut self, now: Instant, index: usize) {
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        let local = listener.local;
+        let fd = listener.socket.as_raw_fd();
+        // Taken out of `self` for the batch, so replies can stay borrowed while the server and
+        // the relay table are used; put back at the end.
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut replies = std::mem::take(&mut self.replies);
         loop {
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
-            let local = listener.local;
-            let fd = listener.socket.as_raw_fd();
-            let limit = self.rx.stride;
-            let count = match self.rx.recv(fd, 0, limit, BATCH) {
+            let count = match rx.recv(fd, 0, rx.stride, BATCH) {
                 Ok(count) => count,
                 Err(e) => {
                     debug!(worker = self.id, error = %e, "udp receive failed");
-                    return;
+                    break;
                 }
             };
-            for i in 0..count {
-                let Some(client) = self.rx.meta.source(i) else {
+            let mut out = SendBatch::new();
+            for (i, reply) in replies.chunks_mut(REPLY_BUFFER).take(count).enumerate() {
+                let Some(client) = rx.meta.source(i) else {
                     continue;
                 };
                 let tuple = FiveTuple {
@@ -198,29 +210,26 @@ impl UdpWorker {
                     server: local,
                     transport: Transport::Udp,
                 };
-                let start = i * self.rx.stride;
-                let input = &self.rx.data[start..start + self.rx.meta.len[i]];
-                let output = self
-                    .server
-                    .handle_client(now, tuple, input, &mut self.reply);
-                let request = match output {
-                    Output::BindRelay(request) => Some(request),
-                    other => {
-                        send(&self.listeners, &self.relays, other);
-                        None
+                let start = i * rx.stride;
+                let input = &rx.data[start..start + rx.meta.len[i]];
+                match self.server.handle_client(now, tuple, input, reply) {
+                    Output::ToClient { tuple, data } if tuple.server == local => {
+                        out.push(data, Some(&tuple.client));
                     }
-                };
-                if let Some(request) = request {
-                    self.bind_relay(now, request);
+                    Output::BindRelay(request) => self.bind_relay(now, request),
+                    other => send(&self.listeners, &self.relays, other),
                 }
                 self.apply_events();
             }
+            out.flush(fd);
             // Edge-triggered: a short batch means the queue was empty; anything arriving later
             // raises a new event, so no extra empty read is needed.
             if count < BATCH {
-                return;
+                break;
             }
         }
+        self.rx = Some(rx);
+        self.replies = replies;
     }
 
     /// Reads a relay socket in batches, frames each datagram in place (ChannelData or Data
@@ -235,16 +244,19 @@ impl UdpWorker {
                 generation: relay.generation,
             };
             let fd = relay.socket.as_raw_fd();
+            let Some(rx) = self.rx.as_mut() else {
+                return;
+            };
             // Room for the largest framing in front and 3 bytes of padding behind.
-            let limit = self.rx.stride - DATA_INDICATION_MAX_PREFIX - 4;
-            let count = match self.rx.recv(fd, DATA_INDICATION_MAX_PREFIX, limit, BATCH) {
+            let limit = rx.stride - DATA_INDICATION_MAX_PREFIX - 4;
+            let count = match rx.recv(fd, DATA_INDICATION_MAX_PREFIX, limit, BATCH) {
                 Ok(count) => count,
                 Err(e) => {
                     debug!(worker = self.id, error = %e, "relay receive failed");
                     return;
                 }
             };
-            let (slots, meta) = self.rx.split();
+            let (slots, meta) = rx.split();
             let mut out = SendBatch::new();
             let mut via: Option<RawFd> = None;
             for (i, slot) in slots.take(count).enumerate() {
