@@ -33,7 +33,7 @@ cargo build --release --bins --quiet
 # 5 000 held allocations need 5 000 relay sockets in the server and client sockets here.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-TERN=./target/release/tern
+TERN=${TERN_BIN:-./target/release/tern}
 BENCH=./target/release/tern-bench
 WORK=$(mktemp -d /tmp/tern-bench.XXXXXX)
 RESULTS="$WORK/results.jsonl"

@@ -60,7 +60,7 @@ impl TidSource {
         TidSource(seed | 1)
     }
 
-    pub fn next(&mut self) -> TransactionId {
+    pub fn next_tid(&mut self) -> TransactionId {
         let mut tid = [0u8; 12];
         for chunk in tid.chunks_mut(4) {
             self.0 ^= self.0 << 13;
@@ -161,8 +161,8 @@ impl TurnClient {
         };
         let socket = UdpSocket::bind(bind)?;
         socket.connect(server)?;
-        let seed =
-            socket.local_addr()?.port() as u64 * 0x9E37_79B9_7F4A_7C15 ^ rand::random::<u64>();
+        let seed = u64::from(socket.local_addr()?.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ rand::random::<u64>();
         Ok(TurnClient {
             socket,
             server,
@@ -182,7 +182,7 @@ impl TurnClient {
     ) -> io::Result<Option<SocketAddr>> {
         let mut request = [0u8; 1024];
         for _ in 0..3 {
-            let tid = self.tids.next();
+            let tid = self.tids.next_tid();
             let len = write_request(&mut request, method, &tid, self.session.as_ref(), body);
             let reply = self.exchange(&request[..len], &tid)?;
             match reply {

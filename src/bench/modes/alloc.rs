@@ -38,7 +38,7 @@ struct Client {
 impl Client {
     fn send(&mut self, step: Step, tids: &mut TidSource) {
         self.step = step;
-        self.tid = tids.next();
+        self.tid = tids.next_tid();
         let session = match step {
             Step::Challenge => None,
             Step::Allocate | Step::Delete => self.session.as_ref(),
