@@ -3,7 +3,7 @@
 //! path is shared with other workers.
 
 use super::addresses::RelayPlan;
-use super::mmsg::{RecvBatch, SendBatch, BATCH};
+use super::mmsg::{send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::relay_ports::RelayPorts;
 use super::sockets;
 use super::stats::WorkerStats;
@@ -77,6 +77,9 @@ pub(crate) struct UdpWorker {
     rx: Option<RecvBatch>,
     /// One reply buffer per datagram of a listener batch, sent together.
     replies: Box<[u8]>,
+    /// Whether UDP GSO is used toward clients (off after the kernel refuses it once).
+    gso_enabled: bool,
+    gso_buffer: Box<[u8]>,
     /// Reply buffer for answers sent on their own (Allocate completion).
     reply: Box<[u8]>,
 }
@@ -119,6 +122,8 @@ impl UdpWorker {
             stats: setup.stats,
             rx: Some(RecvBatch::new(PACKET_BUFFER)),
             replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
+            gso_enabled: std::env::var_os("TERN_NO_GSO").is_none(),
+            gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
         })
     }
@@ -258,7 +263,10 @@ impl UdpWorker {
             };
             let (slots, meta) = rx.split();
             let mut out = SendBatch::new();
-            let mut via: Option<RawFd> = None;
+            let mut via: Option<(RawFd, SocketAddr)> = None;
+            // The same datagrams copied back to back for one GSO send, while they qualify:
+            // one destination, equal sizes (the last may be shorter).
+            let mut gso = GsoRun::new(self.gso_enabled);
             for (i, slot) in slots.take(count).enumerate() {
                 let Some(peer) = meta.source(i) else {
                     continue;
@@ -272,15 +280,35 @@ impl UdpWorker {
                     continue;
                 };
                 let fd = listener.socket.as_raw_fd();
-                if via.is_some_and(|v| v != fd) {
+                if let Some((v, _)) = via.filter(|(v, to)| *v != fd || *to != tuple.client) {
                     // Cannot happen for one allocation (one 5-tuple), but stay correct.
-                    out.flush(via.unwrap_or(fd));
+                    out.flush(v);
+                    gso.enabled = false;
                 }
-                via = Some(fd);
+                via = Some((fd, tuple.client));
+                gso.add(&mut self.gso_buffer, data);
                 out.push(data, Some(&tuple.client));
             }
-            if let Some(fd) = via {
-                out.flush(fd);
+            if let Some((fd, client)) = via {
+                match gso.segment() {
+                    Some(segment) => {
+                        match send_gso(fd, &self.gso_buffer[..gso.used], segment, &client) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            Err(e) => {
+                                // EIO / ENOPROTOOPT: no UDP GSO on this kernel or device.
+                                if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
+                                    debug!(worker = self.id, error = %e, "UDP GSO unavailable");
+                                    self.gso_enabled = false;
+                                }
+                                out.flush(fd);
+                            }
+                        }
+                    }
+                    None => {
+                        out.flush(fd);
+                    }
+                }
             }
             if count < BATCH {
                 return;
@@ -360,6 +388,59 @@ impl UdpWorker {
         for relay in self.relays.iter_mut().filter_map(Option::take) {
             lock(&self.ports).release(relay.port);
         }
+    }
+}
+
+/// Datagrams of one relay batch laid back to back for a single GSO send, as long as they
+/// qualify: all but the last of one size, and no more than the kernel takes at once.
+/// Larger segments could exceed a 1500-byte path MTU, which GSO refuses (EINVAL).
+const GSO_MAX_SEGMENT: usize = 1452;
+
+struct GsoRun {
+    enabled: bool,
+    used: usize,
+    segments: usize,
+    size: usize,
+    short_seen: bool,
+}
+
+impl GsoRun {
+    fn new(enabled: bool) -> GsoRun {
+        GsoRun {
+            enabled,
+            used: 0,
+            segments: 0,
+            size: 0,
+            short_seen: false,
+        }
+    }
+
+    fn add(&mut self, buffer: &mut [u8], data: &[u8]) {
+        if !self.enabled {
+            return;
+        }
+        let len = data.len();
+        let fits = self.used + len <= buffer.len() && self.segments < GSO_MAX_SEGMENTS;
+        let shape_ok = self.segments == 0 || (!self.short_seen && len <= self.size);
+        if !fits || !shape_ok || len == 0 {
+            self.enabled = false;
+            return;
+        }
+        if self.segments == 0 {
+            self.size = len;
+        } else if len < self.size {
+            self.short_seen = true;
+        }
+        buffer[self.used..self.used + len].copy_from_slice(data);
+        self.used += len;
+        self.segments += 1;
+    }
+
+    /// The segment size to send with, if GSO applies (two datagrams or more).
+    fn segment(&self) -> Option<u16> {
+        (self.enabled && self.segments >= 2 && self.size <= GSO_MAX_SEGMENT)
+            .then(|| u16::try_from(self.size).ok())
+            .flatten()
     }
 }
 
