@@ -39,7 +39,7 @@ WORK=$(mktemp -d /tmp/tern-bench.XXXXXX)
 RESULTS="$WORK/results.jsonl"
 SECRET="bench-$RANDOM$RANDOM"
 REALM=bench
-PORT=34790
+PORT=30500 # below the ephemeral range and above the relay range
 # Relay ports below the kernel's ephemeral range, so client sockets never take them.
 MIN_PORT=10000
 MAX_PORT=29999
@@ -67,6 +67,8 @@ wait_bound() { # port: until something listens on it (10 s at most)
 start_server() {
   local kind=$1 workers=$2
   PORT=$((PORT + 1))
+  # Skip ports something else (a test running in parallel) already holds.
+  while ss -Huan "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
   case "$kind" in
     tern)
       cat >"$WORK/tern.toml" <<EOF
@@ -97,6 +99,7 @@ EOF
   SERVER_PID=$!
   wait_bound "$PORT"
   sleep 0.3
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "$kind did not start (see $WORK/$kind.log)" >&2; return 1; }
 }
 
 stop_server() {
