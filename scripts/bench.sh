@@ -12,13 +12,14 @@ cd "$(dirname "$0")/.."
 
 RUNS=3
 DURATION=5
+FIXED_DURATION=10
 WARMUP=1
 QUICK=0
 WRITE=1
 ONLY=""
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=1; RUNS=1; DURATION=2; WARMUP=0.5 ;;
+    --quick) QUICK=1; RUNS=1; DURATION=2; FIXED_DURATION=2; WARMUP=0.5 ;;
     --runs=*) RUNS="${arg#*=}" ;;
     --no-write) WRITE=0 ;;
     --only=*) ONLY="${arg#*=}" ;; # comma-separated scenario names, for debugging the script
@@ -132,21 +133,24 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date +%s)
 echo "tern vs coTURN vs raw forwarder: $RUNS run(s), ${DURATION}s measured per cell (load: $LOAD_BEFORE)" >&2
 for run in $(seq "$RUNS"); do
-  # Servers alternate inside every scenario so drifting background load hits all of them.
+  # Servers alternate inside every scenario, so drifting background load hits all of them.
+  for kind in tern coturn raw; do measure relay-sat-100 "$kind" 1 "$run" relay --allocations 100 --size 100; done
+  for kind in tern coturn raw; do measure relay-sat-1000 "$kind" 1 "$run" relay --allocations 100 --size 1000; done
+  # Fixed-rate cells use little CPU: measure twice as long so clock-tick rounding stays small.
   for kind in tern coturn raw; do
-    measure relay-sat-100 "$kind" 1 "$run" relay --allocations 100 --size 100
-    measure relay-sat-1000 "$kind" 1 "$run" relay --allocations 100 --size 1000
-    measure relay-20k-100 "$kind" 1 "$run" relay --allocations 100 --size 100 --rate 20000
-    measure relay-20k-1000 "$kind" 1 "$run" relay --allocations 1000 --size 100 --rate 20000
-    measure relay-20k-1000b "$kind" 1 "$run" relay --allocations 100 --size 1000 --rate 20000
+    measure relay-20k-100 "$kind" 1 "$run" relay --allocations 100 --size 100 --rate 20000 --duration "$FIXED_DURATION"
   done
-  for kind in tern coturn; do
-    measure relay-sat-100-2w "$kind" 2 "$run" relay --allocations 100 --size 100 --threads 2
-    measure binding "$kind" 1 "$run" binding --clients 16
-    measure alloc "$kind" 1 "$run" alloc --concurrency 32
-    measure hold-1k "$kind" 1 "$run" hold --allocations 1000
-    measure hold-5k "$kind" 1 "$run" hold --allocations 5000
+  for kind in tern coturn raw; do
+    measure relay-20k-1000 "$kind" 1 "$run" relay --allocations 1000 --size 100 --rate 20000 --duration "$FIXED_DURATION"
   done
+  for kind in tern coturn raw; do
+    measure relay-20k-1000b "$kind" 1 "$run" relay --allocations 100 --size 1000 --rate 20000 --duration "$FIXED_DURATION"
+  done
+  for kind in tern coturn; do measure relay-sat-100-2w "$kind" 2 "$run" relay --allocations 100 --size 100 --threads 2; done
+  for kind in tern coturn; do measure binding "$kind" 1 "$run" binding --clients 16; done
+  for kind in tern coturn; do measure alloc "$kind" 1 "$run" alloc --concurrency 32; done
+  for kind in tern coturn; do measure hold-1k "$kind" 1 "$run" hold --allocations 1000; done
+  for kind in tern coturn; do measure hold-5k "$kind" 1 "$run" hold --allocations 5000; done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$(($(date +%s) - STARTED))
@@ -154,7 +158,7 @@ ELAPSED=$(($(date +%s) - STARTED))
 TABLE="$WORK/table.md"
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ): \`scripts/bench.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`," \
-    "$RUNS run(s) per cell, ${DURATION} s measured after ${WARMUP} s of warm-up, ${ELAPSED} s in all."
+    "$RUNS run(s) per cell, ${DURATION} s measured (${FIXED_DURATION} s at fixed rates) after ${WARMUP} s of warm-up, ${ELAPSED} s in all."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r);" \
     "coTURN $(dpkg-query -W -f='${Version}' coturn 2>/dev/null || echo '?'); load average before $LOAD_BEFORE, after $LOAD_AFTER."
   echo "Cells: median (min–max) over runs. CPU is the server process's utime+stime from /proc."

@@ -11,7 +11,8 @@ pub const MAX_DURATION_SECS: f64 = 300.0;
 #[command(
     name = "tern-bench",
     version,
-    about = "Load generator for TURN servers (loopback only) and a raw UDP forwarder baseline"
+    about = "Load generator for TURN servers (loopback only) and a raw UDP forwarder baseline",
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

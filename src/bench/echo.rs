@@ -40,8 +40,7 @@ impl Echo {
                 None,
             )?;
             // Deep buffers: the echo must not be where packets are lost.
-            let _ = socket.set_recv_buffer_size(4 << 20);
-            let _ = socket.set_send_buffer_size(4 << 20);
+            force_buffers(&socket, 8 << 20);
             socket.bind(&bind.parse::<SocketAddr>().expect("literal").into())?;
             let socket: UdpSocket = socket.into();
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -102,4 +101,38 @@ pub fn wait_readable(fd: std::os::fd::RawFd, millis: i32) {
     };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, millis) };
+}
+
+/// SO_RCVBUF/SO_SNDBUF past `net.core.rmem_max` where allowed (SO_*BUFFORCE needs
+/// CAP_NET_ADMIN), else as large as the limit lets.
+fn force_buffers(socket: &socket2::Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: setsockopt with a pointer to a c_int and its size.
+        let forced = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                force,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !forced {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    plain,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
 }

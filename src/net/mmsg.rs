@@ -206,6 +206,33 @@ impl<'a> SendBatch<'a> {
     }
 }
 
+/// Sets SO_RCVBUF to `bytes`; where `net.core.rmem_max` caps it lower and the process may
+/// (CAP_NET_ADMIN), SO_RCVBUFFORCE. Best effort: a listener works with any buffer.
+pub fn deepen_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    set(libc::SO_RCVBUF);
+    let granted = socket2::SockRef::from(socket)
+        .recv_buffer_size()
+        .unwrap_or(0);
+    // The kernel reports twice the value set (bookkeeping overhead included).
+    if granted < bytes {
+        set(libc::SO_RCVBUFFORCE);
+    }
+}
+
 /// Linux `SOL_UDP` / `UDP_SEGMENT` (not exported by libc for every target).
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;

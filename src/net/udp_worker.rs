@@ -3,7 +3,9 @@
 //! path is shared with other workers.
 
 use super::addresses::RelayPlan;
-use super::mmsg::{send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use super::mmsg::{
+    deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
+};
 use super::relay_ports::RelayPorts;
 use super::sockets;
 use super::stats::WorkerStats;
@@ -30,6 +32,9 @@ pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 const PACKET_BUFFER: usize = DATA_INDICATION_MAX_PREFIX + 65536 + 4;
 /// Responses are small; 4 KiB is plenty for any we write.
 const REPLY_BUFFER: usize = 4096;
+/// Receive buffer of a listener: every client of the worker queues here, so a burst from a few
+/// hundred clients must not overflow the kernel's default (~208 KiB, a few hundred datagrams).
+const LISTENER_RECEIVE_BUFFER: usize = 4 << 20;
 /// Upper bound on how long the loop sleeps, so wall-clock sync and stats stay fresh.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
@@ -99,6 +104,7 @@ impl UdpWorker {
             let std_socket = sockets::reuseport_udp(*addr).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
             })?;
+            deepen_receive_buffer(&std_socket, LISTENER_RECEIVE_BUFFER);
             let mut socket = UdpSocket::from_std(std_socket);
             setup.poll.registry().register(
                 &mut socket,

@@ -6,7 +6,7 @@
 
 use crate::bench::cli::ForwarderArgs;
 use crate::bench::require_loopback;
-use crate::net::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::net::mmsg::{deepen_receive_buffer, RecvBatch, SendBatch, BATCH};
 use mio::{Events, Interest, Poll, Token};
 use rustc_hash::FxHashMap;
 use std::io;
@@ -73,7 +73,11 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
     crate::bench::raise_fd_limit();
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_time.clamp(1.0, 3600.0));
     let mut poll = Poll::new()?;
-    let mut listener = mio::net::UdpSocket::bind(args.listen)?;
+    let listener = std::net::UdpSocket::bind(args.listen)?;
+    listener.set_nonblocking(true)?;
+    // The same deep listener buffer as tern's workers, so neither drops what the other keeps.
+    deepen_receive_buffer(&listener, 4 << 20);
+    let mut listener = mio::net::UdpSocket::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let listen_fd = listener.as_raw_fd();

@@ -30,6 +30,7 @@ pub fn run(args: &RelayArgs) -> io::Result<()> {
     )?;
     let setup = Instant::now();
     let mut sockets = Vec::with_capacity(args.allocations);
+    let mut clients = Vec::with_capacity(args.allocations);
     let mut peers = Vec::with_capacity(args.allocations);
     for i in 0..args.allocations.max(1) {
         if setup.elapsed() > setup_bound {
@@ -47,7 +48,9 @@ pub fn run(args: &RelayArgs) -> io::Result<()> {
             } else {
                 client.channel_bind(CHANNEL, peer)?;
             }
-            client.socket
+            let socket = client.socket.try_clone()?;
+            clients.push(client);
+            socket
         };
         sockets.push(socket);
         peers.push(peer);
@@ -78,6 +81,7 @@ pub fn run(args: &RelayArgs) -> io::Result<()> {
         Some(&echo.echoed),
     );
     echo.stop();
+    release(&mut clients);
     let outcome = outcome?;
     // Relayed packets: client→peer (the echo saw them) plus peer→client (the clients got them).
     let to_peer = outcome.end.side - outcome.start.side;
@@ -107,4 +111,18 @@ pub fn run(args: &RelayArgs) -> io::Result<()> {
     put(&mut fields, "to_client", to_client.into());
     report::emit(fields);
     Ok(())
+}
+
+/// Deletes the allocations (Refresh with LIFETIME 0), so a later run whose client happens to get
+/// the same source port does not meet a leftover allocation. Bounded to 30 s in all.
+fn release(clients: &mut [TurnClient]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for client in clients {
+        if Instant::now() > deadline {
+            break;
+        }
+        if client.socket.set_nonblocking(false).is_ok() {
+            let _ = client.refresh(0);
+        }
+    }
 }
