@@ -131,6 +131,11 @@ impl<'a> SendBatch<'a> {
         }
     }
 
+    /// Forgets what is queued (it was sent another way).
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
     /// Queues `data` for `dest` (`None`: the socket is connected). The caller flushes when full.
     pub fn push(&mut self, data: &'a [u8], dest: Option<&SocketAddr>) {
         debug_assert!(self.count < BATCH);

@@ -203,6 +203,7 @@ impl UdpWorker {
             return;
         };
         let mut replies = std::mem::take(&mut self.replies);
+        let mut gso_buffer = std::mem::take(&mut self.gso_buffer);
         loop {
             let count = match rx.recv(fd, 0, rx.stride, BATCH) {
                 Ok(count) => count,
@@ -212,6 +213,8 @@ impl UdpWorker {
                 }
             };
             let mut out = SendBatch::new();
+            // Consecutive datagrams of one allocation toward one peer leave together.
+            let mut run = PeerRun::default();
             for (i, reply) in replies.chunks_mut(REPLY_BUFFER).take(count).enumerate() {
                 let Some(client) = rx.meta.source(i) else {
                     continue;
@@ -223,7 +226,23 @@ impl UdpWorker {
                 };
                 let start = i * rx.stride;
                 let input = &rx.data[start..start + rx.meta.len[i]];
-                match self.server.handle_client(now, tuple, input, reply) {
+                let output = self.server.handle_client(now, tuple, input, reply);
+                if let Output::ToPeer { alloc, peer, data } = output {
+                    let relay = self.relays.get(alloc.index).and_then(Option::as_ref);
+                    if let Some(relay) = relay.filter(|r| r.generation == alloc.generation) {
+                        let target = (relay.socket.as_raw_fd(), peer);
+                        if run.target != Some(target) {
+                            run.flush(&gso_buffer, &mut self.gso_enabled);
+                            run.start(target, self.gso_enabled);
+                        }
+                        run.add(&mut gso_buffer, data);
+                    }
+                    continue;
+                }
+                // Anything else may end an allocation and close its socket: send what is
+                // pending on relay sockets first.
+                run.flush(&gso_buffer, &mut self.gso_enabled);
+                match output {
                     Output::ToClient { tuple, data } if tuple.server == local => {
                         out.push(data, Some(&tuple.client));
                     }
@@ -232,6 +251,7 @@ impl UdpWorker {
                 }
                 self.apply_events();
             }
+            run.flush(&gso_buffer, &mut self.gso_enabled);
             out.flush(fd);
             // Edge-triggered: a short batch means the queue was empty; anything arriving later
             // raises a new event, so no extra empty read is needed.
@@ -241,6 +261,7 @@ impl UdpWorker {
         }
         self.rx = Some(rx);
         self.replies = replies;
+        self.gso_buffer = gso_buffer;
     }
 
     /// Reads a relay socket in batches, frames each datagram in place (ChannelData or Data
@@ -296,25 +317,14 @@ impl UdpWorker {
                 out.push(data, Some(&tuple.client));
             }
             if let Some((fd, client)) = via {
-                match gso.segment() {
-                    Some(segment) => {
-                        match send_gso(fd, &self.gso_buffer[..gso.used], segment, &client) {
-                            Ok(_) => {}
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                            Err(e) => {
-                                // EIO / ENOPROTOOPT: no UDP GSO on this kernel or device.
-                                if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
-                                    debug!(worker = self.id, error = %e, "UDP GSO unavailable");
-                                    self.gso_enabled = false;
-                                }
-                                out.flush(fd);
-                            }
-                        }
-                    }
-                    None => {
-                        out.flush(fd);
-                    }
-                }
+                send_run(
+                    fd,
+                    client,
+                    &gso,
+                    &self.gso_buffer,
+                    &mut out,
+                    &mut self.gso_enabled,
+                );
             }
             if count < BATCH {
                 return;
@@ -450,6 +460,65 @@ impl GsoRun {
     }
 }
 
+/// Datagrams from one relay socket to one peer, collected over a listener batch and sent with
+/// one GSO `sendmsg` (equal sizes) or one `sendmmsg`.
+#[derive(Default)]
+struct PeerRun<'a> {
+    target: Option<(RawFd, SocketAddr)>,
+    gso: Option<GsoRun>,
+    batch: SendBatch<'a>,
+}
+
+impl<'a> PeerRun<'a> {
+    fn start(&mut self, target: (RawFd, SocketAddr), gso_enabled: bool) {
+        self.target = Some(target);
+        self.gso = Some(GsoRun::new(gso_enabled));
+    }
+
+    fn add(&mut self, buffer: &mut [u8], data: &'a [u8]) {
+        if let (Some(gso), Some((_, peer))) = (self.gso.as_mut(), self.target) {
+            gso.add(buffer, data);
+            self.batch.push(data, Some(&peer));
+        }
+    }
+
+    /// Sends what is collected; the run is empty afterwards.
+    fn flush(&mut self, buffer: &[u8], gso_enabled: &mut bool) {
+        let (Some((fd, peer)), Some(gso)) = (self.target.take(), self.gso.take()) else {
+            return;
+        };
+        send_run(fd, peer, &gso, buffer, &mut self.batch, gso_enabled);
+    }
+}
+
+/// Sends a run of datagrams to one destination: one GSO send when they qualify, else
+/// `sendmmsg`. A kernel without UDP GSO turns it off for good.
+fn send_run(
+    fd: RawFd,
+    dest: SocketAddr,
+    gso: &GsoRun,
+    buffer: &[u8],
+    batch: &mut SendBatch<'_>,
+    gso_enabled: &mut bool,
+) {
+    let Some(segment) = gso.segment() else {
+        batch.flush(fd);
+        return;
+    };
+    match send_gso(fd, &buffer[..gso.used], segment, &dest) {
+        Ok(_) => batch.clear(),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => batch.clear(),
+        Err(e) => {
+            // EIO / ENOPROTOOPT: no UDP GSO on this kernel or device.
+            if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
+                debug!(error = %e, "UDP GSO unavailable");
+                *gso_enabled = false;
+            }
+            batch.flush(fd);
+        }
+    }
+}
+
 /// Carries out a reply or a relayed packet. A full socket buffer drops the datagram, as UDP would.
 fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
     let result = match output {
@@ -486,4 +555,45 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(sizes: &[usize]) -> GsoRun {
+        let mut buffer = vec![0u8; GSO_MAX_BYTES];
+        let mut run = GsoRun::new(true);
+        for &size in sizes {
+            run.add(&mut buffer, &vec![7u8; size]);
+        }
+        run
+    }
+
+    #[test]
+    fn gso_takes_equal_datagrams_and_a_shorter_last_one() {
+        assert_eq!(run_of(&[100, 100, 100]).segment(), Some(100));
+        assert_eq!(run_of(&[100, 100, 40]).segment(), Some(100));
+        assert_eq!(run_of(&[100, 100, 40]).used, 240);
+    }
+
+    #[test]
+    fn gso_refuses_what_the_kernel_would_split_differently() {
+        assert_eq!(run_of(&[100]).segment(), None, "one datagram: plain send");
+        assert_eq!(run_of(&[100, 120]).segment(), None, "a longer one after");
+        assert_eq!(
+            run_of(&[100, 40, 100]).segment(),
+            None,
+            "a short one in the middle"
+        );
+        assert_eq!(
+            run_of(&[1500, 1500]).segment(),
+            None,
+            "over a 1500-byte path MTU"
+        );
+        assert_eq!(run_of(&[100; 65]).segment(), None, "more than 64 segments");
+        let mut off = GsoRun::new(false);
+        off.add(&mut [0u8; 1000], &[1u8; 10]);
+        assert_eq!(off.segment(), None, "disabled");
+    }
 }
