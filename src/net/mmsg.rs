@@ -131,6 +131,19 @@ impl<'a> SendBatch<'a> {
         }
     }
 
+    /// Moves `other`'s datagrams to the end of this batch (as many as fit; the caller keeps both
+    /// within `BATCH`).
+    pub fn append(&mut self, other: &mut SendBatch<'a>) {
+        let take = other.count.min(BATCH - self.count);
+        for i in 0..take {
+            self.iov[self.count] = other.iov[i];
+            self.name[self.count] = other.name[i];
+            self.name_len[self.count] = other.name_len[i];
+            self.count += 1;
+        }
+        other.count = 0;
+    }
+
     /// Forgets what is queued (it was sent another way).
     pub fn clear(&mut self) {
         self.count = 0;

@@ -85,6 +85,7 @@ pub(crate) struct UdpWorker {
     /// Whether UDP GSO is used toward clients (off after the kernel refuses it once).
     gso_enabled: bool,
     gso_buffer: Box<[u8]>,
+    reply_gso_buffer: Box<[u8]>,
     /// Reply buffer for answers sent on their own (Allocate completion).
     reply: Box<[u8]>,
 }
@@ -130,6 +131,7 @@ impl UdpWorker {
             replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
             gso_enabled: std::env::var_os("TERN_NO_GSO").is_none(),
             gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
+            reply_gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
         })
     }
@@ -204,6 +206,7 @@ impl UdpWorker {
         };
         let mut replies = std::mem::take(&mut self.replies);
         let mut gso_buffer = std::mem::take(&mut self.gso_buffer);
+        let mut reply_gso_buffer = std::mem::take(&mut self.reply_gso_buffer);
         loop {
             let count = match rx.recv(fd, 0, rx.stride, BATCH) {
                 Ok(count) => count,
@@ -215,6 +218,8 @@ impl UdpWorker {
             let mut out = SendBatch::new();
             // Consecutive datagrams of one allocation toward one peer leave together.
             let mut run = PeerRun::default();
+            // Consecutive replies to one client likewise (GSO); the others join `out`.
+            let mut replies_run = PeerRun::default();
             for (i, reply) in replies.chunks_mut(REPLY_BUFFER).take(count).enumerate() {
                 let Some(client) = rx.meta.source(i) else {
                     continue;
@@ -244,7 +249,16 @@ impl UdpWorker {
                 run.flush(&gso_buffer, &mut self.gso_enabled);
                 match output {
                     Output::ToClient { tuple, data } if tuple.server == local => {
-                        out.push(data, Some(&tuple.client));
+                        let target = (fd, tuple.client);
+                        if replies_run.target != Some(target) {
+                            replies_run.flush_or_join(
+                                &reply_gso_buffer,
+                                &mut self.gso_enabled,
+                                &mut out,
+                            );
+                            replies_run.start(target, self.gso_enabled);
+                        }
+                        replies_run.add(&mut reply_gso_buffer, data);
                     }
                     Output::BindRelay(request) => self.bind_relay(now, request),
                     other => send(&self.listeners, &self.relays, other),
@@ -252,6 +266,7 @@ impl UdpWorker {
                 self.apply_events();
             }
             run.flush(&gso_buffer, &mut self.gso_enabled);
+            replies_run.flush_or_join(&reply_gso_buffer, &mut self.gso_enabled, &mut out);
             out.flush(fd);
             // Edge-triggered: a short batch means the queue was empty; anything arriving later
             // raises a new event, so no extra empty read is needed.
@@ -262,6 +277,7 @@ impl UdpWorker {
         self.rx = Some(rx);
         self.replies = replies;
         self.gso_buffer = gso_buffer;
+        self.reply_gso_buffer = reply_gso_buffer;
     }
 
     /// Reads a relay socket in batches, frames each datagram in place (ChannelData or Data
@@ -479,6 +495,19 @@ impl<'a> PeerRun<'a> {
         if let (Some(gso), Some((_, peer))) = (self.gso.as_mut(), self.target) {
             gso.add(buffer, data);
             self.batch.push(data, Some(&peer));
+        }
+    }
+
+    /// Sends a run that qualifies for GSO; otherwise moves its datagrams into `into` (one
+    /// `sendmmsg` for many destinations). The run is empty afterwards.
+    fn flush_or_join(&mut self, buffer: &[u8], gso_enabled: &mut bool, into: &mut SendBatch<'a>) {
+        let (Some((fd, peer)), Some(gso)) = (self.target.take(), self.gso.take()) else {
+            return;
+        };
+        if gso.segment().is_some() {
+            send_run(fd, peer, &gso, buffer, &mut self.batch, gso_enabled);
+        } else {
+            into.append(&mut self.batch);
         }
     }
 
