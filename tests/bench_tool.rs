@@ -45,7 +45,7 @@ fn relay_binding_alloc_and_hold_against_tern() {
         bench(&args)
     };
     for extra in [
-        &["--allocations", "4", "--count", "20000"][..],
+        &["--allocations", "4", "--count", "2000000"][..],
         &["--allocations", "4", "--rate", "2000", "--size", "1000"],
         &[
             "--allocations",
@@ -105,7 +105,7 @@ fn relay_through_the_raw_forwarder() {
     let pid = forwarder.0.id().to_string();
     let mut args = vec!["relay", "--raw", "--server", &listen, "--pid", &pid];
     args.extend_from_slice(SHORT);
-    args.extend_from_slice(&["--allocations", "4", "--count", "20000"]);
+    args.extend_from_slice(&["--allocations", "4", "--count", "2000000"]);
     let report = bench(&args);
     assert!(num(&report, "packets") > 0.0, "{report}");
     assert_eq!(report["framing"], "raw");
@@ -150,7 +150,7 @@ fn relay_against_coturn_when_installed() {
     let pid = coturn.0.id().to_string();
     let base = ["--server", &server, "--secret", SECRET, "--pid", &pid];
     for extra in [
-        &["relay", "--allocations", "4", "--count", "20000"][..],
+        &["relay", "--allocations", "4", "--count", "2000000"][..],
         &[
             "relay",
             "--allocations",
