@@ -4,6 +4,7 @@
 //! send out. `net` is the only module with sockets.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod credentials;
 pub mod http;

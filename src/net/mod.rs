@@ -2,6 +2,7 @@
 
 mod addresses;
 mod control;
+pub(crate) mod mmsg;
 mod port_pool;
 pub mod proxy_protocol;
 mod relay_ports;

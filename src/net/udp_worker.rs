@@ -3,6 +3,9 @@
 //! path is shared with other workers.
 
 use super::addresses::RelayPlan;
+use super::mmsg::{
+    deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
+};
 use super::relay_ports::RelayPorts;
 use super::sockets;
 use super::stats::WorkerStats;
@@ -15,6 +18,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +33,9 @@ pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 const PACKET_BUFFER: usize = DATA_INDICATION_MAX_PREFIX + 65536 + 4;
 /// Responses are small; 4 KiB is plenty for any we write.
 const REPLY_BUFFER: usize = 4096;
+/// Receive buffer of a listener: every client of the worker queues here, so a burst from a few
+/// hundred clients must not overflow the kernel's default (~208 KiB, a few hundred datagrams).
+const LISTENER_RECEIVE_BUFFER: usize = 4 << 20;
 /// Upper bound on how long the loop sleeps, so wall-clock sync and stats stay fresh.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
@@ -79,7 +86,16 @@ pub(crate) struct UdpWorker {
     plan: Arc<RelayPlan>,
     control: Receiver<Control>,
     stats: Arc<WorkerStats>,
-    packet: Box<[u8]>,
+    /// Receive slots for one batch; each holds the largest datagram plus framing room.
+    /// Always `Some` between calls (lent out, without allocating, while a listener drains).
+    rx: Option<RecvBatch>,
+    /// One reply buffer per datagram of a listener batch, sent together.
+    replies: Box<[u8]>,
+    /// Whether UDP GSO is used toward clients (off after the kernel refuses it once).
+    gso_enabled: bool,
+    gso_buffer: Box<[u8]>,
+    reply_gso_buffer: Box<[u8]>,
+    /// Reply buffer for answers sent on their own (Allocate completion).
     reply: Box<[u8]>,
 }
 
@@ -98,6 +114,7 @@ impl UdpWorker {
             let std_socket = sockets::reuseport_udp(*addr).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
             })?;
+            deepen_receive_buffer(&std_socket, LISTENER_RECEIVE_BUFFER);
             let mut socket = UdpSocket::from_std(std_socket);
             setup.poll.registry().register(
                 &mut socket,
@@ -119,7 +136,11 @@ impl UdpWorker {
             plan: setup.plan,
             control: setup.control,
             stats: setup.stats,
-            packet: vec![0u8; PACKET_BUFFER].into_boxed_slice(),
+            rx: Some(RecvBatch::new(PACKET_BUFFER)),
+            replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
+            gso_enabled: std::env::var_os("TERN_NO_GSO").is_none(),
+            gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
+            reply_gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
         })
     }
@@ -193,35 +214,101 @@ impl UdpWorker {
         true
     }
 
+    /// Reads the listener in batches (`recvmmsg`) and hands each datagram to the server. Relayed
+    /// data goes straight out of the allocation's relay socket; replies to clients are collected
+    /// and leave together with one `sendmmsg` per batch.
     fn drain_listener(&mut self, now: Instant, index: usize) {
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        let local = listener.local;
+        let fd = listener.socket.as_raw_fd();
+        // Taken out of `self` for the batch, so replies can stay borrowed while the server and
+        // the relay table are used; put back at the end.
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut replies = std::mem::take(&mut self.replies);
+        let mut gso_buffer = std::mem::take(&mut self.gso_buffer);
+        let mut reply_gso_buffer = std::mem::take(&mut self.reply_gso_buffer);
         loop {
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
-            let (len, client) = match listener.socket.recv_from(&mut self.packet) {
-                Ok(received) => received,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            let count = match rx.recv(fd, 0, rx.stride, BATCH) {
+                Ok(count) => count,
                 Err(e) => {
                     debug!(worker = self.id, error = %e, "udp receive failed");
-                    return;
+                    break;
                 }
             };
-            let tuple = FiveTuple {
-                client,
-                server: listener.local,
-                transport: Transport::Udp,
-            };
-            let output =
-                self.server
-                    .handle_client(now, tuple, &self.packet[..len], &mut self.reply);
-            match output {
-                Output::BindRelay(request) => self.bind_relay(now, request),
-                other => send(&self.listeners, &self.relays, other),
+            let mut out = SendBatch::new();
+            // Consecutive datagrams of one allocation toward one peer leave together.
+            let mut run = PeerRun::default();
+            // Consecutive replies to one client likewise (GSO); the others join `out`.
+            let mut replies_run = PeerRun::default();
+            for (i, reply) in replies.chunks_mut(REPLY_BUFFER).take(count).enumerate() {
+                let Some(client) = rx.meta.source(i) else {
+                    continue;
+                };
+                let tuple = FiveTuple {
+                    client,
+                    server: local,
+                    transport: Transport::Udp,
+                };
+                let start = i * rx.stride;
+                let input = &rx.data[start..start + rx.meta.len[i]];
+                let output = self.server.handle_client(now, tuple, input, reply);
+                if let Output::ToPeer { alloc, peer, data } = output {
+                    // The relay socket of the peer's family (a dual-stack allocation has two).
+                    let slot = relay_slot(alloc.index, Family::of(&peer));
+                    let relay = self.relays.get(slot).and_then(Option::as_ref);
+                    if let Some(relay) = relay.filter(|r| r.generation == alloc.generation) {
+                        let target = (relay.socket.as_raw_fd(), peer);
+                        if run.target != Some(target) {
+                            run.flush(&gso_buffer, &mut self.gso_enabled);
+                            run.start(target, self.gso_enabled);
+                        }
+                        run.add(&mut gso_buffer, data);
+                    }
+                    continue;
+                }
+                // Anything else may end an allocation and close its socket: send what is
+                // pending on relay sockets first.
+                run.flush(&gso_buffer, &mut self.gso_enabled);
+                match output {
+                    Output::ToClient { tuple, data } if tuple.server == local => {
+                        let target = (fd, tuple.client);
+                        if replies_run.target != Some(target) {
+                            replies_run.flush_or_join(
+                                &reply_gso_buffer,
+                                &mut self.gso_enabled,
+                                &mut out,
+                            );
+                            replies_run.start(target, self.gso_enabled);
+                        }
+                        replies_run.add(&mut reply_gso_buffer, data);
+                    }
+                    Output::BindRelay(request) => self.bind_relay(now, request),
+                    other => send(&self.listeners, &self.relays, other),
+                }
+                self.apply_events();
             }
-            self.apply_events();
+            run.flush(&gso_buffer, &mut self.gso_enabled);
+            replies_run.flush_or_join(&reply_gso_buffer, &mut self.gso_enabled, &mut out);
+            out.flush(fd);
+            // Edge-triggered: a short batch means the queue was empty; anything arriving later
+            // raises a new event, so no extra empty read is needed.
+            if count < BATCH {
+                break;
+            }
         }
+        self.rx = Some(rx);
+        self.replies = replies;
+        self.gso_buffer = gso_buffer;
+        self.reply_gso_buffer = reply_gso_buffer;
     }
 
+    /// Reads a relay socket (filed under `slot`, see `relay_slot`) in batches, frames each
+    /// datagram in place (ChannelData or Data indication) and sends the whole batch to the client
+    /// with one GSO send or `sendmmsg`.
     fn drain_relay(&mut self, slot: usize) {
         loop {
             let Some(relay) = self.relays.get(slot).and_then(Option::as_ref) else {
@@ -231,17 +318,60 @@ impl UdpWorker {
                 index: slot / 2,
                 generation: relay.generation,
             };
-            let payload = &mut self.packet[DATA_INDICATION_MAX_PREFIX..PACKET_BUFFER - 4];
-            let (len, peer) = match relay.socket.recv_from(payload) {
-                Ok(received) => received,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            let fd = relay.socket.as_raw_fd();
+            let Some(rx) = self.rx.as_mut() else {
+                return;
+            };
+            // Room for the largest framing in front and 3 bytes of padding behind.
+            let limit = rx.stride - DATA_INDICATION_MAX_PREFIX - 4;
+            let count = match rx.recv(fd, DATA_INDICATION_MAX_PREFIX, limit, BATCH) {
+                Ok(count) => count,
                 Err(e) => {
                     debug!(worker = self.id, error = %e, "relay receive failed");
                     return;
                 }
             };
-            let output = self.server.handle_peer(alloc, peer, &mut self.packet, len);
-            send(&self.listeners, &self.relays, output);
+            let (slots, meta) = rx.split();
+            let mut out = SendBatch::new();
+            let mut via: Option<(RawFd, SocketAddr)> = None;
+            // The same datagrams copied back to back for one GSO send, while they qualify:
+            // one destination, equal sizes (the last may be shorter).
+            let mut gso = GsoRun::new(self.gso_enabled);
+            for (i, buf) in slots.take(count).enumerate() {
+                let Some(peer) = meta.source(i) else {
+                    continue;
+                };
+                let Output::ToClient { tuple, data } =
+                    self.server.handle_peer(alloc, peer, buf, meta.len[i])
+                else {
+                    continue;
+                };
+                let Some(listener) = self.listeners.iter().find(|l| l.local == tuple.server) else {
+                    continue;
+                };
+                let fd = listener.socket.as_raw_fd();
+                if let Some((v, _)) = via.filter(|(v, to)| *v != fd || *to != tuple.client) {
+                    // Cannot happen for one allocation (one 5-tuple), but stay correct.
+                    out.flush(v);
+                    gso.enabled = false;
+                }
+                via = Some((fd, tuple.client));
+                gso.add(&mut self.gso_buffer, data);
+                out.push(data, Some(&tuple.client));
+            }
+            if let Some((fd, client)) = via {
+                send_run(
+                    fd,
+                    client,
+                    &gso,
+                    &self.gso_buffer,
+                    &mut out,
+                    &mut self.gso_enabled,
+                );
+            }
+            if count < BATCH {
+                return;
+            }
         }
     }
 
@@ -356,6 +486,131 @@ impl UdpWorker {
     }
 }
 
+/// Datagrams of one relay batch laid back to back for a single GSO send, as long as they
+/// qualify: all but the last of one size, and no more than the kernel takes at once.
+/// Larger segments could exceed a 1500-byte path MTU, which GSO refuses (EINVAL).
+const GSO_MAX_SEGMENT: usize = 1452;
+
+struct GsoRun {
+    enabled: bool,
+    used: usize,
+    segments: usize,
+    size: usize,
+    short_seen: bool,
+}
+
+impl GsoRun {
+    fn new(enabled: bool) -> GsoRun {
+        GsoRun {
+            enabled,
+            used: 0,
+            segments: 0,
+            size: 0,
+            short_seen: false,
+        }
+    }
+
+    fn add(&mut self, buffer: &mut [u8], data: &[u8]) {
+        if !self.enabled {
+            return;
+        }
+        let len = data.len();
+        let fits = self.used + len <= buffer.len() && self.segments < GSO_MAX_SEGMENTS;
+        let shape_ok = self.segments == 0 || (!self.short_seen && len <= self.size);
+        if !fits || !shape_ok || len == 0 {
+            self.enabled = false;
+            return;
+        }
+        if self.segments == 0 {
+            self.size = len;
+        } else if len < self.size {
+            self.short_seen = true;
+        }
+        buffer[self.used..self.used + len].copy_from_slice(data);
+        self.used += len;
+        self.segments += 1;
+    }
+
+    /// The segment size to send with, if GSO applies (two datagrams or more).
+    fn segment(&self) -> Option<u16> {
+        (self.enabled && self.segments >= 2 && self.size <= GSO_MAX_SEGMENT)
+            .then(|| u16::try_from(self.size).ok())
+            .flatten()
+    }
+}
+
+/// Datagrams from one relay socket to one peer, collected over a listener batch and sent with
+/// one GSO `sendmsg` (equal sizes) or one `sendmmsg`.
+#[derive(Default)]
+struct PeerRun<'a> {
+    target: Option<(RawFd, SocketAddr)>,
+    gso: Option<GsoRun>,
+    batch: SendBatch<'a>,
+}
+
+impl<'a> PeerRun<'a> {
+    fn start(&mut self, target: (RawFd, SocketAddr), gso_enabled: bool) {
+        self.target = Some(target);
+        self.gso = Some(GsoRun::new(gso_enabled));
+    }
+
+    fn add(&mut self, buffer: &mut [u8], data: &'a [u8]) {
+        if let (Some(gso), Some((_, peer))) = (self.gso.as_mut(), self.target) {
+            gso.add(buffer, data);
+            self.batch.push(data, Some(&peer));
+        }
+    }
+
+    /// Sends a run that qualifies for GSO; otherwise moves its datagrams into `into` (one
+    /// `sendmmsg` for many destinations). The run is empty afterwards.
+    fn flush_or_join(&mut self, buffer: &[u8], gso_enabled: &mut bool, into: &mut SendBatch<'a>) {
+        let (Some((fd, peer)), Some(gso)) = (self.target.take(), self.gso.take()) else {
+            return;
+        };
+        if gso.segment().is_some() {
+            send_run(fd, peer, &gso, buffer, &mut self.batch, gso_enabled);
+        } else {
+            into.append(&mut self.batch);
+        }
+    }
+
+    /// Sends what is collected; the run is empty afterwards.
+    fn flush(&mut self, buffer: &[u8], gso_enabled: &mut bool) {
+        let (Some((fd, peer)), Some(gso)) = (self.target.take(), self.gso.take()) else {
+            return;
+        };
+        send_run(fd, peer, &gso, buffer, &mut self.batch, gso_enabled);
+    }
+}
+
+/// Sends a run of datagrams to one destination: one GSO send when they qualify, else
+/// `sendmmsg`. A kernel without UDP GSO turns it off for good.
+fn send_run(
+    fd: RawFd,
+    dest: SocketAddr,
+    gso: &GsoRun,
+    buffer: &[u8],
+    batch: &mut SendBatch<'_>,
+    gso_enabled: &mut bool,
+) {
+    let Some(segment) = gso.segment() else {
+        batch.flush(fd);
+        return;
+    };
+    match send_gso(fd, &buffer[..gso.used], segment, &dest) {
+        Ok(_) => batch.clear(),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => batch.clear(),
+        Err(e) => {
+            // EIO / ENOPROTOOPT: no UDP GSO on this kernel or device.
+            if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
+                debug!(error = %e, "UDP GSO unavailable");
+                *gso_enabled = false;
+            }
+            batch.flush(fd);
+        }
+    }
+}
+
 /// Carries out a reply or a relayed packet. A full socket buffer drops the datagram, as UDP would.
 fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
     let result = match output {
@@ -400,4 +655,45 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(sizes: &[usize]) -> GsoRun {
+        let mut buffer = vec![0u8; GSO_MAX_BYTES];
+        let mut run = GsoRun::new(true);
+        for &size in sizes {
+            run.add(&mut buffer, &vec![7u8; size]);
+        }
+        run
+    }
+
+    #[test]
+    fn gso_takes_equal_datagrams_and_a_shorter_last_one() {
+        assert_eq!(run_of(&[100, 100, 100]).segment(), Some(100));
+        assert_eq!(run_of(&[100, 100, 40]).segment(), Some(100));
+        assert_eq!(run_of(&[100, 100, 40]).used, 240);
+    }
+
+    #[test]
+    fn gso_refuses_what_the_kernel_would_split_differently() {
+        assert_eq!(run_of(&[100]).segment(), None, "one datagram: plain send");
+        assert_eq!(run_of(&[100, 120]).segment(), None, "a longer one after");
+        assert_eq!(
+            run_of(&[100, 40, 100]).segment(),
+            None,
+            "a short one in the middle"
+        );
+        assert_eq!(
+            run_of(&[1500, 1500]).segment(),
+            None,
+            "over a 1500-byte path MTU"
+        );
+        assert_eq!(run_of(&[100; 65]).segment(), None, "more than 64 segments");
+        let mut off = GsoRun::new(false);
+        off.add(&mut [0u8; 1000], &[1u8; 10]);
+        assert_eq!(off.segment(), None, "disabled");
+    }
 }

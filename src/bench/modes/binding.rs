@@ -1,0 +1,40 @@
+//! `binding`: STUN Binding requests from many sockets, saturated or at a rate.
+
+use crate::bench::cli::BindingArgs;
+use crate::bench::framing::BindingFraming;
+use crate::bench::load::{self, LoadSpec};
+use crate::bench::{report, require_loopback};
+use std::io;
+use std::net::UdpSocket;
+
+pub fn run(args: &BindingArgs) -> io::Result<()> {
+    let common = &args.common;
+    require_loopback(common.server)?;
+    let bind = if common.server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(common.server)?;
+        sockets.push(socket);
+    }
+    let spec = LoadSpec {
+        rate: args.rate,
+        window: args.window.max(1),
+        warmup: common.warmup(),
+        duration: common.duration(),
+        max_packets: args.count,
+        threads: args.threads,
+    };
+    let outcome = load::run(sockets, &BindingFraming, &spec, common.pid, None)?;
+    let responses = outcome.end.received - outcome.start.received;
+    let mut fields = report::base("binding", &common.tags);
+    fields.insert("clients".into(), args.clients.into());
+    fields.insert("rate".into(), args.rate.into());
+    report::add_load(&mut fields, &outcome, responses, 20);
+    report::emit(fields);
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! One file per mode.
+
+pub mod alloc;
+pub mod binding;
+pub mod forwarder;
+pub mod hold;
+pub mod relay;
+pub mod table;
