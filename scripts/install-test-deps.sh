@@ -5,10 +5,12 @@
 #   test time.
 set -euo pipefail
 
-packages=(coturn chromium)
+# package:command it provides. The command is what the tests need; checking it (rather than
+# dpkg's records, which still list a removed package's config files) tells what is really there.
+packages=(coturn:turnutils_uclient chromium:chromium)
 missing=()
-for package in "${packages[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+for entry in "${packages[@]}"; do
+  command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
