@@ -39,15 +39,7 @@ fn chromium() -> Option<PathBuf> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chromium is missing under CI=true: install Debian's chromium package (scripts/install-test-deps.sh does)"
-        );
-        eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
-        return None;
-    }
-    Some(binary)
+    common::tools::required(found, "chromium", "apt-get install chromium").then_some(binary)
 }
 
 /// A headless Chromium showing one URL, with a fresh profile; killed (and its profile removed)

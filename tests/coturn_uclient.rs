@@ -4,43 +4,10 @@
 mod common;
 
 use common::certs::{served_by, TestCert};
+use common::tools::{coturn_tool, uclient_totals as totals};
 use common::{TempFile, Tern, SECRET};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn uclient_available() -> bool {
-    let found = Command::new("turnutils_uclient").arg("-h").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "turnutils_uclient is missing under CI=true: install Debian's coturn package (.ci/run does)"
-        );
-        eprintln!("SKIPPED: turnutils_uclient not installed (apt-get install coturn)");
-    }
-    found
-}
-
-/// Parses uclient's closing lines: messages sent and received, and lost packets.
-fn totals(output: &str) -> (u64, u64, u64) {
-    let number_after = |key: &str| -> u64 {
-        let at = output
-            .rfind(key)
-            .unwrap_or_else(|| panic!("{key} missing in:\n{output}"))
-            + key.len();
-        output[at..]
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    (
-        number_after("tot_send_msgs="),
-        number_after("tot_recv_msgs="),
-        number_after("Total lost packets"),
-    )
-}
 
 fn run_uclient(tern: &Tern, extra: &[&str]) -> String {
     run_uclient_on(tern, tern.port, extra)
@@ -85,7 +52,7 @@ fn assert_all_came_back(text: &str) {
 
 #[test]
 fn uclient_relays_over_udp_with_rest_credentials_channels() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     // uclient picks channel numbers from RFC 5766's 0x4000-0x7FFF.
@@ -95,7 +62,7 @@ fn uclient_relays_over_udp_with_rest_credentials_channels() {
 
 #[test]
 fn uclient_relays_over_udp_with_send_indications() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let tern = Tern::start("allow-loopback-peers = true");
@@ -104,7 +71,7 @@ fn uclient_relays_over_udp_with_send_indications() {
 
 #[test]
 fn uclient_relays_over_tcp_with_rest_credentials() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let tern = Tern::start("allow-loopback-peers = true\nallow-rfc5766-channel-numbers = true");
@@ -131,7 +98,7 @@ fn start_tls(name: &str, cert: &TestCert) -> (Tern, u16, TempFile, TempFile) {
 
 #[test]
 fn uclient_relays_over_tls_on_both_ports() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let cert = TestCert::generate();
@@ -152,7 +119,7 @@ fn signal(tern: &Tern, name: &str) {
 
 #[test]
 fn certificate_reload_while_allocations_relay_over_tls() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let cert_a = TestCert::generate();
@@ -201,7 +168,7 @@ fn certificate_reload_while_allocations_relay_over_tls() {
 /// on new data connections and send raw bytes both ways.
 #[test]
 fn uclient_relays_over_tcp_allocations() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let tern = Tern::start("allow-loopback-peers = true");
@@ -214,7 +181,7 @@ fn uclient_relays_over_tcp_allocations() {
 
 #[test]
 fn uclient_relays_over_tcp_allocations_with_tls_data_connections() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let cert = TestCert::generate();
@@ -228,7 +195,7 @@ fn uclient_relays_over_tcp_allocations_with_tls_data_connections() {
 /// same.
 #[test]
 fn uclient_passive_tcp_relay_with_active_peers() {
-    if !uclient_available() {
+    if !coturn_tool("turnutils_uclient") {
         return;
     }
     let tern = Tern::start("allow-loopback-peers = true");

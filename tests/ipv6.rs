@@ -1,49 +1,16 @@
 //! IPv6 (RFC 8656 §§ 6-7) through real sockets, driven by coTURN's `turnutils_uclient` on `::1`
 //! with TURN REST credentials: IPv6 relays (`-x`), dual-stack allocations (`-Z`), and 440 when
-//! no IPv6 relay address exists. Under CI=true a missing tool fails; elsewhere it is skipped, as
-//! is the whole file on a host without `::1`.
+//! no IPv6 relay address exists. Under CI=true a missing tool or `::1` fails; elsewhere the tests
+//! are skipped.
 
 mod common;
 
+use common::tools::{coturn_tool, ipv6_loopback, uclient_totals as totals};
 use common::{Tern, SECRET};
 use std::process::Command;
 
 fn available() -> bool {
-    if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIPPED: no IPv6 loopback on this host");
-        return false;
-    }
-    let found = Command::new("turnutils_uclient").arg("-h").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "turnutils_uclient is missing under CI=true: install Debian's coturn package"
-        );
-        eprintln!("SKIPPED: turnutils_uclient not installed (apt-get install coturn)");
-    }
-    found
-}
-
-/// uclient's closing totals: messages sent and received, and lost packets.
-fn totals(output: &str) -> (u64, u64, u64) {
-    let number_after = |key: &str| -> u64 {
-        let at = output
-            .rfind(key)
-            .unwrap_or_else(|| panic!("{key} missing in:\n{output}"))
-            + key.len();
-        output[at..]
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    (
-        number_after("tot_send_msgs="),
-        number_after("tot_recv_msgs="),
-        number_after("Total lost packets"),
-    )
+    ipv6_loopback() && coturn_tool("turnutils_uclient")
 }
 
 /// Runs uclient: 4 clients x 50 messages between each other (`-y`) through tern at `server`.

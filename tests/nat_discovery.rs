@@ -157,13 +157,7 @@ fn one_listening_address_means_no_rfc5780() {
 
 #[test]
 fn coturn_natdiscovery_sees_endpoint_independent_mapping_and_filtering() {
-    let found = Command::new("turnutils_natdiscovery").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "turnutils_natdiscovery is missing under CI=true: install Debian's coturn package"
-        );
-        eprintln!("SKIPPED: turnutils_natdiscovery not installed (apt-get install coturn)");
+    if !common::tools::coturn_tool("turnutils_natdiscovery") {
         return;
     }
     let Some((tern, alt)) = start() else {

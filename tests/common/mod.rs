@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod stream_client;
+pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
