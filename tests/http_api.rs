@@ -5,7 +5,7 @@
 mod common;
 
 use common::certs::{https, negotiated_alpn, TestCert};
-use common::stream_client::{read_frame, StreamTurn};
+use common::stream_client::{closed, read_frame, StreamTurn};
 use common::{hangup, http, unix_now, EchoPeer, Reply, TempFile, Tern};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -486,26 +486,6 @@ fn tls_connect(port: u16, cert: &TestCert) -> TlsStream {
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let connection = rustls::ClientConnection::new(cert.client_config(), name).unwrap();
     rustls::StreamOwned::new(connection, tcp)
-}
-
-/// True once the server has closed the connection (EOF or an error), within the read timeout.
-fn closed(stream: &mut impl std::io::Read) -> bool {
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 fn mint_for(tern: &Tern, user: &str) -> (String, String, Vec<String>) {

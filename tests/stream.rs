@@ -5,6 +5,7 @@
 mod common;
 
 use common::certs::TestCert;
+use common::stream_client::{closed_within, read_frame};
 use common::{free_port, EchoPeer, TempFile, Tern, SECRET};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,17 +35,6 @@ fn binding(n: u8) -> Vec<u8> {
         .to_vec()
 }
 
-/// Reads one whole frame (STUN or padded ChannelData) from a stream.
-fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut frame = vec![0u8; 4];
-    stream.read_exact(&mut frame)?;
-    let len = stun::frame_len(&frame, true)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{frame:?}")))?;
-    frame.resize(len, 0);
-    stream.read_exact(&mut frame[4..])?;
-    Ok(frame)
-}
-
 fn xor_mapped(frame: &[u8]) -> SocketAddr {
     let msg = Message::parse(frame).unwrap();
     assert_eq!(msg.class(), Class::Success, "{frame:?}");
@@ -53,27 +43,6 @@ fn xor_mapped(frame: &[u8]) -> SocketAddr {
         msg.transaction_id(),
     )
     .unwrap()
-}
-
-/// True if the server closes the connection (EOF or reset) within `limit`.
-fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 fn answers_binding(stream: &mut TcpStream, n: u8) -> bool {

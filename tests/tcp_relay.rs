@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::stream_client::{closed_within, read_frame};
 use common::{Tern, SECRET};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 use tern::stun::{self, attr, Class, Message, MessageWriter, Method};
@@ -20,37 +21,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
         .unwrap();
     stream.set_nodelay(true).unwrap();
     stream
-}
-
-fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut frame = vec![0u8; 4];
-    stream.read_exact(&mut frame)?;
-    let len = stun::frame_len(&frame, true)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{frame:?}")))?;
-    frame.resize(len, 0);
-    stream.read_exact(&mut frame[4..])?;
-    Ok(frame)
-}
-
-/// True if the other end closes `stream` (EOF or reset) within `limit`.
-fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 /// A TURN client over one TCP connection, with REST credentials for user `raw`.

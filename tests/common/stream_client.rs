@@ -3,6 +3,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::net::TcpStream;
+use std::time::Duration;
 use tern::stun::{self, attr, Class, Message, MessageWriter, Method};
 
 /// Reads one whole frame (STUN or padded ChannelData) from a stream.
@@ -14,6 +16,32 @@ pub fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
     frame.resize(len, 0);
     stream.read_exact(&mut frame[4..])?;
     Ok(frame)
+}
+
+/// True once the other end has closed `stream` (EOF or an error) before its read timeout.
+pub fn closed(stream: &mut impl Read) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// True if the other end closes `stream` within `limit`.
+pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    closed(stream)
 }
 
 pub struct StreamTurn<S> {
