@@ -422,10 +422,7 @@ impl Server {
             FrameKind::Stun => match Message::parse(input) {
                 Ok(msg) if msg.fingerprint_ok() != Some(false) => {
                     let output = self.stun_from_client(now, tuple, &msg, out);
-                    if let Output::ToClient { data, .. } = &output {
-                        self.counters.requests.record(data);
-                    }
-                    output
+                    self.count_reply(output)
                 }
                 _ => Output::Nothing,
             },
@@ -517,10 +514,7 @@ impl Server {
             return Output::Nothing;
         };
         let output = self.finish_allocate(now, alloc, pending, result, additional, out);
-        if let Output::ToClient { data, .. } = &output {
-            self.counters.requests.record(data);
-        }
-        output
+        self.count_reply(output)
     }
 
     fn finish_allocate<'a>(
@@ -740,10 +734,7 @@ impl Server {
             return Output::Nothing;
         }
         let output = self.connection_bind_request(now, tuple, &msg, lookup, out);
-        if let Output::ToClient { data, .. } = &output {
-            self.counters.requests.record(data);
-        }
-        output
+        self.count_reply(output)
     }
 
     fn connection_bind_request<'a>(
@@ -1576,6 +1567,14 @@ impl Server {
         };
         let relays = allocation.relays.map(|relay| relay.map(|(local, _)| local));
         self.events.push_back(Event::Released { alloc, relays });
+    }
+
+    /// Counts a response we send by method and code (requests by result, for metrics).
+    fn count_reply<'a>(&mut self, output: Output<'a>) -> Output<'a> {
+        if let Output::ToClient { data, .. } = &output {
+            self.counters.requests.record(data);
+        }
+        output
     }
 
     /// Answers the request `msg` over `tuple`: `body`, then SOFTWARE, integrity and fingerprint
