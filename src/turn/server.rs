@@ -231,6 +231,16 @@ struct Seal<'k> {
 }
 
 impl<'k> Seal<'k> {
+    /// The seal for answering an authenticated request: its integrity kind, its key, and a
+    /// FINGERPRINT if it carried one.
+    fn answering(msg: &Message<'_>, key: &'k LongTermKey, kind: IntegrityKind) -> Seal<'k> {
+        Seal {
+            key: Some(key),
+            sha256: kind == IntegrityKind::Sha256,
+            fingerprint: msg.fingerprint_ok().is_some(),
+        }
+    }
+
     fn open(msg: &Message<'_>) -> Seal<'static> {
         Seal {
             key: None,
@@ -756,11 +766,7 @@ impl Server {
             Err(challenge) => return self.reply_challenge(now, out, tuple, msg, challenge),
         };
         let key = authed.key;
-        let seal = Seal {
-            key: Some(&key),
-            sha256: authed.kind == IntegrityKind::Sha256,
-            fingerprint: msg.fingerprint_ok().is_some(),
-        };
+        let seal = Seal::answering(msg, &key, authed.kind);
         let mut unknown = [0u16; 8];
         let count = msg.unknown_required(is_known_attribute, &mut unknown);
         if count > 0 {
@@ -1006,11 +1012,7 @@ impl Server {
             Err(challenge) => return self.reply_challenge(now, out, tuple, msg, challenge),
         };
         let key = authed.key;
-        let seal = Seal {
-            key: Some(&key),
-            sha256: authed.kind == IntegrityKind::Sha256,
-            fingerprint: msg.fingerprint_ok().is_some(),
-        };
+        let seal = Seal::answering(msg, &key, authed.kind);
         if let Some(index) = existing {
             if *self.allocations[index].username != *authed.username {
                 return self.reply_error(out, tuple, msg, seal, errors::WRONG_CREDENTIALS);
