@@ -4,40 +4,17 @@
 mod common;
 
 use common::certs::{served_by, TestCert};
-use common::tools::{coturn_tool, uclient_totals as totals};
-use common::{TempFile, Tern, SECRET};
+use common::tools::{self, coturn_tool, uclient_totals as totals};
+use common::{TempFile, Tern};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn run_uclient(tern: &Tern, extra: &[&str]) -> String {
-    run_uclient_on(tern, tern.port, extra)
+    tools::run_uclient(tern, "127.0.0.1", tern.port, extra)
 }
 
 fn run_uclient_on(tern: &Tern, port: u16, extra: &[&str]) -> String {
-    let port = port.to_string();
-    let mut args = vec![
-        "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "50", "-l", "120", "-m", "4", "-y",
-    ];
-    args.extend_from_slice(extra);
-    args.push("127.0.0.1");
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg("turnutils_uclient")
-        .args(&args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "uclient failed ({:?}):\n{text}\ntern logs:\n{}",
-        output.status,
-        tern.logs()
-    );
-    text
+    tools::run_uclient(tern, "127.0.0.1", port, extra)
 }
 
 fn assert_all_came_back(text: &str) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::tools::{coturn_tool, ipv6_loopback, uclient_totals as totals};
+use common::tools::{self, coturn_tool, ipv6_loopback, uclient_totals as totals};
 use common::{Tern, SECRET};
 use std::process::Command;
 
@@ -15,30 +15,7 @@ fn available() -> bool {
 
 /// Runs uclient: 4 clients x 50 messages between each other (`-y`) through tern at `server`.
 fn run_uclient(tern: &Tern, server: &str, extra: &[&str]) -> String {
-    let port = tern.port.to_string();
-    let mut args = vec![
-        "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "50", "-l", "120", "-m", "4", "-y",
-    ];
-    args.extend_from_slice(extra);
-    args.push(server);
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg("turnutils_uclient")
-        .args(&args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "uclient failed ({:?}):\n{text}\ntern logs:\n{}",
-        output.status,
-        tern.logs()
-    );
-    text
+    tools::run_uclient(tern, server, tern.port, extra)
 }
 
 fn assert_all_came_back(text: &str, tern: &Tern) {

@@ -2,6 +2,7 @@
 //! for their absence: under CI=true, which installs everything, a missing one fails the test;
 //! elsewhere the test says SKIPPED and passes.
 
+use super::{Tern, SECRET};
 use std::process::Command;
 
 /// `found`, after applying the rule: panics under CI=true when it is false.
@@ -48,4 +49,34 @@ pub fn uclient_totals(output: &str) -> (u64, u64, u64) {
         number_after("tot_recv_msgs="),
         number_after("Total lost packets"),
     )
+}
+
+/// Runs coTURN's uclient against tern at `server`:`port` with REST credentials: 4 clients x 50
+/// messages between each other (`-y`), plus `extra` flags; its whole output. A failing uclient
+/// fails the test, with tern's logs.
+pub fn run_uclient(tern: &Tern, server: &str, port: u16, extra: &[&str]) -> String {
+    let port = port.to_string();
+    let mut args = vec![
+        "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "50", "-l", "120", "-m", "4", "-y",
+    ];
+    args.extend_from_slice(extra);
+    args.push(server);
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "uclient failed ({:?}):\n{text}\ntern logs:\n{}",
+        output.status,
+        tern.logs()
+    );
+    text
 }
