@@ -5,7 +5,7 @@
 mod common;
 
 use common::certs::TestCert;
-use common::stream_client::{closed_within, read_frame};
+use common::stream_client::{closed_within, read_frame, StreamTurn};
 use common::{free_port, EchoPeer, TempFile, Tern, SECRET};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -114,78 +114,10 @@ fn garbage_first_bytes_close_the_connection() {
 }
 
 /// A raw TURN client over any byte stream, with a REST credential.
-struct RawTurn<S> {
-    stream: S,
-    username: String,
-    key: [u8; 16],
-    nonce: Vec<u8>,
-    next_tid: u8,
-}
-
-impl<S: Read + Write> RawTurn<S> {
-    fn new(stream: S) -> Self {
-        let minted = tern::credentials::mint(SECRET, Some("raw"), 3600, common::unix_now());
-        use md5::Digest;
-        let key: [u8; 16] =
-            md5::Md5::digest(format!("{}:{REALM}:{}", minted.username, minted.password)).into();
-        RawTurn {
-            stream,
-            username: minted.username,
-            key,
-            nonce: Vec::new(),
-            next_tid: 0x10,
-        }
-    }
-
-    /// Sends an authenticated request (learning the nonce from a 401 first) and returns the
-    /// success response.
-    fn request(&mut self, method: Method, attrs: impl Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
-        for _ in 0..2 {
-            self.next_tid += 1;
-            let tid = tid(self.next_tid);
-            let mut buf = [0u8; 512];
-            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
-            attrs(&mut w);
-            if !self.nonce.is_empty() {
-                w.add_bytes(attr::USERNAME, self.username.as_bytes());
-                w.add_bytes(attr::REALM, REALM.as_bytes());
-                w.add_bytes(attr::NONCE, &self.nonce);
-                w.add_message_integrity(&self.key);
-            }
-            let request = w.finish().unwrap().to_vec();
-            self.stream.write_all(&request).unwrap();
-            let response = read_frame(&mut self.stream).unwrap();
-            let msg = Message::parse(&response).unwrap();
-            assert_eq!(msg.transaction_id(), &tid);
-            match msg.class() {
-                Class::Success => return response,
-                Class::Error if msg.error_code().is_some_and(|(c, _)| c == 401 || c == 438) => {
-                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
-                }
-                _ => panic!("{method:?} failed: {:?}", msg.error_code()),
-            }
-        }
-        panic!("{method:?}: still unauthorized");
-    }
-
-    fn allocate(&mut self) -> SocketAddr {
-        let response = self.request(Method::ALLOCATE, |w| {
-            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        });
-        let msg = Message::parse(&response).unwrap();
-        stun::decode_xor_address(
-            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
-            msg.transaction_id(),
-        )
-        .unwrap()
-    }
-
-    fn channel_bind(&mut self, channel: u16, peer: SocketAddr) {
-        self.request(Method::CHANNEL_BIND, |w| {
-            w.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16);
-            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
-        });
-    }
+/// A stream TURN client with a REST credential for the test secret.
+fn raw_turn<S: Read + Write>(stream: S) -> StreamTurn<S> {
+    let minted = tern::credentials::mint(SECRET, Some("raw"), 3600, common::unix_now());
+    StreamTurn::new(stream, &minted.username, &minted.password, REALM)
 }
 
 fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
@@ -200,10 +132,10 @@ fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
 fn channel_data_is_padded_both_ways_on_a_tcp_allocation() {
     let tern = Tern::start("allow-loopback-peers = true");
     let peer = EchoPeer::start(Duration::from_secs(20));
-    let mut client = RawTurn::new(connect(tern.addr));
-    let relayed = client.allocate();
+    let mut client = raw_turn(connect(tern.addr));
+    let relayed = client.allocate().unwrap();
     assert_eq!(relayed.ip(), tern.addr.ip());
-    client.channel_bind(0x4001, peer.addr);
+    client.channel_bind(0x4001, peer.addr).unwrap();
 
     // Odd payload sizes, coalesced in one write: each frame padded to 4 bytes.
     let payloads: [&[u8]; 3] = [b"a", b"hello", b"0123456789ab"];
@@ -462,9 +394,9 @@ fn tls_on_its_port_and_sniffed_on_the_plain_port() {
 
     // A TURN allocation relays over TLS with padded ChannelData.
     let peer = EchoPeer::start(Duration::from_secs(20));
-    let mut client = RawTurn::new(tls_connect(tls.tls_port, &cert).unwrap());
-    client.allocate();
-    client.channel_bind(0x4002, peer.addr);
+    let mut client = raw_turn(tls_connect(tls.tls_port, &cert).unwrap());
+    client.allocate().unwrap();
+    client.channel_bind(0x4002, peer.addr).unwrap();
     client
         .stream
         .write_all(&channel_data(0x4002, b"over tls"))

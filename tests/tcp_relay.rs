@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::stream_client::{closed_within, read_frame};
+use common::stream_client::{closed_within, read_frame, StreamTurn};
 use common::{Tern, SECRET};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,57 +24,21 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// A TURN client over one TCP connection, with REST credentials for user `raw`.
+/// The RFC 6062 client: a stream TURN client on its control connection.
 struct Client {
-    stream: TcpStream,
-    username: String,
-    key: [u8; 16],
-    nonce: Vec<u8>,
-    next_tid: u8,
+    turn: StreamTurn<TcpStream>,
 }
 
 impl Client {
     fn new(server: SocketAddr) -> Self {
         let minted = tern::credentials::mint(SECRET, Some("raw"), 3600, common::unix_now());
-        use md5::Digest;
-        let key: [u8; 16] =
-            md5::Md5::digest(format!("{}:{REALM}:{}", minted.username, minted.password)).into();
-        Client {
-            stream: connect(server),
-            username: minted.username,
-            key,
-            nonce: Vec::new(),
-            next_tid: 0x10,
-        }
+        let turn = StreamTurn::new(connect(server), &minted.username, &minted.password, REALM);
+        Client { turn }
     }
 
-    /// Sends an authenticated request (learning a nonce from 401/438 first) and returns the
-    /// response, success or error.
+    /// Sends an authenticated request and returns the response, success or error.
     fn request(&mut self, method: Method, attrs: impl Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
-        for _ in 0..2 {
-            self.next_tid += 1;
-            let tid = [self.next_tid; 12];
-            let mut buf = [0u8; 512];
-            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
-            attrs(&mut w);
-            if !self.nonce.is_empty() {
-                w.add_bytes(attr::USERNAME, self.username.as_bytes());
-                w.add_bytes(attr::REALM, REALM.as_bytes());
-                w.add_bytes(attr::NONCE, &self.nonce);
-                w.add_message_integrity(&self.key);
-            }
-            let request = w.finish().unwrap().to_vec();
-            self.stream.write_all(&request).unwrap();
-            let response = read_frame(&mut self.stream).unwrap();
-            let msg = Message::parse(&response).unwrap();
-            assert_eq!(msg.transaction_id(), &tid);
-            match msg.error_code() {
-                Some((401 | 438, _)) => {
-                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
-                }
-                _ => return response,
-            }
-        }
-        panic!("{method:?}: still unauthorized");
+        self.turn.exchange(method, attrs).unwrap()
     }
 
     fn allocate_tcp(&mut self) -> SocketAddr {
@@ -113,16 +77,12 @@ impl Client {
     /// A data connection for `id`, with the same credentials and (first) the control
     /// connection's nonce; `Err(code)` if the bind failed.
     fn data_connection(&self, server: SocketAddr, id: u32) -> Result<TcpStream, u16> {
-        let mut data = Client {
-            stream: connect(server),
-            username: self.username.clone(),
-            key: self.key,
-            nonce: self.nonce.clone(),
-            next_tid: 0x80,
-        };
-        let response = data.request(Method::CONNECTION_BIND, |w| {
-            w.add_u32(attr::CONNECTION_ID, id);
-        });
+        let mut data = self.turn.sharing_session(connect(server));
+        let response = data
+            .exchange(Method::CONNECTION_BIND, |w| {
+                w.add_u32(attr::CONNECTION_ID, id);
+            })
+            .unwrap();
         let msg = Message::parse(&response).unwrap();
         assert_eq!(msg.method(), Method::CONNECTION_BIND);
         match msg.error_code() {
@@ -221,7 +181,7 @@ fn a_peer_connecting_to_the_relayed_address_is_announced_and_bound() {
 
     control.create_permission("127.0.0.1:1".parse().unwrap());
     let mut peer = connect(relayed);
-    let indication = read_frame(&mut control.stream).unwrap();
+    let indication = read_frame(&mut control.turn.stream).unwrap();
     let msg = Message::parse(&indication).unwrap();
     assert_eq!(
         (msg.class(), msg.method()),

@@ -67,13 +67,14 @@ impl<S: Read + Write> StreamTurn<S> {
         }
     }
 
-    /// Sends an authenticated request (learning the nonce from a 401 first); the success
-    /// response, or the error code.
-    pub fn request(
+    /// Sends an authenticated request, learning the nonce from a 401/438 first; the final
+    /// response, success or error.
+    pub fn exchange(
         &mut self,
         method: Method,
         attrs: impl Fn(&mut MessageWriter<'_>),
-    ) -> Result<Vec<u8>, u16> {
+    ) -> io::Result<Vec<u8>> {
+        let mut response = Vec::new();
         for _ in 0..2 {
             self.next_tid = self.next_tid.wrapping_add(1);
             let tid = [self.next_tid; 12];
@@ -87,19 +88,53 @@ impl<S: Read + Write> StreamTurn<S> {
                 w.add_message_integrity(&self.key);
             }
             let request = w.finish().unwrap().to_vec();
-            self.stream.write_all(&request).map_err(|_| 0u16)?;
-            let response = read_frame(&mut self.stream).map_err(|_| 0u16)?;
+            self.stream.write_all(&request)?;
+            response = read_frame(&mut self.stream)?;
             let msg = Message::parse(&response).unwrap();
             assert_eq!(msg.transaction_id(), &tid);
-            match msg.class() {
-                Class::Success => return Ok(response),
-                Class::Error if msg.error_code().is_some_and(|(c, _)| c == 401 || c == 438) => {
-                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
-                }
-                _ => return Err(msg.error_code().map_or(0, |(c, _)| c)),
+            match msg.error_code() {
+                Some((401 | 438, _)) => self.nonce = msg.get(attr::NONCE).unwrap().to_vec(),
+                _ => break,
             }
         }
-        Err(401)
+        Ok(response)
+    }
+
+    /// Sends an authenticated request; the success response, or the error code (0 when the
+    /// connection failed).
+    pub fn request(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>),
+    ) -> Result<Vec<u8>, u16> {
+        let response = self.exchange(method, attrs).map_err(|_| 0u16)?;
+        let msg = Message::parse(&response).unwrap();
+        match (msg.class(), msg.error_code()) {
+            (Class::Success, _) => Ok(response),
+            (_, code) => Err(code.map_or(0, |(c, _)| c)),
+        }
+    }
+
+    /// A client on another connection with the same credentials and (first) this one's nonce:
+    /// an RFC 6062 data connection.
+    pub fn sharing_session<T: Read + Write>(&self, stream: T) -> StreamTurn<T> {
+        StreamTurn {
+            stream,
+            username: self.username.clone(),
+            key: self.key,
+            realm: self.realm.clone(),
+            nonce: self.nonce.clone(),
+            next_tid: 0x80,
+        }
+    }
+
+    /// Binds `channel` to `peer`.
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<(), u16> {
+        self.request(Method::CHANNEL_BIND, |w| {
+            w.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16);
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .map(drop)
     }
 
     /// Allocates a UDP relay; its address.
