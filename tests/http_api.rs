@@ -6,12 +6,11 @@ mod common;
 
 use common::certs::{https, negotiated_alpn, TestCert};
 use common::stream_client::{closed, read_frame, StreamTurn};
+use common::webrtc::turn_client as client;
 use common::{hangup, http, unix_now, EchoPeer, Reply, TempFile, Tern};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 const API_KEY: &str = "test-api-key-0123456789";
@@ -19,25 +18,6 @@ const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 fn post_credentials(tern: &Tern, key: Option<&str>, body: Option<&str>) -> Reply {
     http("POST", &tern.url("/api/v1/credentials"), key, body)
-}
-
-async fn client(server: SocketAddr, username: &str, password: &str) -> Client {
-    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: "tern".into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .expect("client");
-    client.listen().await.expect("listen");
-    client
 }
 
 /// Allocates with a credential the endpoint minted; true if the server granted it.

@@ -5,35 +5,15 @@
 
 mod common;
 
-use common::{unix_now, EchoPeer, Tern, SECRET};
+use common::webrtc::turn_client_for as client;
+use common::{EchoPeer, Tern};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 const CLIENTS: usize = 16;
 const PINGS: usize = 25;
-
-async fn client(server: SocketAddr, user: &str) -> Client {
-    let minted = tern::credentials::mint(SECRET, Some(user), 600, unix_now());
-    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let config = ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: minted.username,
-        password: minted.password,
-        realm: "tern".to_string(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    };
-    let client = Client::new(config).await.expect("client");
-    client.listen().await.expect("listen");
-    client
-}
 
 /// Allocates, then sends `PINGS` datagrams through the relay (the first as a Send indication,
 /// the rest on a channel) and checks every echo comes back; returns the relayed address.

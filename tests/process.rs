@@ -2,11 +2,10 @@
 
 mod common;
 
+use common::webrtc::turn_client as client;
 use common::{free_port, relay_range, unix_now, TempFile, Tern, SECRET};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
-use turn::client::{Client, ClientConfig};
 
 fn tern() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
@@ -102,25 +101,6 @@ fn credentials_subcommand_prints_a_working_rest_credential() {
             .expect("allocation with the printed credential");
         client.close().await.unwrap();
     });
-}
-
-async fn client(server: std::net::SocketAddr, username: &str, password: &str) -> Client {
-    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: "tern".into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
-    client
 }
 
 async fn can_allocate(server: std::net::SocketAddr, secret: &str) -> bool {

@@ -2,12 +2,12 @@
 
 mod common;
 
+use common::webrtc::{turn_client as client_with, turn_client_for as client_for};
 use common::{unix_now, EchoPeer, Tern, SECRET};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 /// Forwards datagrams between one client and tern, counting which framing each carries, so a
@@ -88,29 +88,6 @@ impl Tap {
         });
         tap
     }
-}
-
-async fn client_for(server: SocketAddr, user: &str) -> Client {
-    let minted = tern::credentials::mint(SECRET, Some(user), 600, unix_now());
-    client_with(server, &minted.username, &minted.password).await
-}
-
-async fn client_with(server: SocketAddr, username: &str, password: &str) -> Client {
-    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let config = ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.to_string(),
-        password: password.to_string(),
-        realm: "tern".to_string(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    };
-    let client = Client::new(config).await.expect("client");
-    client.listen().await.expect("listen");
-    client
 }
 
 /// Sends `count` pings through the relay to the echo peer and checks each comes back.

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod stream_client;
 pub mod tools;
+pub mod webrtc;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
