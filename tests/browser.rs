@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use common::certs::TestCert;
-use common::{http, TempFile, Tern};
+use common::{http, mint_from_endpoint, TempFile, Tern};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -195,30 +195,6 @@ fn start_tls_tern() -> TlsTern {
     }
 }
 
-/// Credentials from tern's endpoint, as an app backend would get them.
-fn mint(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
-    let body = format!("{{\"user\":\"{user}\",\"ttl\":600}}");
-    let reply = http(
-        "POST",
-        &tern.url("/api/v1/credentials"),
-        Some(API_KEY),
-        Some(&body),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let minted = reply.json();
-    let uris = minted["uris"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_string())
-        .collect();
-    (
-        minted["username"].as_str().unwrap().to_string(),
-        minted["password"].as_str().unwrap().to_string(),
-        uris,
-    )
-}
-
 /// The TURN URLs to test the browser through, each named by the `relayProtocol` the browser
 /// must report for it. The endpoint hands out `turns:` with the IP address; a browser checks the
 /// certificate against the host it dialled, so the test dials `localhost` (the certificate's
@@ -255,7 +231,7 @@ async fn two_browser_peers_connect_through_tern_relays() {
     let tls = start_tls_tern();
     let tern = &tls.tern;
     let mut harness = Harness::start().await;
-    let (username, password, uris) = mint(tern, "browser");
+    let (username, password, uris) = mint_from_endpoint(tern, API_KEY, "browser");
     for (name, url) in transports(&tls, &uris) {
         let relayed_before = relayed_to_peer(tern);
         let page = format!(
@@ -314,7 +290,7 @@ async fn trickle_ice_page_shows_relay_candidates() {
     let Some(binary) = chromium() else { return };
     let tern = start_tern();
     let mut harness = Harness::start().await;
-    let (username, password, _) = mint(&tern, "trickle");
+    let (username, password, _) = mint_from_endpoint(&tern, API_KEY, "trickle");
     let url = format!("turn:127.0.0.1:{}?transport=udp", tern.port);
     let page = tern.url(&format!(
         "/?url={}&username={}&credential={}&auto=1&report={}",

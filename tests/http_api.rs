@@ -7,7 +7,7 @@ mod common;
 use common::certs::{https, negotiated_alpn, TestCert};
 use common::stream_client::{closed, read_frame, StreamTurn};
 use common::webrtc::turn_client as client;
-use common::{hangup, http, unix_now, EchoPeer, Reply, TempFile, Tern};
+use common::{hangup, http, mint_from_endpoint, unix_now, EchoPeer, Reply, TempFile, Tern};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -468,26 +468,6 @@ fn tls_connect(port: u16, cert: &TestCert) -> TlsStream {
     rustls::StreamOwned::new(connection, tcp)
 }
 
-fn mint_for(tern: &Tern, user: &str) -> (String, String, Vec<String>) {
-    let minted = post_credentials(
-        tern,
-        Some(API_KEY),
-        Some(&format!("{{\"user\":\"{user}\"}}")),
-    )
-    .json();
-    let uris = minted["uris"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_string())
-        .collect();
-    (
-        minted["username"].as_str().unwrap().to_string(),
-        minted["password"].as_str().unwrap().to_string(),
-        uris,
-    )
-}
-
 #[test]
 fn tcp_and_tls_allocations_show_in_metrics_and_the_admin_api() {
     let cert = TestCert::generate();
@@ -508,7 +488,7 @@ fn tcp_and_tls_allocations_show_in_metrics_and_the_admin_api() {
     }
 
     // The derived URIs name every listener.
-    let (tcp_user, tcp_password, uris) = mint_for(&tern, "streamer");
+    let (tcp_user, tcp_password, uris) = mint_from_endpoint(&tern, API_KEY, "streamer");
     let port = tern.port;
     assert_eq!(
         uris,
@@ -530,7 +510,7 @@ fn tcp_and_tls_allocations_show_in_metrics_and_the_admin_api() {
         assert_eq!(frame[..2], [0x00, 0x17], "a Data indication");
     }
     // A TLS allocation of another user.
-    let (tls_user, tls_password, _) = mint_for(&tern, "secure");
+    let (tls_user, tls_password, _) = mint_from_endpoint(&tern, API_KEY, "secure");
     let mut tls = StreamTurn::new(
         tls_connect(tls_port, &cert),
         &tls_user,

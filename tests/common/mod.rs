@@ -327,3 +327,25 @@ pub fn hangup(tern: &Tern) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A REST credential for `user` from tern's credential endpoint, as an app backend gets it:
+/// username, password and the URIs it hands out.
+pub fn mint_from_endpoint(tern: &Tern, api_key: &str, user: &str) -> (String, String, Vec<String>) {
+    let body = format!("{{\"user\":\"{user}\",\"ttl\":600}}");
+    let reply = http(
+        "POST",
+        &tern.url("/api/v1/credentials"),
+        Some(api_key),
+        Some(&body),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let minted = reply.json();
+    let text = |field: &str| minted[field].as_str().unwrap().to_string();
+    let uris = minted["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    (text("username"), text("password"), uris)
+}
