@@ -1002,6 +1002,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(since) = partial_since {
             deadline = deadline.min(since + partial_timeout);
         }
+        if let Some(due) = session.folder.due() {
+            deadline = deadline.min(due);
+        }
         let deadline = tokio::time::Instant::from_std(deadline);
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
@@ -1024,7 +1027,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Err(close) => return close,
                 }
-                session.folder.fold(&session.server);
+                session.folder.fold_soon(&session.server, now);
             }
             event = tcp_relay_event(&mut session.tcp_relay) => {
                 if let Some(data) = session.tcp_relay_event(shared, event, &mut reply) {
@@ -1041,7 +1044,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         return Close::Io;
                     }
                 }
-                session.folder.fold_traffic(&session.server);
+                session.folder.fold_soon(&session.server, Instant::now());
             }
             () = &mut sleep => {
                 let now = Instant::now();

@@ -2,9 +2,10 @@
 //! `turn::Server`:
 //!
 //! - **Metrics.** [`Folder`] adds the changes of a connection's TURN counters into one shared
-//!   [`WorkerStats`] (`StreamStats::turn`) after each batch of work (frames of one read, a peer
-//!   datagram, a timer, the end of the connection): a few relaxed `fetch_add`s, only for the
-//!   counters that moved. Gauges (live allocations) fold the same way, by wrapping deltas.
+//!   [`WorkerStats`] (`StreamStats::turn`): at most every [`FOLD_INTERVAL`] while packets flow
+//!   (the shared cells are written by every core, so never per packet), and at once on timers,
+//!   admin calls and the end of the connection. Relaxed `fetch_add`s, only for the counters that
+//!   moved. Gauges (live allocations) fold the same way, by wrapping deltas.
 //! - **Admin API.** [`StreamRegistry`] maps a connection id to its task's command channel; it is
 //!   touched when a connection starts serving, when it ends, and by admin calls, never per
 //!   packet. [`StreamControl`] is the admin API's handle on it.
@@ -15,7 +16,11 @@ use crate::turn::{AllocId, AllocationInfo, Counters, Server, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How stale the stream counters in `/metrics` may get while traffic flows (as the UDP
+/// workers' publishing interval).
+pub(super) const FOLD_INTERVAL: Duration = Duration::from_millis(500);
 use tokio::sync::{mpsc, oneshot};
 
 /// Adds the changes of one connection's counters into the shared stats.
@@ -23,6 +28,8 @@ pub(super) struct Folder {
     into: Arc<WorkerStats>,
     last: Counters,
     last_allocations: u64,
+    /// When the counters last changed without being folded (`None`: nothing pending).
+    pending_since: Option<Instant>,
 }
 
 fn add(cell: &AtomicU64, now: u64, before: u64) {
@@ -45,34 +52,28 @@ impl Folder {
             into,
             last: Counters::default(),
             last_allocations: 0,
+            pending_since: None,
         }
     }
 
-    /// Folds relayed traffic only (after a peer datagram).
-    pub fn fold_traffic(&mut self, server: &Server) {
-        let (now, before, s) = (&server.counters().traffic, &self.last.traffic, &self.into);
-        add(
-            &s.packets_to_peer,
-            now.packets_to_peer,
-            before.packets_to_peer,
-        );
-        add(&s.bytes_to_peer, now.bytes_to_peer, before.bytes_to_peer);
-        add(
-            &s.packets_to_client,
-            now.packets_to_client,
-            before.packets_to_client,
-        );
-        add(
-            &s.bytes_to_client,
-            now.bytes_to_client,
-            before.bytes_to_client,
-        );
-        self.last.traffic = *now;
+    /// After packet work at `now`: folds if changes have waited `FOLD_INTERVAL`, else notes
+    /// that some are pending (see [`Folder::due`]).
+    pub fn fold_soon(&mut self, server: &Server, now: Instant) {
+        match self.pending_since {
+            Some(since) if now >= since + FOLD_INTERVAL => self.fold(server),
+            Some(_) => {}
+            None => self.pending_since = Some(now),
+        }
+    }
+
+    /// When pending changes must be folded, so an idle connection's last packets still show.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending_since.map(|since| since + FOLD_INTERVAL)
     }
 
     /// Folds every counter.
     pub fn fold(&mut self, server: &Server) {
-        self.fold_traffic(server);
+        self.pending_since = None;
         self.fold_counters(*server.counters(), server.allocation_count() as u64);
     }
 
