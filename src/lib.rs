@@ -1,14 +1,10 @@
-//! tern: a TURN/STUN relay server.
-//!
-//! The protocol core (`stun`, `turn`, `auth`, `policy`) is sans-IO: bytes and `now` in, what to
-//! send out. `net` is the only module with sockets.
+//! tern, the server crate: configuration (`config`), sockets and workers (`net`), the HTTP
+//! endpoint (`http`). The protocol itself is the sans-IO crate `tern_proto`, re-exported here
+//! under its module names.
 
-pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod credentials;
 pub mod http;
 pub mod net;
-pub mod policy;
-pub mod stun;
-pub mod turn;
+
+pub use tern_proto::{auth, policy, stun, turn};

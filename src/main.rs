@@ -11,7 +11,6 @@ use tern::http::{HttpSettings, HttpState};
 use tern::net::tls::CertStore;
 use tern::net::{PortPool, RelayPorts, StreamDeps, StreamService, UdpService};
 use tern::policy::Quotas;
-use tern::turn::CoreConfig;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
@@ -85,7 +84,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         listener.set_nonblocking(true)?;
         Some(listener)
     };
-    let core = Arc::new(CoreConfig::from_config(&config));
+    let core = Arc::new(config.core());
     let quotas = Arc::new(Quotas::new());
     let nonces = NonceMint::new();
     // Connection tasks (TCP/TLS), signals and the certificate watcher.
@@ -279,7 +278,7 @@ async fn wait_for_signals(
 /// Hands a reloaded configuration to every service. Relay workers confirm before the HTTP
 /// endpoint signs with new secrets, so a credential minted right after a rotation verifies.
 async fn reload(running: Running<'_>, config: &Config) {
-    let core = Arc::new(CoreConfig::from_config(config));
+    let core = Arc::new(config.core());
     if let Some(streams) = running.streams {
         streams.reload(core.clone());
     }

@@ -5,10 +5,23 @@ mod common;
 
 use common::{free_port, Tern, SECRET};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// The `tern-bench` binary: a crate of its own, built by the workspace's `cargo test` into the
+/// same directory as `tern`.
+fn tern_bench() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tern")).with_file_name("tern-bench");
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's `cargo test` (or `cargo build -p tern-bench`)",
+        path.display()
+    );
+    path
+}
+
 fn bench(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+    let output = Command::new(tern_bench())
         .args(args)
         .output()
         .expect("run tern-bench");
@@ -95,7 +108,7 @@ fn relay_through_the_raw_forwarder() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let forwarder = Killed(
-        Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        Command::new(tern_bench())
             .args(["forwarder", "--listen", &listen, "--max-time", "30"])
             .stderr(Stdio::null())
             .spawn()

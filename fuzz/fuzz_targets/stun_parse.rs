@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tern::stun::{decode_xor_address, frame_kind, frame_len, ChannelData, Message};
+use tern_proto::stun::{decode_xor_address, frame_kind, frame_len, ChannelData, Message};
 
 const KEY: &[u8] = b"fuzz key";
 

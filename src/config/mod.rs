@@ -10,8 +10,11 @@ mod values;
 pub use cli::{Cli, Command, CredentialsArgs, ServeArgs};
 pub use load::{from_toml_str, load, ConfigError};
 
-use crate::auth::StaticKey;
+use crate::auth::{Authenticator, StaticKey};
 use crate::policy::IpRange;
+use crate::policy::PeerPolicy;
+use crate::turn::CoreConfig;
+pub use crate::turn::ExternalIp;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -24,14 +27,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
-}
-
-/// `external-ip`: the address advertised in XOR-RELAYED-ADDRESS, either for every relay address
-/// (`public`) or for one private relay address (`public/private`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExternalIp {
-    pub public: IpAddr,
-    pub private: Option<IpAddr>,
 }
 
 /// The validated configuration. Defaults are the embedded zero-config run.
@@ -126,6 +121,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// The slice of this configuration the TURN core reads (swapped in whole on reload).
+    pub fn core(&self) -> CoreConfig {
+        let secrets: Vec<String> = self
+            .static_auth_secrets
+            .iter()
+            .map(|s| s.0.clone())
+            .collect();
+        let auth = Authenticator::new(&self.realm, &secrets, &self.users, self.max_credential_ttl);
+        let policy = PeerPolicy::new(
+            &self.denied_peer_ips,
+            &self.allowed_peer_ips,
+            self.allow_loopback_peers,
+        );
+        let secs = |secs: u32| std::time::Duration::from_secs(secs.into());
+        CoreConfig {
+            default_lifetime: secs(self.default_allocate_lifetime),
+            max_lifetime: secs(self.max_allocate_lifetime),
+            permission_lifetime: secs(self.permission_lifetime),
+            channel_lifetime: secs(self.channel_lifetime),
+            stale_nonce_secs: self.stale_nonce.into(),
+            max_channel_number: if self.allow_rfc5766_channel_numbers {
+                crate::turn::MAX_CHANNEL_NUMBER_RFC5766
+            } else {
+                crate::turn::MAX_CHANNEL_NUMBER
+            },
+            user_quota: self.user_quota,
+            total_quota: self.total_quota,
+            software: self.software.clone().filter(|s| !s.is_empty()),
+            external_ips: self.external_ips.clone(),
+            alternate_servers: self.alternate_servers.clone(),
+            ..CoreConfig::new(auth, policy)
+        }
+    }
+
     /// The effective `alt-listening-port`: as configured, or `listening-port` + 1.
     pub fn alt_listening_port(&self) -> u16 {
         match self.alt_listening_port {

@@ -2,7 +2,6 @@
 
 mod addresses;
 mod control;
-pub(crate) mod mmsg;
 mod port_pool;
 pub mod proxy_protocol;
 mod relay_ports;

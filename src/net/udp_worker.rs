@@ -3,9 +3,6 @@
 //! path is shared with other workers.
 
 use super::addresses::RelayPlan;
-use super::mmsg::{
-    deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
-};
 use super::relay_ports::RelayPorts;
 use super::sockets;
 use super::stats::WorkerStats;
@@ -22,6 +19,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tern_udp::{
+    deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
+};
 use tracing::{debug, warn};
 
 /// Relay sockets use tokens `0..`: the allocation's slab index times two, plus its family's

@@ -13,7 +13,10 @@ mod server;
 mod timers;
 
 pub use allocation::AllocationInfo;
-pub use core_config::CoreConfig;
+pub use core_config::{
+    CoreConfig, ExternalIp, CHANNEL_LIFETIME, DEFAULT_ALLOCATE_LIFETIME, MAX_ALLOCATE_LIFETIME,
+    MAX_CHANNEL_NUMBER, MAX_CHANNEL_NUMBER_RFC5766, PERMISSION_LIFETIME, STALE_NONCE_SECS,
+};
 pub use nat_discovery::NatDiscovery;
 pub use server::{
     AllocId, BoundRelay, ConnectionLookup, Counters, Event, Family, FiveTuple, Output, PortRequest,

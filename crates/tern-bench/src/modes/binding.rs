@@ -1,9 +1,9 @@
 //! `binding`: STUN Binding requests from many sockets, saturated or at a rate.
 
-use crate::bench::cli::BindingArgs;
-use crate::bench::framing::BindingFraming;
-use crate::bench::load::{self, LoadSpec};
-use crate::bench::{report, require_loopback};
+use crate::cli::BindingArgs;
+use crate::framing::BindingFraming;
+use crate::load::{self, LoadSpec};
+use crate::{report, require_loopback};
 use std::io;
 use std::net::UdpSocket;
 

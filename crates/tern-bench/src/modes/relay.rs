@@ -1,13 +1,13 @@
 //! `relay`: N allocations, each with a channel (or Send indications) to the built-in echo peer;
 //! saturated or at a fixed rate. With `--raw`, the same load against `tern-bench forwarder`.
 
-use crate::bench::cli::RelayArgs;
-use crate::bench::client::{rest_credentials, TurnClient};
-use crate::bench::echo::Echo;
-use crate::bench::framing::{ChannelFraming, Framing, IndicationFraming, STAMP};
-use crate::bench::load::{self, LoadSpec};
-use crate::bench::modes::forwarder;
-use crate::bench::{raise_fd_limit, report, require_loopback};
+use crate::cli::RelayArgs;
+use crate::client::{rest_credentials, TurnClient};
+use crate::echo::Echo;
+use crate::framing::{ChannelFraming, Framing, IndicationFraming, STAMP};
+use crate::load::{self, LoadSpec};
+use crate::modes::forwarder;
+use crate::{raise_fd_limit, report, require_loopback};
 use std::io;
 use std::time::{Duration, Instant};
 

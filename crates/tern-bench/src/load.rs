@@ -6,13 +6,13 @@
 use super::framing::Framing;
 use super::histogram::Histogram;
 use super::proc_stats::{self, ProcSample};
-use crate::net::mmsg::{RecvBatch, SendBatch, BATCH};
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use tern_udp::{RecvBatch, SendBatch, BATCH};
 
 /// Receive and transmit slot size: the largest packet the tool sends or expects back.
 pub const SLOT: usize = 2048;
@@ -37,7 +37,6 @@ pub struct LoadSpec {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Snapshot {
     pub at: Option<Instant>,
-    pub sent: u64,
     pub received: u64,
     /// Whatever else the caller counts (the echo peer's datagrams).
     pub side: u64,
@@ -111,7 +110,6 @@ pub fn run(
     let snapshot = |shared: &Shared| -> io::Result<Snapshot> {
         Ok(Snapshot {
             at: Some(Instant::now()),
-            sent: shared.sent.load(Relaxed),
             received: shared.received.load(Relaxed),
             side: side.map_or(0, |s| s.load(Relaxed)),
             server: proc_stats::maybe(pid)?,

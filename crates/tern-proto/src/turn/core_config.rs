@@ -1,9 +1,8 @@
 //! The slice of configuration the state machine reads, prepared once per (re)load.
 
 use crate::auth::Authenticator;
-use crate::config::{Config, ExternalIp};
 use crate::policy::PeerPolicy;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Immutable snapshot shared (behind an `Arc`) by every worker's [`super::Server`]; a reload
@@ -28,40 +27,46 @@ pub struct CoreConfig {
     pub alternate_servers: Vec<SocketAddr>,
 }
 
+/// RFC 8656 §3.2: allocations last 10 minutes unless the client asks otherwise.
+pub const DEFAULT_ALLOCATE_LIFETIME: Duration = Duration::from_secs(600);
+/// A lifetime longer than one hour is cut to it (RFC 8656 §7.2: "for example, 3600 seconds").
+pub const MAX_ALLOCATE_LIFETIME: Duration = Duration::from_secs(3600);
+/// RFC 8656 §9: permissions last 300 seconds.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: channel bindings last 10 minutes.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a nonce stays fresh before 438 Stale Nonce (RFC 8489 §9.2 leaves it open).
+pub const STALE_NONCE_SECS: u64 = 600;
+/// Highest channel number RFC 8656 §12 allows; RFC 5766 allowed up to 0x7FFF.
+pub const MAX_CHANNEL_NUMBER: u16 = 0x4FFF;
+pub const MAX_CHANNEL_NUMBER_RFC5766: u16 = 0x7FFF;
+
+/// `external-ip`: the address advertised in XOR-RELAYED-ADDRESS, either for every relay address
+/// (`public`) or for one private relay address (`public/private`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
 impl CoreConfig {
-    pub fn from_config(config: &Config) -> Self {
-        let secrets: Vec<String> = config
-            .static_auth_secrets
-            .iter()
-            .map(|s| s.0.clone())
-            .collect();
+    /// The RFC's lifetimes, no quotas, no SOFTWARE, no external or alternate addresses; the
+    /// server crate's configuration sets the fields it has keys for.
+    pub fn new(auth: Authenticator, policy: PeerPolicy) -> Self {
         CoreConfig {
-            auth: Authenticator::new(
-                &config.realm,
-                &secrets,
-                &config.users,
-                config.max_credential_ttl,
-            ),
-            policy: PeerPolicy::new(
-                &config.denied_peer_ips,
-                &config.allowed_peer_ips,
-                config.allow_loopback_peers,
-            ),
-            default_lifetime: Duration::from_secs(config.default_allocate_lifetime.into()),
-            max_lifetime: Duration::from_secs(config.max_allocate_lifetime.into()),
-            permission_lifetime: Duration::from_secs(config.permission_lifetime.into()),
-            channel_lifetime: Duration::from_secs(config.channel_lifetime.into()),
-            stale_nonce_secs: config.stale_nonce.into(),
-            max_channel_number: if config.allow_rfc5766_channel_numbers {
-                0x7FFF
-            } else {
-                0x4FFF
-            },
-            user_quota: config.user_quota,
-            total_quota: config.total_quota,
-            software: config.software.clone().filter(|s| !s.is_empty()),
-            external_ips: config.external_ips.clone(),
-            alternate_servers: config.alternate_servers.clone(),
+            auth,
+            policy,
+            default_lifetime: DEFAULT_ALLOCATE_LIFETIME,
+            max_lifetime: MAX_ALLOCATE_LIFETIME,
+            permission_lifetime: PERMISSION_LIFETIME,
+            channel_lifetime: CHANNEL_LIFETIME,
+            stale_nonce_secs: STALE_NONCE_SECS,
+            max_channel_number: MAX_CHANNEL_NUMBER,
+            user_quota: 0,
+            total_quota: 0,
+            software: None,
+            external_ips: Vec::new(),
+            alternate_servers: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! `table`: the benchmark table from the JSON reports of a `scripts/bench.sh` run. Each report
 //! carries `scenario` and `server` tags; each cell is the median over runs with its min–max.
 
-use crate::bench::cli::TableArgs;
+use crate::cli::TableArgs;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io;

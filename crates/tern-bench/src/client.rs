@@ -2,11 +2,11 @@
 //! ChannelBind, CreatePermission, Refresh. Builds and parses with tern's own STUN codec, and
 //! works against any RFC 5766/8656 server (coTURN is the independent check).
 
-use crate::auth::{long_term_key, LongTermKey};
-use crate::stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tern_proto::auth::{long_term_key, LongTermKey};
+use tern_proto::stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
 
 /// Credentials good for a day: longer than any run.
 const CREDENTIAL_TTL: u64 = 86_400;
@@ -25,7 +25,7 @@ pub fn rest_credentials(secret: &str, index: usize) -> Credentials {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let minted =
-        crate::credentials::mint(secret, Some(&format!("bench{index}")), CREDENTIAL_TTL, now);
+        tern_proto::auth::mint(secret, Some(&format!("bench{index}")), CREDENTIAL_TTL, now);
     Credentials {
         username: minted.username,
         password: minted.password,
@@ -124,7 +124,7 @@ pub fn parse_reply(bytes: &[u8], tid: &TransactionId) -> Option<Reply> {
         Class::Success => Some(Reply::Success {
             relayed: msg
                 .get(attr::XOR_RELAYED_ADDRESS)
-                .and_then(|v| crate::stun::decode_xor_address(v, tid).ok()),
+                .and_then(|v| tern_proto::stun::decode_xor_address(v, tid).ok()),
         }),
         Class::Error => {
             let (code, reason) = msg.error_code().unwrap_or((0, ""));

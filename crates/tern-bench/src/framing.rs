@@ -2,8 +2,8 @@
 //! and send time are found again in the reply. The payload starts with `seq` and the send time
 //! in nanoseconds (both u64, big-endian), then zeros up to the requested size.
 
-use crate::stun::{attr, Message, MessageWriter, Method, TransactionId};
 use std::net::SocketAddr;
+use tern_proto::stun::{attr, Message, MessageWriter, Method, TransactionId};
 
 /// Bytes of the payload used for sequence number and timestamp.
 pub const STAMP: usize = 16;
@@ -75,7 +75,7 @@ impl IndicationFraming {
                 let mut w = MessageWriter::new(
                     &mut buf,
                     Method::SEND,
-                    crate::stun::Class::Indication,
+                    tern_proto::stun::Class::Indication,
                     &tid,
                 );
                 w.add_xor_address(attr::XOR_PEER_ADDRESS, *peer);
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(f.write(0, &mut buf, 7, 99), 104);
         assert_eq!(f.read(&buf[..104]), Some((7, 99)));
         assert_eq!(
-            crate::stun::ChannelData::parse(&buf[..104])
+            tern_proto::stun::ChannelData::parse(&buf[..104])
                 .unwrap()
                 .data
                 .len(),

@@ -5,6 +5,7 @@ mod credentials;
 mod nonce;
 
 pub use credentials::{
-    long_term_key, rest_password, AuthError, Authenticator, KeySet, LongTermKey, StaticKey,
+    long_term_key, mint, rest_password, AuthError, Authenticator, KeySet, LongTermKey, Minted,
+    StaticKey,
 };
 pub use nonce::{Nonce, NonceCheck, NonceMint};

@@ -259,6 +259,29 @@ pub fn rest_password(secret: &str, username: &str) -> String {
     String::from_utf8_lossy(password).into_owned()
 }
 
+/// A minted TURN REST credential: the username/password pair and how long it lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Minted {
+    pub username: String,
+    pub password: String,
+    pub ttl: u64,
+}
+
+/// `username = "<now + ttl>[:<user>]"`, `password = base64(HMAC-SHA1(secret, username))`.
+pub fn mint(secret: &str, user: Option<&str>, ttl: u64, now_unix: u64) -> Minted {
+    let expiry = now_unix.saturating_add(ttl);
+    let username = match user.filter(|u| !u.is_empty()) {
+        Some(user) => format!("{expiry}:{user}"),
+        None => expiry.to_string(),
+    };
+    let password = rest_password(secret, &username);
+    Minted {
+        username,
+        password,
+        ttl,
+    }
+}
+
 /// `rest_password` without allocating: writes into `buf` and returns the written bytes.
 fn rest_password_into<'b>(
     secret: &str,

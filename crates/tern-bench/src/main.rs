@@ -2,20 +2,20 @@
 //! credentials) and a raw UDP forwarder to compare against. Loopback only; every run is bounded
 //! in time and in packets, and reports one JSON line.
 
-pub mod cli;
-pub mod client;
-pub mod echo;
-pub mod framing;
-pub mod histogram;
-pub mod load;
-pub mod modes;
-pub mod proc_stats;
-pub mod report;
+mod cli;
+mod client;
+mod echo;
+mod framing;
+mod histogram;
+mod load;
+mod modes;
+mod proc_stats;
+mod report;
 
 use std::net::SocketAddr;
 
 /// Runs the command line; returns the process exit code.
-pub fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     use clap::Parser;
     let cli = cli::Cli::parse();
     let result = match cli.mode {

@@ -2,9 +2,8 @@
 
 use super::*;
 use crate::auth::{long_term_key, NonceMint};
-use crate::config::{Config, Secret};
-use crate::credentials::mint;
-use crate::policy::Quotas;
+use crate::auth::{mint, Authenticator, StaticKey};
+use crate::policy::{PeerPolicy, Quotas};
 use crate::stun;
 use crate::stun::{
     attr, ChannelData, Class, IntegrityCheck, IntegrityKind, Message, MessageWriter, Method,
@@ -36,9 +35,58 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The settings these tests vary, named as the server crate's configuration keys.
+#[derive(Clone)]
+struct Config {
+    realm: String,
+    static_auth_secrets: Vec<String>,
+    users: Vec<(String, StaticKey)>,
+    allow_loopback_peers: bool,
+    allow_rfc5766_channel_numbers: bool,
+    user_quota: u32,
+    total_quota: u32,
+    external_ips: Vec<ExternalIp>,
+    alternate_servers: Vec<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            realm: "tern".into(),
+            static_auth_secrets: Vec::new(),
+            users: Vec::new(),
+            allow_loopback_peers: false,
+            allow_rfc5766_channel_numbers: false,
+            user_quota: 0,
+            total_quota: 0,
+            external_ips: Vec::new(),
+            alternate_servers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    fn core(&self) -> CoreConfig {
+        let auth = Authenticator::new(&self.realm, &self.static_auth_secrets, &self.users, 86400);
+        let policy = PeerPolicy::new(&[], &[], self.allow_loopback_peers);
+        CoreConfig {
+            max_channel_number: if self.allow_rfc5766_channel_numbers {
+                MAX_CHANNEL_NUMBER_RFC5766
+            } else {
+                MAX_CHANNEL_NUMBER
+            },
+            user_quota: self.user_quota,
+            total_quota: self.total_quota,
+            external_ips: self.external_ips.clone(),
+            alternate_servers: self.alternate_servers.clone(),
+            ..CoreConfig::new(auth, policy)
+        }
+    }
+}
+
 fn config() -> Config {
     Config {
-        static_auth_secrets: vec![Secret(SECRET.into())],
+        static_auth_secrets: vec![SECRET.into()],
         ..Config::default()
     }
 }
@@ -51,7 +99,7 @@ impl Harness {
     }
 
     fn with_quotas(config: Config, quotas: Arc<Quotas>, start: Instant) -> Harness {
-        let core = Arc::new(CoreConfig::from_config(&config));
+        let core = Arc::new(config.core());
         let server = Server::new(
             core,
             NonceMint::with_key([7; 32]),
@@ -299,7 +347,7 @@ fn allocate_is_challenged_then_succeeds_with_the_relay_address() {
 #[test]
 fn external_ip_is_what_the_relay_advertises() {
     let mut cfg = config();
-    cfg.external_ips = vec![crate::config::ExternalIp {
+    cfg.external_ips = vec![ExternalIp {
         public: "203.0.113.50".parse().unwrap(),
         private: None,
     }];
@@ -742,10 +790,7 @@ fn sha256_integrity_is_answered_in_kind() {
 #[test]
 fn static_users_authenticate() {
     let cfg = Config {
-        users: vec![(
-            "alice".into(),
-            crate::auth::StaticKey::Password("wonderland".into()),
-        )],
+        users: vec![("alice".into(), StaticKey::Password("wonderland".into()))],
         ..Config::default()
     };
     let mut h = Harness::new(cfg);

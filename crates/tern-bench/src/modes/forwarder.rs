@@ -4,15 +4,15 @@
 //! with recvmmsg/sendmmsg in batches of 32. A flow starts with a setup datagram
 //! `FF FF 00 06 <IPv4 peer> <port>` (IPv4 peers only), which is echoed back as the answer.
 
-use crate::bench::cli::ForwarderArgs;
-use crate::bench::require_loopback;
-use crate::net::mmsg::{deepen_receive_buffer, RecvBatch, SendBatch, BATCH};
+use crate::cli::ForwarderArgs;
+use crate::require_loopback;
 use mio::{Events, Interest, Poll, Token};
 use rustc_hash::FxHashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use tern_udp::{deepen_receive_buffer, RecvBatch, SendBatch, BATCH};
 
 const LISTENER: Token = Token(usize::MAX);
 const SLOT: usize = 2048;
@@ -70,7 +70,7 @@ pub fn client_setup(forwarder: SocketAddr, peer: SocketAddr) -> io::Result<UdpSo
 
 pub fn run(args: &ForwarderArgs) -> io::Result<()> {
     require_loopback(args.listen)?;
-    crate::bench::raise_fd_limit();
+    crate::raise_fd_limit();
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_time.clamp(1.0, 3600.0));
     let mut poll = Poll::new()?;
     let listener = std::net::UdpSocket::bind(args.listen)?;

@@ -1,12 +1,12 @@
 //! `hold`: N allocations held idle, then the server's RSS per allocation; then all are deleted
 //! and RSS is read again (does memory come back, or get reused).
 
-use crate::bench::cli::HoldArgs;
-use crate::bench::client::{rest_credentials, TurnClient};
-use crate::bench::echo::Echo;
-use crate::bench::modes::relay::CHANNEL;
-use crate::bench::proc_stats;
-use crate::bench::{raise_fd_limit, report, require_loopback};
+use crate::cli::HoldArgs;
+use crate::client::{rest_credentials, TurnClient};
+use crate::echo::Echo;
+use crate::modes::relay::CHANNEL;
+use crate::proc_stats;
+use crate::{raise_fd_limit, report, require_loopback};
 use std::io;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! The built-in UDP echo peer: every datagram goes back to its sender, in batches
 //! (recvmmsg/sendmmsg), on 127.0.0.1 or ::1. Bounded in time; stops when asked.
 
-use crate::net::mmsg::{RecvBatch, SendBatch, BATCH};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -9,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tern_udp::{RecvBatch, SendBatch, BATCH};
 
 /// Largest datagram echoed.
 const SLOT: usize = 2048;

@@ -1,5 +1,6 @@
-//! Batched UDP I/O: `recvmmsg` into a slab of fixed-size slots, `sendmmsg` of borrowed slices.
-//! One system call moves up to [`BATCH`] datagrams. Used by the UDP workers and by `tern-bench`.
+//! Batched UDP I/O for Linux: `recvmmsg` into a slab of fixed-size slots, `sendmmsg` of borrowed
+//! slices, and UDP GSO sends. One system call moves up to [`BATCH`] datagrams. Used by tern's UDP
+//! workers and by `tern-bench`; the only crate of the workspace with `unsafe` FFI to the socket API.
 
 use std::io;
 use std::marker::PhantomData;

@@ -3,17 +3,17 @@
 //! then Refresh with LIFETIME 0 to delete it; the next cycle starts from a new socket. Reports authenticated allocations per second and
 //! the server's CPU per allocation.
 
-use crate::bench::cli::AllocArgs;
-use crate::bench::client::{
+use crate::cli::AllocArgs;
+use crate::client::{
     allocate_body, parse_reply, rest_credentials, write_request, Credentials, Reply, Session,
     TidSource,
 };
-use crate::bench::{proc_stats, report, require_loopback};
-use crate::stun::{attr, Method, TransactionId};
+use crate::{proc_stats, report, require_loopback};
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tern_proto::stun::{attr, Method, TransactionId};
 
 const RETRANSMIT: Duration = Duration::from_millis(500);
 
@@ -137,7 +137,7 @@ fn source(bind: SocketAddr, n: u64) -> SocketAddr {
 pub fn run(args: &AllocArgs) -> io::Result<()> {
     let common = &args.common;
     require_loopback(common.server)?;
-    crate::bench::raise_fd_limit();
+    crate::raise_fd_limit();
     let bind: SocketAddr = if common.server.is_ipv4() {
         "127.0.0.1:0".parse().expect("literal")
     } else {
