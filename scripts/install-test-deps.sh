@@ -7,7 +7,7 @@ set -euo pipefail
 
 # package:command it provides. The command is what the tests need; checking it (rather than
 # dpkg's records, which still list a removed package's config files) tells what is really there.
-packages=(coturn:turnutils_uclient chromium:chromium)
+packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git)
 missing=()
 for entry in "${packages[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
