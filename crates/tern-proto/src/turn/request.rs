@@ -364,6 +364,10 @@ mod tests {
         (typ, Bytes(vec![byte, 0, 0, 0]))
     }
 
+    /// What an Allocate case is: its name, attributes, whether the client is on a stream, and
+    /// the code it earns.
+    type Case = (&'static str, Vec<(u16, Value)>, bool, u16);
+
     /// The error code an Allocate with these attributes earns, `None` if it decodes.
     fn allocate_code(attrs: &[(u16, Value)], stream_client: bool) -> Option<u16> {
         with(Method::ALLOCATE, attrs, |msg| {
@@ -416,7 +420,7 @@ mod tests {
     fn each_malformed_allocate_earns_its_code() {
         let token = || (attr::RESERVATION_TOKEN, Bytes(vec![1; 8]));
         let even = |r: u8| (attr::EVEN_PORT, Bytes(vec![r]));
-        let cases: Vec<(&str, Vec<(u16, Value)>, bool, u16)> = vec![
+        let cases: Vec<Case> = vec![
             ("no REQUESTED-TRANSPORT", vec![], false, 400),
             ("SCTP", vec![transport(132)], false, 442),
             (
@@ -623,17 +627,17 @@ mod tests {
         let connect = with(
             Method::CONNECT,
             &[(attr::XOR_PEER_ADDRESS, Xor(peer()))],
-            |msg| Connect::decode(msg),
+            Connect::decode,
         );
         assert_eq!(connect, Ok(Connect { peer: peer() }));
-        let connect = with(Method::CONNECT, &[], |msg| Connect::decode(msg));
+        let connect = with(Method::CONNECT, &[], Connect::decode);
         assert_eq!(connect, Err(DecodeError::Missing(attr::XOR_PEER_ADDRESS)));
 
         let bind = |value: Vec<u8>| {
             with(
                 Method::CONNECTION_BIND,
                 &[(attr::CONNECTION_ID, Bytes(value))],
-                |msg| ConnectionBind::decode(msg),
+                ConnectionBind::decode,
             )
         };
         assert_eq!(bind(vec![0, 0, 1, 2]), Ok(ConnectionBind { id: 0x102 }));
