@@ -7,4 +7,4 @@ pub mod credentials;
 pub mod http;
 pub mod net;
 
-pub use tern_proto::{auth, policy, stun, turn};
+pub use tern_proto::{auth, metrics, policy, stun, turn};

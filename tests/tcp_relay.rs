@@ -161,6 +161,29 @@ fn connect_then_connection_bind_relays_bytes_to_a_tcp_peer() {
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "tern_tcp_relay_spliced"), 1, "{metrics}");
+    // Connect and ConnectionBind answers are counted under their own methods and codes, 446
+    // and 447 included (connections fold their counters within 500 ms, hence the wait).
+    let answers = [
+        ("connect", "200"),
+        ("connect", "403"),
+        ("connect", "446"),
+        ("connect", "447"),
+        ("connection_bind", "200"),
+        ("connection_bind", "400"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+        let counted = |(method, code): &(&str, &str)| {
+            let sample = format!("tern_requests_total{{method=\"{method}\",code=\"{code}\"}} 1");
+            metrics.lines().any(|line| line == sample)
+        };
+        if answers.iter().all(counted) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A connection id is bound once.
     assert_eq!(control.data_connection(tern.addr, id).err(), Some(400));
 

@@ -1,23 +1,27 @@
 //! `/metrics`: Prometheus text (OpenMetrics) through `prometheus-client`'s registry and encoder.
 //!
 //! A custom collector reads the workers' published atomics at scrape time, so values move while
-//! allocations live (not only when they end) and the packet path never touches a metric. Labels
-//! are bounded sets (transport, method, code, reason, direction): never a user name.
+//! allocations live (not only when they end) and the packet path never touches a metric. What it
+//! encodes comes from the declarations (`turn::metrics::CounterSet`, `net::StreamStats`,
+//! [`ProcessGauges`]): names, help, kinds and labels. Labels are bounded sets (transport,
+//! method, code, reason, direction): never a user name.
 
 use super::HttpState;
-use crate::net::{RelayPorts, WorkerStats};
-use crate::turn::metrics::{AUTH_REASONS, CODES, METHODS, TRANSPORTS};
+use crate::metrics::{Cell, Kind, MetricDef, MetricSet};
+use crate::net::{RelayPorts, StreamStats, WorkerStats};
+use crate::turn::metrics::SharedCounters;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,20 +44,18 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
-    /// `workers`: the UDP workers' stats; `streams`: the TCP/TLS connections' counters, added up.
+    /// `workers`: the UDP workers' stats; `streams`: the TCP/TLS listeners' (whose TURN counters
+    /// are every connection's added up).
     pub fn new(
         workers: Vec<Arc<WorkerStats>>,
-        streams: Option<Arc<WorkerStats>>,
+        streams: Option<Arc<StreamStats>>,
         ports: Arc<Mutex<RelayPorts>>,
         draining: Arc<AtomicBool>,
     ) -> Metrics {
-        let relay_workers = workers.len();
-        let mut stats = workers;
-        stats.extend(streams);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(TernCollector {
-            stats,
-            relay_workers,
+            workers,
+            streams,
             ports,
             draining,
         }));
@@ -61,10 +63,22 @@ impl Metrics {
     }
 }
 
+tern_proto::declare_metrics! {
+    /// What the process knows at scrape time, outside the workers' counters.
+    struct ProcessGauges(u64) {
+        relay_ports_free: gauge
+            = "tern_relay_ports_free", "Relay ports free in the min-port..max-port range";
+        draining: gauge
+            = "tern_draining", "1 while the server drains (new allocations refused)";
+        relay_workers: gauge = "tern_relay_workers", "Relay worker threads";
+    }
+}
+
 struct TernCollector {
-    /// The UDP workers' stats, then the stream connections' (if any); every metric is their sum.
-    stats: Vec<Arc<WorkerStats>>,
-    relay_workers: usize,
+    /// The UDP workers' stats.
+    workers: Vec<Arc<WorkerStats>>,
+    /// `None` when no TCP/TLS listener runs (its metrics then read 0).
+    streams: Option<Arc<StreamStats>>,
     ports: Arc<Mutex<RelayPorts>>,
     draining: Arc<AtomicBool>,
 }
@@ -72,202 +86,200 @@ struct TernCollector {
 impl std::fmt::Debug for TernCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TernCollector")
-            .field("workers", &self.stats.len())
+            .field("workers", &self.workers.len())
             .finish()
     }
 }
 
-impl TernCollector {
-    /// The sum over workers of one atomic.
-    fn sum(&self, field: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
-        self.stats.iter().map(|s| field(s).load(Relaxed)).sum()
-    }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
 impl Collector for TernCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let e = &mut encoder;
-        {
-            let gauge_type = ConstGauge::new(0i64).metric_type();
-            let mut family = e.encode_descriptor(
-                "tern_allocations",
-                "Live allocations, by client transport",
-                None,
-                gauge_type,
-            )?;
-            for (i, transport) in TRANSPORTS.iter().enumerate() {
-                let value = self.sum(|s| &s.allocations_by_transport[i]);
-                ConstGauge::new(value as i64)
-                    .encode(family.encode_family(&[("transport", *transport)])?)?;
-            }
-        }
-        counter(
-            e,
-            "tern_allocations_created",
-            "Allocations created",
-            self.sum(|s| &s.allocations_created),
-        )?;
-        counter(
-            e,
-            "tern_allocations_expired",
-            "Allocations ended because their lifetime ran out",
-            self.sum(|s| &s.allocations_expired),
-        )?;
-        counter(
-            e,
-            "tern_allocations_deleted",
-            "Allocations ended by the client (Refresh lifetime 0), connection close or the admin API",
-            self.sum(|s| &s.allocations_deleted),
-        )?;
-        {
-            let counter_type = ConstCounter::new(0u64).metric_type();
-            let mut family = e.encode_descriptor(
-                "tern_requests",
-                "STUN/TURN requests answered, by method and result code (200 = success)",
-                None,
-                counter_type,
-            )?;
-            for (m, method) in METHODS.iter().enumerate() {
-                for (c, code) in CODES.iter().enumerate() {
-                    let value = self.sum(|s| &s.requests[m][c]);
-                    if value > 0 {
-                        ConstCounter::new(value).encode(
-                            family.encode_family(&[("method", *method), ("code", *code)])?,
-                        )?;
-                    }
-                }
-            }
-        }
-        {
-            let counter_type = ConstCounter::new(0u64).metric_type();
-            let mut family = e.encode_descriptor(
-                "tern_auth_failures",
-                "Requests that failed authentication, by reason",
-                None,
-                counter_type,
-            )?;
-            for (i, reason) in AUTH_REASONS.iter().enumerate() {
-                let value = self.sum(|s| &s.auth_failures_by_reason[i]);
-                ConstCounter::new(value).encode(family.encode_family(&[("reason", *reason)])?)?;
-            }
-        }
-        for (name, help, packets_or_bytes) in [
-            (
-                "tern_relayed_packets",
-                "Datagrams relayed, by direction",
-                true,
-            ),
-            (
-                "tern_relayed_bytes",
-                "Payload bytes relayed, by direction",
-                false,
-            ),
-        ] {
-            let counter_type = ConstCounter::new(0u64).metric_type();
-            let mut family = e.encode_descriptor(name, help, None, counter_type)?;
-            let (to_peer, to_client) = if packets_or_bytes {
-                (
-                    self.sum(|s| &s.packets_to_peer),
-                    self.sum(|s| &s.packets_to_client),
-                )
-            } else {
-                (
-                    self.sum(|s| &s.bytes_to_peer),
-                    self.sum(|s| &s.bytes_to_client),
-                )
-            };
-            ConstCounter::new(to_peer)
-                .encode(family.encode_family(&[("direction", "to_peer")])?)?;
-            ConstCounter::new(to_client)
-                .encode(family.encode_family(&[("direction", "to_client")])?)?;
-        }
-        counter(
-            e,
-            "tern_peers_denied",
-            "Peer addresses refused by the peer policy",
-            self.sum(|s| &s.peers_denied),
-        )?;
-        counter(
-            e,
-            "tern_quota_rejections",
-            "Allocates refused by user-quota or total-quota",
-            self.sum(|s| &s.quota_rejections),
-        )?;
-        counter(
-            e,
-            "tern_drain_rejections",
-            "Allocates refused because the server is draining",
-            self.sum(|s| &s.drain_rejections),
-        )?;
-        let free_ports = self
+        // The TURN counters: every UDP worker's and the stream connections' summed.
+        let stream_turn = self.streams.as_ref().map(|streams| streams.turn.counters());
+        let turn: Vec<&SharedCounters> = self
+            .workers
+            .iter()
+            .map(|worker| worker.counters())
+            .chain(stream_turn)
+            .collect();
+        encode_set(&mut encoder, &turn)?;
+        let streams: Vec<&StreamStats> = self.streams.iter().map(Arc::as_ref).collect();
+        encode_set(&mut encoder, &streams)?;
+        let relay_ports_free = self
             .ports
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .free();
-        gauge(
-            e,
-            "tern_relay_ports_free",
-            "Relay ports free in the min-port..max-port range",
-            free_ports as u64,
-        )?;
-        {
-            let gauge_type = ConstGauge::new(0i64).metric_type();
-            let mut family = e.encode_descriptor(
-                "tern_connections",
-                "Client connections open, by transport (stream transports; UDP has none)",
-                None,
-                gauge_type,
-            )?;
-            for (i, transport) in TRANSPORTS.iter().enumerate().skip(1) {
-                let value = self.sum(|s| &s.connections_open[i]);
-                ConstGauge::new(value as i64)
-                    .encode(family.encode_family(&[("transport", *transport)])?)?;
-            }
+        let process = ProcessGauges {
+            relay_ports_free: relay_ports_free as u64,
+            draining: u64::from(self.draining.load(Relaxed)),
+            relay_workers: self.workers.len() as u64,
+        };
+        encode_set(&mut encoder, &[&process])
+    }
+}
+
+/// Encodes every metric of a declared set, each cell summed over `sources`.
+fn encode_set<S: MetricSet>(
+    encoder: &mut DescriptorEncoder,
+    sources: &[&S],
+) -> Result<(), std::fmt::Error> {
+    for (index, def) in S::METRICS.iter().enumerate() {
+        let value = |cell: usize| {
+            sources.iter().fold(0u64, |sum, source| {
+                let value = source.cells(index).get(cell).map_or(0, Cell::get);
+                // Wrapping: a stream gauge folds its decreases as wrapping deltas.
+                sum.wrapping_add(value)
+            })
+        };
+        encode_metric(encoder, def, value)?;
+    }
+    Ok(())
+}
+
+fn encode_metric(
+    encoder: &mut DescriptorEncoder,
+    def: &MetricDef,
+    value: impl Fn(usize) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let metric_type = match def.kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+    };
+    let mut family = encoder.encode_descriptor(def.name, def.help, None, metric_type)?;
+    if def.labels.is_empty() {
+        return encode_value(family, def.kind, value(0));
+    }
+    for cell in 0..def.cell_count() {
+        let value = value(cell);
+        if def.sparse && value == 0 {
+            continue;
         }
-        counter(
-            e,
-            "tern_tcp_peer_connections",
-            "RFC 6062 peer connections opened by Connect or accepted on a relayed address",
-            self.sum(|s| &s.tcp_peer_connections),
-        )?;
-        gauge(
-            e,
-            "tern_tcp_relay_spliced",
-            "RFC 6062 data connections spliced with a peer connection now",
-            self.sum(|s| &s.tcp_spliced),
-        )?;
-        gauge(
-            e,
-            "tern_draining",
-            "1 while the server drains (new allocations refused)",
-            u64::from(self.draining.load(Relaxed)),
-        )?;
-        gauge(
-            e,
-            "tern_relay_workers",
-            "Relay worker threads",
-            self.relay_workers as u64,
-        )?;
-        Ok(())
+        let pairs = def.label_values(cell);
+        let labels = &pairs[..def.labels.len()];
+        encode_value(family.encode_family(&labels)?, def.kind, value)?;
+    }
+    Ok(())
+}
+
+fn encode_value(encoder: MetricEncoder, kind: Kind, value: u64) -> Result<(), std::fmt::Error> {
+    match kind {
+        Kind::Counter => ConstCounter::new(value).encode(encoder),
+        Kind::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::LabelSet;
+    use crate::net::PortPool;
+    use crate::turn::metrics::{Outcome, RequestMethod};
+    use crate::turn::{ErrorCode, Transport};
+    use std::collections::BTreeSet;
+
+    /// Every metric `/metrics` shows, in the order the collector encodes them.
+    fn declared() -> impl Iterator<Item = &'static MetricDef> {
+        let turn = <SharedCounters as MetricSet>::METRICS;
+        let streams = <StreamStats as MetricSet>::METRICS;
+        let process = <ProcessGauges as MetricSet>::METRICS;
+        turn.iter().chain(streams).chain(process)
+    }
+
+    /// The README's `/metrics` paragraph: from its bullet to the next bullet.
+    fn readme_metrics_paragraph() -> &'static str {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("- **`/metrics`**")
+            .expect("README has a /metrics bullet");
+        let rest = &readme[start + 1..];
+        let end = rest.find("\n- ").map_or(rest.len(), |end| end + 1);
+        &readme[start..start + end]
+    }
+
+    /// How a metric is written in the README: its exposed name and label names.
+    fn documented_form(def: &MetricDef) -> String {
+        let labels: Vec<&str> = def.labels.iter().map(|l| l.name).collect();
+        match labels.is_empty() {
+            true => def.exposed_name(),
+            false => format!("{}{{{}}}", def.exposed_name(), labels.join(",")),
+        }
+    }
+
+    /// Fails when a metric is declared but not in README.md's `/metrics` paragraph, or named
+    /// there but not declared (or documented with other labels).
+    #[test]
+    fn readme_lists_exactly_the_declared_metrics() {
+        let paragraph = readme_metrics_paragraph();
+        let documented: BTreeSet<String> = paragraph
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|code| code.starts_with("tern_"))
+            .map(str::to_string)
+            .collect();
+        let declared: BTreeSet<String> = declared().map(documented_form).collect();
+        let undocumented: Vec<_> = declared.difference(&documented).collect();
+        let undeclared: Vec<_> = documented.difference(&declared).collect();
+        assert!(
+            undocumented.is_empty() && undeclared.is_empty(),
+            "README /metrics paragraph out of step with the declarations:\n  \
+             declared, not documented: {undocumented:?}\n  documented, not declared: {undeclared:?}"
+        );
+    }
+
+    #[test]
+    fn metric_names_are_unique() {
+        let mut names = BTreeSet::new();
+        for def in declared() {
+            assert!(names.insert(def.name), "{} declared twice", def.name);
+        }
+    }
+
+    /// Counters and gauges from every declared set, summed over sources, with their labels.
+    #[test]
+    fn encodes_declared_sets_summed() {
+        let one = WorkerStats::default();
+        let two = WorkerStats::default();
+        let connect = RequestMethod::Connect.index();
+        let failed = Outcome::Error(ErrorCode::ConnectionTimeoutOrFailure).index();
+        one.counters().requests[connect][failed].store(2, Relaxed);
+        two.counters().requests[connect][failed].store(1, Relaxed);
+        one.counters().allocations_created.store(5, Relaxed);
+        let streams = StreamStats::default();
+        streams.accepted.store(4, Relaxed);
+        streams.connections_open[Transport::Tls.index()].store(1, Relaxed);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(TernCollector {
+            workers: vec![Arc::new(one), Arc::new(two)],
+            streams: Some(Arc::new(streams)),
+            ports: Arc::new(Mutex::new(RelayPorts::new(PortPool::new(50000, 50009), 0))),
+            draining: Arc::new(AtomicBool::new(true)),
+        }));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "tern_requests_total{method=\"connect\",code=\"447\"} 3",
+            "tern_allocations_created_total 5",
+            "tern_stream_accepted_total 4",
+            "tern_connections{transport=\"tls\"} 1",
+            "tern_relayed_bytes_total{direction=\"to_client\"} 0",
+            "tern_relay_ports_free 10",
+            "tern_draining 1",
+            "tern_relay_workers 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        // Sparse: no zero method × code samples.
+        assert!(!text.contains("code=\"200\""), "{text}");
+        for def in declared() {
+            assert!(
+                text.contains(&format!("# HELP {} {}", def.name, def.help)),
+                "{}",
+                def.name
+            );
+        }
     }
 }

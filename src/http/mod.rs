@@ -84,7 +84,7 @@ impl HttpState {
     ) -> Arc<HttpState> {
         let stats = udp.map(|udp| udp.stats.clone()).unwrap_or_default();
         let control = udp.map(UdpService::control).unwrap_or_default();
-        let stream_stats = streams.map(|streams| streams.stats.turn.clone());
+        let stream_stats = streams.map(|streams| streams.stats.clone());
         Arc::new(HttpState {
             settings: ArcSwap::from_pointee(settings),
             metrics: metrics::Metrics::new(

@@ -17,8 +17,8 @@ pub use addresses::{expand_listening_ips, RelayPlan};
 pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
-pub use stats::WorkerStats;
-pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
+pub use stats::{StreamStats, WorkerStats};
+pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, MAX_FRAME};
 pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 
 use crate::auth::NonceMint;

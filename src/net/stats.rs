@@ -1,73 +1,82 @@
-//! Per-worker counters published for metrics. Each worker writes only its own `WorkerStats`
-//! (relaxed stores, a few times a second), so readers never slow the packet path.
+//! What the I/O layer publishes for `/metrics`, declared once (see `tern_proto::metrics`).
+//!
+//! - [`WorkerStats`]: a `turn::Server`'s counters as atomics. A UDP worker stores its own a few
+//!   times a second ([`WorkerStats::publish`]); the TCP/TLS connections add their changes into
+//!   one shared `WorkerStats` (`stream_admin::Folder`). Readers never slow the packet path.
+//! - [`StreamStats`]: what only the TCP/TLS listeners count, bumped directly (relaxed atomics)
+//!   by connection code, never per packet.
 
-use crate::turn::metrics::{AUTH_REASONS, CODES, METHODS, TRANSPORTS};
-use crate::turn::Server;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::turn::metrics::{Counters, SharedCounters};
+use crate::turn::{Server, Transport};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
+/// One `turn::Server`'s counters, or many added up.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// RFC 6062 peer connections opened by Connect or accepted on a relayed address, in total
-    /// (stream connections only; written directly by the I/O layer, not by `publish`).
-    pub tcp_peer_connections: AtomicU64,
-    /// RFC 6062 data connections spliced with their peer connection now.
-    pub tcp_spliced: AtomicU64,
-    pub allocations: AtomicU64,
-    pub allocations_created: AtomicU64,
-    pub allocations_expired: AtomicU64,
-    pub allocations_deleted: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub peers_denied: AtomicU64,
-    pub quota_rejections: AtomicU64,
-    /// Allocates answered 300 Try Alternate.
-    pub redirects: AtomicU64,
-    pub packets_to_peer: AtomicU64,
-    pub bytes_to_peer: AtomicU64,
-    pub packets_to_client: AtomicU64,
-    pub bytes_to_client: AtomicU64,
-    /// Responses by method and code ([`crate::turn::metrics`] indices).
-    pub requests: [[AtomicU64; CODES.len()]; METHODS.len()],
-    pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
-    pub allocations_by_transport: [AtomicU64; TRANSPORTS.len()],
-    pub drain_rejections: AtomicU64,
-    /// Client connections open on this worker by transport (TCP/TLS listeners keep these; UDP
-    /// has no connections).
-    pub connections_open: [AtomicU64; TRANSPORTS.len()],
+    counters: SharedCounters,
 }
 
 impl WorkerStats {
+    /// Stores the worker's counters (the worker calls this at most every 500 ms).
     pub fn publish(&self, server: &Server) {
-        let c = server.counters();
-        self.allocations
-            .store(server.allocation_count() as u64, Relaxed);
-        self.allocations_created
-            .store(c.allocations_created, Relaxed);
-        self.allocations_expired
-            .store(c.allocations_expired, Relaxed);
-        self.allocations_deleted
-            .store(c.allocations_deleted, Relaxed);
-        self.auth_failures.store(c.auth_failures, Relaxed);
-        self.peers_denied.store(c.peers_denied, Relaxed);
-        self.quota_rejections.store(c.quota_rejections, Relaxed);
-        self.redirects.store(c.redirects, Relaxed);
-        self.packets_to_peer
-            .store(c.traffic.packets_to_peer, Relaxed);
-        self.bytes_to_peer.store(c.traffic.bytes_to_peer, Relaxed);
-        self.packets_to_client
-            .store(c.traffic.packets_to_client, Relaxed);
-        self.bytes_to_client
-            .store(c.traffic.bytes_to_client, Relaxed);
-        for (cells, values) in self.requests.iter().zip(&c.requests.counts) {
-            store_all(cells, values);
-        }
-        store_all(&self.auth_failures_by_reason, &c.auth_failures_by_reason);
-        store_all(&self.allocations_by_transport, &c.allocations_by_transport);
-        self.drain_rejections.store(c.drain_rejections, Relaxed);
+        self.counters.store(server.counters());
+    }
+
+    /// Adds what changed from `before` to `now` (a stream connection folding its counters).
+    pub fn add_changes(&self, now: &Counters, before: &Counters) {
+        self.counters.add_changes(now, before);
+    }
+
+    pub fn counters(&self) -> &SharedCounters {
+        &self.counters
     }
 }
 
-fn store_all(cells: &[AtomicU64], values: &[u64]) {
-    for (cell, value) in cells.iter().zip(values) {
-        cell.store(*value, Relaxed);
+tern_proto::declare_metrics! {
+    /// The TCP/TLS listeners' metrics.
+    pub struct StreamStats(AtomicU64) {
+        /// Held from accept to close (TLS handshake and PROXY header included): what
+        /// `max-connections` limits.
+        connections: gauge
+            = "tern_stream_admitted",
+              "TCP/TLS connections holding a max-connections slot (from accept, handshakes included)";
+        accepted: counter
+            = "tern_stream_accepted",
+              "TCP/TLS connections accepted within max-connections and max-connections-per-ip";
+        /// Refused by `max-connections` / `max-connections-per-ip`.
+        refused: counter
+            = "tern_stream_refused",
+              "TCP/TLS connections refused by max-connections or max-connections-per-ip";
+        tls_handshake_failures: counter
+            = "tern_tls_handshake_failures", "TLS handshakes that failed";
+        /// Closed for bytes that are neither STUN, ChannelData nor TLS, or an unaccepted PROXY
+        /// header.
+        protocol_errors: counter
+            = "tern_stream_protocol_errors",
+              "TCP/TLS connections closed for bytes that are not STUN, ChannelData, TLS or an accepted PROXY header";
+        /// Closed by `stream-idle-timeout` or `partial-frame-timeout`.
+        timeouts: counter
+            = "tern_stream_timeouts",
+              "TCP/TLS connections closed by stream-idle-timeout or partial-frame-timeout";
+        /// Relay sockets held by allocations on streams now.
+        allocations: gauge
+            = "tern_stream_relays",
+              "Relay sockets (UDP, or TCP for RFC 6062) held by allocations of TCP/TLS clients";
+        /// Client connections serving TURN, by transport (UDP has none).
+        connections_open: gauge [Transport]
+            = "tern_connections",
+              "Client connections open, by transport (TCP and TLS; UDP has no connections)";
+        /// RFC 6062 peer connections opened by Connect or accepted on a relayed address.
+        tcp_peer_connections: counter
+            = "tern_tcp_peer_connections",
+              "RFC 6062 peer connections opened by Connect or accepted on a relayed address";
+        /// RFC 6062 data connections spliced with their peer connection now.
+        tcp_spliced: gauge
+            = "tern_tcp_relay_spliced", "RFC 6062 data connections spliced with a peer connection now";
+    }
+    extra {
+        /// Every connection's TURN counters added up (see `stream_admin::Folder`).
+        pub turn: Arc<WorkerStats>,
     }
 }

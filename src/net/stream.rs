@@ -17,7 +17,7 @@
 use super::addresses::{expand_listening_ips, RelayPlan};
 use super::proxy_protocol::{self, Parsed};
 use super::relay_ports::RelayPorts;
-use super::stats::WorkerStats;
+use super::stats::StreamStats;
 use super::stream_admin::{Folder, StreamCommand, StreamControl, StreamRegistry};
 use super::tcp_relay::{self, Claimer, ConnectionRegistry, Pending, RelayEvent, TcpRelay};
 use super::tls::{CertStore, ALPN_STUN_TURN};
@@ -82,26 +82,6 @@ impl StreamSettings {
             proxy_trusted: config.proxy_protocol_trusted.clone(),
         }
     }
-}
-
-/// Counters for metrics, updated with relaxed atomics.
-#[derive(Debug, Default)]
-pub struct StreamStats {
-    /// Connections open now.
-    pub connections: AtomicU64,
-    pub accepted: AtomicU64,
-    /// Refused by `max-connections` / `max-connections-per-ip`.
-    pub refused: AtomicU64,
-    pub tls_handshake_failures: AtomicU64,
-    /// Closed for bytes that are neither STUN, ChannelData nor TLS, or an unaccepted PROXY header.
-    pub protocol_errors: AtomicU64,
-    /// Closed by `stream-idle-timeout` or `partial-frame-timeout`.
-    pub timeouts: AtomicU64,
-    /// Allocations on streams now.
-    pub allocations: AtomicU64,
-    /// Every connection's TURN counters added up (for metrics; see `stream_admin::Folder`), and
-    /// open connections by transport in `connections_open`.
-    pub turn: Arc<WorkerStats>,
 }
 
 /// What connection tasks need from the rest of the process.
@@ -816,7 +796,7 @@ impl Session {
                 // Without a permission the peer connection is closed here (dropped).
                 let (id, data) = self.server.connection_attempt(alloc, peer_addr, reply)?;
                 if shared.tcp_connections.insert(pending(id, peer, peer_addr)) {
-                    shared.stats.turn.tcp_peer_connections.fetch_add(1, Relaxed);
+                    shared.stats.tcp_peer_connections.fetch_add(1, Relaxed);
                     Some(data)
                 } else {
                     None // an id collision across allocations: the peer is closed
@@ -832,7 +812,7 @@ impl Session {
                         Ok(peer_addr) => {
                             let filed = shared.tcp_connections.insert(pending(id, peer, peer_addr));
                             if filed {
-                                shared.stats.turn.tcp_peer_connections.fetch_add(1, Relaxed);
+                                shared.stats.tcp_peer_connections.fetch_add(1, Relaxed);
                             }
                             filed
                         }
@@ -947,7 +927,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     server.set_drain_flag(shared.draining.clone());
     let (_registration, mut commands) = shared
         .registry
-        .register(tuple.transport, shared.stats.turn.clone());
+        .register(tuple.transport, shared.stats.clone());
     let mut session = Session {
         server,
         tuple,
@@ -1178,9 +1158,9 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     bound: Bound,
     shared: &Arc<Shared>,
 ) -> Close {
-    shared.stats.turn.tcp_spliced.fetch_add(1, Relaxed);
+    shared.stats.tcp_spliced.fetch_add(1, Relaxed);
     tcp_relay::splice(stream, bound.leftover, bound.pending).await;
-    shared.stats.turn.tcp_spliced.fetch_sub(1, Relaxed);
+    shared.stats.tcp_spliced.fetch_sub(1, Relaxed);
     Close::Spliced
 }
 

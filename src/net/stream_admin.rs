@@ -5,13 +5,14 @@
 //!   [`WorkerStats`] (`StreamStats::turn`): at most every [`FOLD_INTERVAL`] while packets flow
 //!   (the shared cells are written by every core, so never per packet), and at once on timers,
 //!   admin calls and the end of the connection. Relaxed `fetch_add`s, only for the counters that
-//!   moved. Gauges (live allocations) fold the same way, by wrapping deltas.
+//!   moved (every counter the TURN core declares). Gauges (live allocations) fold the same way,
+//!   by wrapping deltas.
 //! - **Admin API.** [`StreamRegistry`] maps a connection id to its task's command channel; it is
 //!   touched when a connection starts serving, when it ends, and by admin calls, never per
 //!   packet. [`StreamControl`] is the admin API's handle on it.
 
-use super::stats::WorkerStats;
-use crate::turn::metrics::transport_index;
+use super::stats::{StreamStats, WorkerStats};
+use crate::metrics::LabelSet;
 use crate::turn::{AllocId, AllocationInfo, Counters, Server, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -26,24 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Adds the changes of one connection's counters into the shared stats.
 pub(super) struct Folder {
     into: Arc<WorkerStats>,
+    /// The counters as last folded.
     last: Counters,
-    last_allocations: u64,
     /// When the counters last changed without being folded (`None`: nothing pending).
     pending_since: Option<Instant>,
-}
-
-fn add(cell: &AtomicU64, now: u64, before: u64) {
-    // Wrapping: a gauge that went down adds its two's-complement delta.
-    let delta = now.wrapping_sub(before);
-    if delta != 0 {
-        cell.fetch_add(delta, Relaxed);
-    }
-}
-
-fn add_all(cells: &[AtomicU64], now: &[u64], before: &[u64]) {
-    for ((cell, now), before) in cells.iter().zip(now).zip(before) {
-        add(cell, *now, *before);
-    }
 }
 
 impl Folder {
@@ -51,7 +38,6 @@ impl Folder {
         Folder {
             into,
             last: Counters::default(),
-            last_allocations: 0,
             pending_since: None,
         }
     }
@@ -74,80 +60,12 @@ impl Folder {
     /// Folds every counter.
     pub fn fold(&mut self, server: &Server) {
         self.pending_since = None;
-        self.fold_counters(*server.counters(), server.allocation_count() as u64);
+        self.fold_counters(*server.counters());
     }
 
-    fn fold_counters(&mut self, c: Counters, allocations: u64) {
-        let (before, s) = (self.last, &self.into);
-        add(
-            &s.packets_to_peer,
-            c.traffic.packets_to_peer,
-            before.traffic.packets_to_peer,
-        );
-        add(
-            &s.bytes_to_peer,
-            c.traffic.bytes_to_peer,
-            before.traffic.bytes_to_peer,
-        );
-        add(
-            &s.packets_to_client,
-            c.traffic.packets_to_client,
-            before.traffic.packets_to_client,
-        );
-        add(
-            &s.bytes_to_client,
-            c.traffic.bytes_to_client,
-            before.traffic.bytes_to_client,
-        );
-        add(&s.allocations, allocations, self.last_allocations);
-        add(
-            &s.allocations_created,
-            c.allocations_created,
-            before.allocations_created,
-        );
-        add(
-            &s.allocations_expired,
-            c.allocations_expired,
-            before.allocations_expired,
-        );
-        add(
-            &s.allocations_deleted,
-            c.allocations_deleted,
-            before.allocations_deleted,
-        );
-        add(&s.auth_failures, c.auth_failures, before.auth_failures);
-        add(&s.peers_denied, c.peers_denied, before.peers_denied);
-        add(
-            &s.quota_rejections,
-            c.quota_rejections,
-            before.quota_rejections,
-        );
-        add(&s.redirects, c.redirects, before.redirects);
-        add(
-            &s.drain_rejections,
-            c.drain_rejections,
-            before.drain_rejections,
-        );
-        for ((cells, now), before) in s
-            .requests
-            .iter()
-            .zip(&c.requests.counts)
-            .zip(&before.requests.counts)
-        {
-            add_all(cells, now, before);
-        }
-        add_all(
-            &s.auth_failures_by_reason,
-            &c.auth_failures_by_reason,
-            &before.auth_failures_by_reason,
-        );
-        add_all(
-            &s.allocations_by_transport,
-            &c.allocations_by_transport,
-            &before.allocations_by_transport,
-        );
-        self.last = c;
-        self.last_allocations = allocations;
+    fn fold_counters(&mut self, counters: Counters) {
+        self.into.add_changes(&counters, &self.last);
+        self.last = counters;
     }
 }
 
@@ -172,7 +90,7 @@ pub(super) struct Registration {
     pub id: u64,
     transport: Transport,
     registry: Arc<StreamRegistry>,
-    stats: Arc<WorkerStats>,
+    stats: Arc<StreamStats>,
 }
 
 impl StreamRegistry {
@@ -180,12 +98,12 @@ impl StreamRegistry {
     pub(super) fn register(
         self: &Arc<Self>,
         transport: Transport,
-        stats: Arc<WorkerStats>,
+        stats: Arc<StreamStats>,
     ) -> (Registration, mpsc::UnboundedReceiver<StreamCommand>) {
         let id = self.next.fetch_add(1, Relaxed);
         let (sender, receiver) = mpsc::unbounded_channel();
         self.lock().insert(id, (transport, sender));
-        stats.connections_open[transport_index(transport)].fetch_add(1, Relaxed);
+        stats.connections_open[transport.index()].fetch_add(1, Relaxed);
         let registration = Registration {
             id,
             transport,
@@ -208,7 +126,7 @@ impl StreamRegistry {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
-        self.stats.connections_open[transport_index(self.transport)].fetch_sub(1, Relaxed);
+        self.stats.connections_open[self.transport.index()].fetch_sub(1, Relaxed);
     }
 }
 
@@ -306,6 +224,8 @@ impl StreamControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{Cell, MetricSet};
+    use crate::turn::metrics::{Direction, RequestMethod};
 
     #[test]
     fn ids_round_trip_and_differ_from_udp_ids() {
@@ -331,29 +251,58 @@ mod tests {
         let stats = Arc::new(WorkerStats::default());
         let mut a = Folder::new(stats.clone());
         let mut b = Folder::new(stats.clone());
+        let (tcp, to_peer) = (Transport::Tcp.index(), Direction::ToPeer.index());
+        let allocate = RequestMethod::Allocate.index();
         // Two connections, one allocation each.
         let mut counters = Counters::default();
-        counters.allocations_by_transport[1] = 1;
+        counters.allocations_by_transport[tcp] = 1;
         counters.allocations_created = 1;
-        counters.traffic.bytes_to_peer = 100;
-        counters.requests.counts[1][0] = 1;
-        a.fold_counters(counters, 1);
-        b.fold_counters(counters, 1);
+        counters.relayed_bytes[to_peer] = 100;
+        counters.requests[allocate][0] = 1;
+        a.fold_counters(counters);
+        b.fold_counters(counters);
         // Folding again with nothing new changes nothing.
-        a.fold_counters(counters, 1);
-        assert_eq!(stats.allocations_by_transport[1].load(Relaxed), 2);
-        assert_eq!(stats.allocations.load(Relaxed), 2);
-        assert_eq!(stats.bytes_to_peer.load(Relaxed), 200);
-        assert_eq!(stats.requests[1][0].load(Relaxed), 2);
+        a.fold_counters(counters);
+        let shared = stats.counters();
+        assert_eq!(shared.allocations_by_transport[tcp].load(Relaxed), 2);
+        assert_eq!(shared.relayed_bytes[to_peer].load(Relaxed), 200);
+        assert_eq!(shared.requests[allocate][0].load(Relaxed), 2);
         // One ends: the gauges go down, the counters keep counting.
-        counters.allocations_by_transport[1] = 0;
+        counters.allocations_by_transport[tcp] = 0;
         counters.allocations_deleted = 1;
-        counters.traffic.bytes_to_peer = 150;
-        a.fold_counters(counters, 0);
-        assert_eq!(stats.allocations_by_transport[1].load(Relaxed), 1);
-        assert_eq!(stats.allocations.load(Relaxed), 1);
-        assert_eq!(stats.allocations_created.load(Relaxed), 2);
-        assert_eq!(stats.allocations_deleted.load(Relaxed), 1);
-        assert_eq!(stats.bytes_to_peer.load(Relaxed), 250);
+        counters.relayed_bytes[to_peer] = 150;
+        a.fold_counters(counters);
+        assert_eq!(shared.allocations_by_transport[tcp].load(Relaxed), 1);
+        assert_eq!(shared.allocations_created.load(Relaxed), 2);
+        assert_eq!(shared.allocations_deleted.load(Relaxed), 1);
+        assert_eq!(shared.relayed_bytes[to_peer].load(Relaxed), 250);
+    }
+
+    /// Every declared counter folds, not only those a test names: give each cell its own value
+    /// and find it in the shared stats.
+    #[test]
+    fn folding_covers_every_declared_counter() {
+        let stats = Arc::new(WorkerStats::default());
+        let mut folder = Folder::new(stats.clone());
+        let metrics = <Counters as MetricSet>::METRICS;
+        let mut counters = Counters::default();
+        let mut value = 0;
+        for metric in 0..metrics.len() {
+            for cell in counters.cells_mut(metric) {
+                value += 1;
+                *cell = value;
+            }
+        }
+        folder.fold_counters(counters);
+        for (metric, def) in metrics.iter().enumerate() {
+            let folded: Vec<u64> = stats
+                .counters()
+                .cells(metric)
+                .iter()
+                .map(Cell::get)
+                .collect();
+            assert_eq!(folded.len(), def.cell_count(), "{}", def.name);
+            assert_eq!(folded, counters.cells(metric), "{}", def.name);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! One allocation's state: its relay, permissions and channels.
 
-use super::{Family, FiveTuple, RelayTransport};
+use super::{ErrorCode, Family, FiveTuple, RelayTransport};
 use crate::auth::LongTermKey;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -59,7 +59,7 @@ pub(crate) struct Allocation {
     pub relays: [Option<(SocketAddr, SocketAddr)>; 2],
     /// ADDRESS-ERROR-CODE to repeat in the Allocate response: the family of a dual-stack
     /// request that could not be had, and why.
-    pub address_error: Option<(Family, u16)>,
+    pub address_error: Option<(Family, ErrorCode)>,
     /// The request used coTURN's draft-era ADDITIONAL-ADDRESS-FAMILY (0x8032), so the answer
     /// uses the matching ADDRESS-ERROR-CODE type (0x8033).
     pub legacy_family_attrs: bool,

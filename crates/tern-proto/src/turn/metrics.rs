@@ -1,125 +1,249 @@
-//! Fixed-size tallies for metrics: requests by method and result code, authentication failures
-//! by reason, live allocations by transport. Plain integers in arrays, bounded label sets, no
-//! allocation; the worker publishes them into atomics a few times a second.
+//! What a worker counts for `/metrics`, declared once ([`CounterSet`]): the worker's `Server`
+//! bumps plain `u64`s ([`Counters`]) on its own thread, and publishes them into atomics
+//! ([`SharedCounters`]) a few times a second; the `/metrics` encoding reads the same table.
+//! Labels are bounded sets (method, result code, reason, transport, direction), never a user.
 
-use super::Transport;
+use super::{ErrorCode, Transport};
+use crate::metrics::{Label, LabelSet, MetricSet};
+use crate::stun::Method;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Request methods counted (the `method` label), by index.
-pub const METHODS: [&str; 6] = [
-    "binding",
-    "allocate",
-    "refresh",
-    "create_permission",
-    "channel_bind",
-    "other",
-];
-
-/// Result codes counted (the `code` label), by index; 200 is success, anything unlisted "other".
-pub const CODES: [&str; 15] = [
-    "200", "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-    "508", "other",
-];
-
-/// Authentication failure reasons (the `reason` label), by index.
-pub const AUTH_REASONS: [&str; 4] = ["unknown_user", "expired", "ttl_too_long", "bad_integrity"];
-
-/// Transports (the `transport` label), by index; see [`transport_index`].
-pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
-
-pub fn transport_index(transport: Transport) -> usize {
-    match transport {
-        Transport::Udp => 0,
-        Transport::Tcp => 1,
-        Transport::Tls => 2,
+crate::declare_metrics! {
+    /// The counters of one `Server`, with cells of type `C`.
+    pub struct CounterSet<C> {
+        /// Live allocations (pending ones included).
+        allocations_by_transport: gauge [Transport]
+            = "tern_allocations", "Live allocations, by client transport";
+        allocations_created: counter
+            = "tern_allocations_created", "Allocations created";
+        allocations_expired: counter
+            = "tern_allocations_expired", "Allocations ended because their lifetime ran out";
+        allocations_deleted: counter
+            = "tern_allocations_deleted",
+              "Allocations ended by the client (Refresh lifetime 0), connection close or the admin API";
+        /// Responses sent, counted where the reply is decided.
+        requests: counter [RequestMethod, Outcome] sparse
+            = "tern_requests",
+              "STUN/TURN requests answered, by method and result code (200 = success)";
+        auth_failures: counter [AuthReason]
+            = "tern_auth_failures", "Requests that failed authentication, by reason";
+        relayed_packets: counter [Direction]
+            = "tern_relayed_packets", "Datagrams relayed, by direction";
+        relayed_bytes: counter [Direction]
+            = "tern_relayed_bytes", "Payload bytes relayed, by direction";
+        peers_denied: counter
+            = "tern_peers_denied", "Peer addresses refused by the peer policy";
+        quota_rejections: counter
+            = "tern_quota_rejections", "Allocates refused by user-quota or total-quota";
+        drain_rejections: counter
+            = "tern_drain_rejections", "Allocates refused because the server is draining";
+        redirects: counter
+            = "tern_redirects",
+              "Allocates answered 300 Try Alternate (draining or at total-quota, with alternate-server)";
     }
 }
 
-/// Index of an authentication failure reason in [`AUTH_REASONS`].
-pub(crate) mod auth_reason {
-    pub const UNKNOWN_USER: usize = 0;
-    pub const EXPIRED: usize = 1;
-    pub const TTL_TOO_LONG: usize = 2;
-    pub const BAD_INTEGRITY: usize = 3;
+/// What a `Server` increments: plain integers, no atomics on the packet path.
+pub type Counters = CounterSet<u64>;
+
+/// What a worker publishes its [`Counters`] into, for other threads to read.
+pub type SharedCounters = CounterSet<AtomicU64>;
+
+impl Counters {
+    /// Counts a response to a `method` request.
+    pub(crate) fn count_response(&mut self, method: Method, outcome: Outcome) {
+        self.requests[RequestMethod::of(method).index()][outcome.index()] += 1;
+    }
+
+    /// The total of `auth_failures` over every reason.
+    pub fn auth_failures_total(&self) -> u64 {
+        self.auth_failures.iter().sum()
+    }
 }
 
-/// Responses sent, by request method and result code.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestCounts {
-    pub counts: [[u64; CODES.len()]; METHODS.len()],
-}
-
-impl RequestCounts {
-    /// Tallies a response we wrote (a well-formed STUN message): its method, and its result code
-    /// from the ERROR-CODE attribute for an error response. Indications are not counted.
-    pub fn record(&mut self, response: &[u8]) {
-        if response.len() < 20 {
-            return;
+impl SharedCounters {
+    /// Stores `counters`: a worker publishing its own.
+    pub fn store(&self, counters: &Counters) {
+        for metric in 0..Self::METRICS.len() {
+            for (cell, value) in self.cells(metric).iter().zip(counters.cells(metric)) {
+                cell.store(*value, Relaxed);
+            }
         }
-        let typ = u16::from_be_bytes([response[0], response[1]]);
-        let class = ((typ & 0x0100) >> 7) | ((typ & 0x0010) >> 4);
-        let method = ((typ & 0x3E00) >> 2) | ((typ & 0x00E0) >> 1) | (typ & 0x000F);
-        let method = match method {
-            0x001 => 0,
-            0x003 => 1,
-            0x004 => 2,
-            0x008 => 3,
-            0x009 => 4,
-            _ => 5,
-        };
-        let code = match class {
-            0b10 => 0,
-            0b11 => code_index(error_code(response)),
-            _ => return,
-        };
-        self.counts[method][code] += 1;
     }
-}
 
-fn code_index(code: Option<u16>) -> usize {
-    const VALUES: [u16; 14] = [
-        200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508,
-    ];
-    code.and_then(|code| VALUES.iter().position(|v| *v == code))
-        .unwrap_or(CODES.len() - 1)
-}
-
-/// The ERROR-CODE (0x0009) of a response, if present.
-fn error_code(message: &[u8]) -> Option<u16> {
-    let mut at = 20;
-    while at + 4 <= message.len() {
-        let typ = u16::from_be_bytes([message[at], message[at + 1]]);
-        let len = usize::from(u16::from_be_bytes([message[at + 2], message[at + 3]]));
-        let value = message.get(at + 4..at + 4 + len)?;
-        if typ == 0x0009 && len >= 4 {
-            return Some(u16::from(value[2] & 0x07) * 100 + u16::from(value[3]));
+    /// Adds what changed from `before` to `now`: many servers summed into one. Wrapping, so a
+    /// gauge that went down takes its share back. Only cells that moved are written.
+    pub fn add_changes(&self, now: &Counters, before: &Counters) {
+        for metric in 0..Self::METRICS.len() {
+            let cells = self.cells(metric).iter();
+            for ((cell, now), before) in cells.zip(now.cells(metric)).zip(before.cells(metric)) {
+                let delta = now.wrapping_sub(*before);
+                if delta != 0 {
+                    cell.fetch_add(delta, Relaxed);
+                }
+            }
         }
-        at += 4 + len.div_ceil(4) * 4;
     }
-    None
 }
+
+crate::label_set! {
+    /// The request method a response answers (the `method` label); "other" for a request of a
+    /// method we do not serve.
+    pub enum RequestMethod: "method" {
+        Binding = "binding",
+        Allocate = "allocate",
+        Refresh = "refresh",
+        CreatePermission = "create_permission",
+        ChannelBind = "channel_bind",
+        Connect = "connect",
+        ConnectionBind = "connection_bind",
+        Other = "other",
+    }
+}
+
+impl RequestMethod {
+    pub fn of(method: Method) -> RequestMethod {
+        match method {
+            Method::BINDING => RequestMethod::Binding,
+            Method::ALLOCATE => RequestMethod::Allocate,
+            Method::REFRESH => RequestMethod::Refresh,
+            Method::CREATE_PERMISSION => RequestMethod::CreatePermission,
+            Method::CHANNEL_BIND => RequestMethod::ChannelBind,
+            Method::CONNECT => RequestMethod::Connect,
+            Method::CONNECTION_BIND => RequestMethod::ConnectionBind,
+            _ => RequestMethod::Other,
+        }
+    }
+}
+
+/// How a request was answered (the `code` label): success ("200") or an [`ErrorCode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Error(ErrorCode),
+}
+
+const OUTCOME_VALUES: [&str; ErrorCode::ALL.len() + 1] = {
+    let mut values = ["200"; ErrorCode::ALL.len() + 1];
+    let mut i = 0;
+    while i < ErrorCode::ALL.len() {
+        values[i + 1] = ErrorCode::ALL[i].label();
+        i += 1;
+    }
+    values
+};
+
+impl LabelSet for Outcome {
+    const COUNT: usize = OUTCOME_VALUES.len();
+    const LABEL: Label = Label {
+        name: "code",
+        values: &OUTCOME_VALUES,
+    };
+    fn index(self) -> usize {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Error(code) => 1 + code as usize,
+        }
+    }
+}
+
+crate::label_set! {
+    /// Why authentication failed (the `reason` label).
+    pub enum AuthReason: "reason" {
+        UnknownUser = "unknown_user",
+        Expired = "expired",
+        TtlTooLong = "ttl_too_long",
+        BadIntegrity = "bad_integrity",
+    }
+}
+
+crate::label_set! {
+    /// Which way relayed data went (the `direction` label).
+    pub enum Direction: "direction" {
+        ToPeer = "to_peer",
+        ToClient = "to_client",
+    }
+}
+
+impl LabelSet for Transport {
+    const COUNT: usize = 3;
+    const LABEL: Label = Label {
+        name: "transport",
+        values: &[
+            Transport::Udp.as_str(),
+            Transport::Tcp.as_str(),
+            Transport::Tls.as_str(),
+        ],
+    };
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `method` label's values, by index.
+pub const METHODS: &[&str] = RequestMethod::LABEL.values;
+/// The `code` label's values, by index: "200", then every [`ErrorCode`].
+pub const CODES: &[&str] = Outcome::LABEL.values;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counts_success_and_error_responses() {
-        let mut counts = RequestCounts::default();
-        // Binding success response: type 0x0101.
-        let mut binding = vec![0x01, 0x01, 0, 0];
-        binding.extend([0u8; 16]);
-        counts.record(&binding);
-        // Allocate error response (0x0113) with ERROR-CODE 401.
-        let mut allocate = vec![0x01, 0x13, 0, 8];
-        allocate.extend([0u8; 16]);
-        allocate.extend([0x00, 0x09, 0x00, 0x04, 0, 0, 4, 1]);
-        counts.record(&allocate);
-        // An indication is not counted.
-        let mut indication = vec![0x00, 0x17, 0, 0];
-        indication.extend([0u8; 16]);
-        counts.record(&indication);
-        assert_eq!(counts.counts[0][0], 1);
-        assert_eq!(counts.counts[1][3], 1);
-        assert_eq!(counts.counts.iter().flatten().sum::<u64>(), 2);
+    fn labels_name_their_index() {
+        for code in ErrorCode::ALL {
+            assert_eq!(CODES[Outcome::Error(*code).index()], code.label());
+        }
+        assert_eq!(CODES[Outcome::Success.index()], "200");
+        for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            assert_eq!(
+                Transport::LABEL.values[transport.index()],
+                transport.as_str()
+            );
+        }
+        assert_eq!(
+            METHODS,
+            [
+                "binding",
+                "allocate",
+                "refresh",
+                "create_permission",
+                "channel_bind",
+                "connect",
+                "connection_bind",
+                "other"
+            ]
+        );
+        assert_eq!(
+            RequestMethod::of(Method::CONNECTION_BIND),
+            RequestMethod::ConnectionBind
+        );
+        assert_eq!(RequestMethod::of(Method::SEND), RequestMethod::Other);
+    }
+
+    #[test]
+    fn publishing_stores_and_folding_adds_changes() {
+        let mut counters = Counters::default();
+        counters.count_response(
+            Method::CONNECT,
+            Outcome::Error(ErrorCode::ConnectionAlreadyExists),
+        );
+        counters.allocations_by_transport[Transport::Tcp.index()] = 2;
+        let published = SharedCounters::default();
+        published.store(&counters);
+        let connect = RequestMethod::Connect.index();
+        let code446 = CODES.iter().position(|c| *c == "446").unwrap();
+        assert_eq!(published.requests[connect][code446].load(Relaxed), 1);
+
+        let summed = SharedCounters::default();
+        summed.add_changes(&counters, &Counters::default());
+        let before = counters;
+        counters.allocations_by_transport[Transport::Tcp.index()] = 1;
+        summed.add_changes(&counters, &before);
+        assert_eq!(
+            summed.allocations_by_transport[Transport::Tcp.index()].load(Relaxed),
+            1
+        );
+        assert_eq!(summed.requests[connect][code446].load(Relaxed), 1);
     }
 }

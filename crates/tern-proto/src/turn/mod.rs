@@ -1,26 +1,46 @@
-//! The TURN server state machine (RFC 8656), sans-IO.
+//! The TURN server state machine (RFC 8656, RFC 6062), sans-IO.
 //!
 //! A [`Server`] owns allocations, permissions, channels and their timers. It never touches a
 //! socket or a clock: the I/O layer passes `now` and bytes in and carries out the [`Output`].
 //! Each worker thread owns one `Server`; only quotas are shared between them.
+//!
+//! - `types`: the vocabulary shared with the I/O layer (tuples, ids, outputs, events).
+//! - `server`: the state, construction, dispatch, timers; `admin`: listing and deleting.
+//! - `request`: requests decoded into typed messages; `auth`: authentication and challenges.
+//! - `allocate`, `requests` (Binding, Refresh, CreatePermission, ChannelBind), `rfc6062`
+//!   (TCP relays), `data` (ChannelData, Send, peer datagrams).
+//! - `reply`: writing and counting responses; `error_code`: the error codes;
+//!   `metrics`: the counters, declared once.
 
+mod admin;
+mod allocate;
 mod allocation;
+mod auth;
 mod core_config;
-mod errors;
+mod data;
+mod error_code;
 pub mod metrics;
 mod nat_discovery;
+mod reply;
+mod request;
+mod requests;
+mod rfc6062;
 mod server;
 mod timers;
+mod types;
 
 pub use allocation::AllocationInfo;
 pub use core_config::{
     CoreConfig, ExternalIp, CHANNEL_LIFETIME, DEFAULT_ALLOCATE_LIFETIME, MAX_ALLOCATE_LIFETIME,
     MAX_CHANNEL_NUMBER, MAX_CHANNEL_NUMBER_RFC5766, PERMISSION_LIFETIME, STALE_NONCE_SECS,
 };
+pub use error_code::ErrorCode;
+pub use metrics::Counters;
 pub use nat_discovery::NatDiscovery;
-pub use server::{
-    AllocId, BoundRelay, ConnectionLookup, Counters, Event, Family, FiveTuple, Output, PortRequest,
-    RelayError, RelayRequest, RelayTransport, Server, Transport, CONNECTION_BIND_TIMEOUT,
+pub use server::Server;
+pub use types::{
+    AllocId, BoundRelay, ConnectionLookup, Event, Family, FiveTuple, Output, PortRequest,
+    RelayError, RelayRequest, RelayTransport, Transport, CONNECTION_BIND_TIMEOUT,
     MAX_PEER_CONNECTIONS,
 };
 

@@ -379,7 +379,7 @@ fn wrong_password_unknown_user_and_expired_credentials_get_401() {
         Some(401)
     );
     assert_eq!(h.server.allocation_count(), 0);
-    assert_eq!(h.server.counters().auth_failures, 3);
+    assert_eq!(h.server.counters().auth_failures_total(), 3);
 }
 
 #[test]
@@ -1275,8 +1275,8 @@ fn draining_refuses_new_allocates_and_admin_deletes_count() {
         CODES.iter().position(|c| *c == "200").unwrap(),
         CODES.iter().position(|c| *c == "401").unwrap(),
     );
-    assert_eq!(counters.requests.counts[allocate][ok], 1);
-    assert_eq!(counters.requests.counts[allocate][unauthorized], 1);
+    assert_eq!(counters.requests[allocate][ok], 1);
+    assert_eq!(counters.requests[allocate][unauthorized], 1);
 
     // Draining: a new Allocate (another client) gets 486; the live allocation stays.
     draining.store(true, Ordering::Relaxed);
@@ -1617,4 +1617,59 @@ fn connection_bind_over_udp_is_a_bad_request() {
         true,
     );
     assert_eq!(code(&reply), Some(400));
+}
+
+#[test]
+fn connect_and_connection_bind_are_counted_under_their_own_labels() {
+    use crate::metrics::LabelSet;
+    use crate::turn::metrics::{Outcome, RequestMethod};
+    let count = |h: &Harness, method: RequestMethod, outcome: Outcome| {
+        h.server.counters().requests[method.index()][outcome.index()]
+    };
+    let mut h = tcp_harness();
+    let id = h.connect(addr(PEER)).unwrap();
+    assert_eq!(h.connect(addr(PEER)), Err(446));
+    h.connect_result(id, true);
+    let failed = h.connect(addr("203.0.114.9:5001")).unwrap();
+    assert_eq!(code(&h.connect_result(failed, false)), Some(447));
+
+    // The data connection binds the established one.
+    let mut registry = Registry::default();
+    registry
+        .pending
+        .insert(id, (h.username.clone().into(), h.tuple.client));
+    let data_tuple = FiveTuple {
+        client: addr("198.51.100.7:40001"),
+        ..h.tuple
+    };
+    let tid = h.tid();
+    let msg = h.build(
+        Method::CONNECTION_BIND,
+        &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())],
+        true,
+        tid,
+    );
+    match h
+        .server
+        .connection_bind(h.now, data_tuple, &msg, &mut registry, &mut h.out)
+    {
+        Output::ToClient { data, .. } => assert_eq!(code(data), None),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let error = |code| Outcome::Error(ErrorCode::from_code(code).unwrap());
+    assert_eq!(count(&h, RequestMethod::Connect, Outcome::Success), 1);
+    assert_eq!(count(&h, RequestMethod::Connect, error(446)), 1);
+    assert_eq!(count(&h, RequestMethod::Connect, error(447)), 1);
+    assert_eq!(
+        count(&h, RequestMethod::ConnectionBind, Outcome::Success),
+        1
+    );
+    assert_eq!(count(&h, RequestMethod::Allocate, Outcome::Success), 1);
+    let other = h.server.counters().requests[RequestMethod::Other.index()];
+    assert_eq!(other.iter().sum::<u64>(), 0, "nothing counted as other");
+    // Every response written was counted once: the Allocate's 401 and 200, the three Connect
+    // answers (success, 446, 447), the ConnectionBind's success.
+    let total: u64 = h.server.counters().requests.iter().flatten().sum();
+    assert_eq!(total, 2 + 3 + 1);
 }
