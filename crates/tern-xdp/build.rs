@@ -42,7 +42,9 @@ fn build(object: &std::path::Path) -> Result<(), String> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("{arch}-linux-gnu"));
     let output = Command::new(&clang)
-        .args(["-O2", "-g", "-mcpu=v3", "-target", "bpf", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-mcpu=v3", "-target", "bpf", "-Wall", "-Werror",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", SOURCE, "-o"])
         .arg(object)
@@ -51,7 +53,9 @@ fn build(object: &std::path::Path) -> Result<(), String> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let first = stderr.lines().find(|l| l.contains("error")).unwrap_or("");
-        return Err(format!("{clang} failed: {first} (install clang and libbpf-dev)"));
+        return Err(format!(
+            "{clang} failed: {first} (install clang and libbpf-dev)"
+        ));
     }
     Ok(())
 }

@@ -125,9 +125,14 @@ struct {
 	__type(value, __u64);
 } outcomes SEC(".maps");
 
-// Scratch space for summing a Send indication's prefix: too big for the 512-byte stack.
+// Scratch space for summing a Send indication's prefix and for moving a payload: too big for the
+// 512-byte stack.
+#define MAX_MOVE 2048
 struct scratch {
-	__be32 words[32];
+	union {
+		__be32 words[MAX_MOVE / 4];
+		__u8 bytes[MAX_MOVE];
+	};
 };
 
 struct {
@@ -142,7 +147,7 @@ struct {
 #define STUN_HEADER_LEN 20
 #define STUN_MAGIC_COOKIE 0x2112A442
 #define STUN_SEND_INDICATION 0x0016
-#define STUN_DATA_INDICATION 0x0115
+#define STUN_DATA_INDICATION 0x0017
 #define ATTR_XOR_PEER_ADDRESS 0x0012
 #define ATTR_DATA 0x0013
 #define CHANNEL_MIN 0x4000
@@ -332,7 +337,7 @@ static __always_inline int sum_prefix(struct xdp_md *ctx, __u32 off, __u32 len, 
 	struct scratch *buf = bpf_map_lookup_elem(&scratch, &zero);
 	if (!buf)
 		return -1;
-	__builtin_memset(buf, 0, sizeof(*buf));
+	__builtin_memset(buf->words, 0, MAX_SEND_PREFIX);
 	len = BOUNDED(len, MAX_SEND_PREFIX * 2 - 1);
 	if (len == 0)
 		return 0;
@@ -362,6 +367,25 @@ static __always_inline int sum_suffix(struct xdp_md *ctx, __u32 off, __u32 len, 
 	for (int i = 0; i < MAX_SUFFIX + 2; i += 2)
 		*sum += ((__u32)buf[i] << 8) | buf[i + 1];
 	return 0;
+}
+
+// Moves the `len` payload bytes at frame offset `at + shift` to `at` and zeroes the `shift` bytes
+// left behind at the end: the padding of a Data indication when the tail cannot grow.
+static __always_inline int move_payload(struct xdp_md *ctx, __u32 at, __u32 len, __u32 shift)
+{
+	__u32 zero = 0;
+	struct scratch *buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (!buf)
+		return -1;
+	len = BOUNDED(len, MAX_MOVE * 2 - 1);
+	shift = BOUNDED(shift, 3);
+	if (len == 0 || len > MAX_MOVE || shift == 0)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, at + shift, buf->bytes, len) ||
+	    bpf_xdp_store_bytes(ctx, at, buf->bytes, len))
+		return -1;
+	__u32 zeros = 0;
+	return bpf_xdp_store_bytes(ctx, at + len, &zeros, shift) ? -1 : 0;
 }
 
 // ---- Output ------------------------------------------------------------------------------------
@@ -453,19 +477,31 @@ static __always_inline int relay(struct xdp_md *ctx, const struct frame *f, cons
 	if (r->framing == FRAMING_CHANNEL)
 		added += bpf_ntohs(r->channel) + r->payload_len;
 
-	// Tail first: it is the step that may fail on a driver without tailroom, and undoing it is easy.
+	// Tail first: it is the step that may fail, and undoing it is easy. Frames backed by a socket
+	// buffer (veth, generic XDP) may have no tailroom for a Data indication's padding; then the
+	// head grows by the padding too and the payload moves toward it (same offset from the new UDP
+	// header either way, so the checksum arithmetic holds).
 	int tail_delta = (int)new_suffix - (int)r->old_suffix - (int)f->trailer;
+	__u32 shift = 0;
 	if (tail_delta && bpf_xdp_adjust_tail(ctx, tail_delta)) {
-		count_outcome(OUT_ADJUST_FAILED);
-		return XDP_PASS;
+		if (tail_delta < 0 || tail_delta != (int)new_suffix || r->payload_len > MAX_MOVE) {
+			count_outcome(OUT_ADJUST_FAILED);
+			return XDP_PASS;
+		}
+		shift = tail_delta;
+		tail_delta = 0;
 	}
 	int old_head = f->l4_off + sizeof(struct udphdr) + r->old_prefix;
 	int new_head = sizeof(struct ethhdr) + l3_len + sizeof(struct udphdr) + prefix;
-	if (bpf_xdp_adjust_head(ctx, old_head - new_head)) {
+	if (bpf_xdp_adjust_head(ctx, old_head - new_head - (int)shift)) {
 		if (tail_delta)
 			bpf_xdp_adjust_tail(ctx, -tail_delta);
 		count_outcome(OUT_ADJUST_FAILED);
 		return XDP_PASS;
+	}
+	if (shift && move_payload(ctx, new_head, r->payload_len, shift)) {
+		count_outcome(OUT_ADJUST_FAILED);
+		return XDP_DROP; // the old headers are gone; cannot happen with the bounds above
 	}
 
 	void *data = (void *)(long)ctx->data;

@@ -23,7 +23,10 @@ pub enum AttachMode {
 fn object() -> Result<&'static [u8], Unavailable> {
     #[cfg(tern_xdp_built)]
     {
-        Ok(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.bpf.o")))
+        Ok(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/relay.bpf.o"
+        )))
     }
     #[cfg(not(tern_xdp_built))]
     {
@@ -139,12 +142,15 @@ impl FastPath {
                 .ok_or_else(|| Unavailable::Load(format!("no map {name} in the object")))
         };
         let map_error = |e: aya::maps::MapError| Unavailable::from_load_error(&e);
-        let from_client = HashMap::try_from(take(&mut ebpf, maps::FROM_CLIENT)?).map_err(map_error)?;
+        let from_client =
+            HashMap::try_from(take(&mut ebpf, maps::FROM_CLIENT)?).map_err(map_error)?;
         let from_peer = HashMap::try_from(take(&mut ebpf, maps::FROM_PEER)?).map_err(map_error)?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(map_error)?;
-        let outcomes = PerCpuArray::try_from(take(&mut ebpf, maps::OUTCOMES)?).map_err(map_error)?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| Unavailable::Load(format!("{what}: {e}")))?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(map_error)?;
+        let outcomes =
+            PerCpuArray::try_from(take(&mut ebpf, maps::OUTCOMES)?).map_err(map_error)?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| Unavailable::Load(format!("{what}: {e}")))?;
         Ok(FastPath {
             from_client,
             from_peer,
@@ -197,7 +203,15 @@ impl FastPath {
             peer_port: peer.port().to_be_bytes(),
             slot,
         };
-        self.install(tuple, relay, peer.ip(), client_key, peer_key, to_peer, channel)
+        self.install(
+            tuple,
+            relay,
+            peer.ip(),
+            client_key,
+            peer_key,
+            to_peer,
+            channel,
+        )
     }
 
     /// Relays Send indications from the client of `tuple` to any port of `peer` (from `relay`)
@@ -248,7 +262,11 @@ impl FastPath {
         // A fresh slot starts from zero (a removed entry's last packets may have landed late).
         let zero = PerCpuValues::try_from(vec![RawCounters::default(); self.cpus])
             .map_err(InstallError::kernel)
-            .and_then(|zero| self.counters.set(slot, zero, 0).map_err(InstallError::kernel));
+            .and_then(|zero| {
+                self.counters
+                    .set(slot, zero, 0)
+                    .map_err(InstallError::kernel)
+            });
         let to_client = ToClient {
             client_ip: maps::ip_bytes(tuple.client.ip()),
             server_ip: maps::ip_bytes(tuple.server.ip()),

@@ -80,7 +80,12 @@ pub struct RawCounters {
 }
 
 impl ClientKey {
-    pub fn new(client: SocketAddr, server: SocketAddr, channel: u16, peer_ip: Option<IpAddr>) -> Self {
+    pub fn new(
+        client: SocketAddr,
+        server: SocketAddr,
+        channel: u16,
+        peer_ip: Option<IpAddr>,
+    ) -> Self {
         Self {
             client_ip: ip_bytes(client.ip()),
             server_ip: ip_bytes(server.ip()),
