@@ -292,7 +292,12 @@ impl FastPath {
             });
         if let Err(e) = inserted {
             self.free.push(slot);
-            return Err(e);
+            return Err(match e {
+                InstallError::Full { .. } => InstallError::Full {
+                    capacity: self.entries.len(),
+                },
+                other => other,
+            });
         }
         self.next_generation = self.next_generation.wrapping_add(1);
         let id = EntryId {

@@ -79,6 +79,24 @@
 //!
 //! When clang or the BPF headers were missing at build time, the crate still builds and every
 //! attach reports [`Unavailable::NotBuilt`].
+//!
+//! # Not (yet) here
+//!
+//! - A TC (`clsact`) variant for interfaces where XDP cannot attach: generic XDP attaches
+//!   everywhere this was tried, `lo` included, but locally sent packets on `lo` carry partial
+//!   checksums (CHECKSUM_PARTIAL), which the incremental update cannot start from; traffic over
+//!   `lo` is therefore not a target of this path and is untested.
+//! - Relaying between two allocations of the same tern (peer address = one of tern's relay
+//!   addresses): the FIB reports a local route and the packet goes to user space.
+//! - Bandwidth caps: allocations with a cap are meant to stay in user space.
+//!
+//! # Cost
+//!
+//! `examples/forward_rate.rs` measures it roughly in the test topology. On the 2-core development
+//! machine (shared, loaded): the XDP program ran about 400 ns per relayed ChannelData packet
+//! (kernel BPF statistics, FIB lookup included, ~2.5 Mpps per core for the program alone), against
+//! about 6.5 µs of CPU per packet for a user-space recv/send relay thread (~0.15 Mpps per core);
+//! the veth and softirq work both share is in neither figure.
 
 mod fast_path;
 mod maps;
@@ -170,6 +188,7 @@ impl InstallError {
         while let Some(e) = source {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 if io.raw_os_error() == Some(libc::E2BIG) {
+                    // The caller knows the capacity and fills it in.
                     return InstallError::Full { capacity: 0 };
                 }
             }
