@@ -89,6 +89,10 @@
 //! - Relaying between two allocations of the same tern (peer address = one of tern's relay
 //!   addresses): the FIB reports a local route and the packet goes to user space.
 //! - Bandwidth caps: allocations with a cap are meant to stay in user space.
+//! - Open: out of the interface it came in on (`XDP_TX`: client and peer behind the same
+//!   interface, the usual single-NIC host) is untested. A first veth test saw the rewritten frame
+//!   reach the far veth and be dropped before IP (IPv6 always, IPv4 intermittently); not yet
+//!   understood, so it is not claimed to work. Across interfaces (`XDP_REDIRECT`) is tested.
 //!
 //! # Cost
 //!
