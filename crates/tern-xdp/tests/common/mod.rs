@@ -236,18 +236,17 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
 
 /// The next datagram on `socket` and its source, or `None` after the read timeout.
 pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    use std::io::ErrorKind;
     let mut buf = [0u8; 2048];
-    match socket.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return None
+            }
+            Err(e) => panic!("recv: {e}"),
         }
-        Err(e) => panic!("recv: {e}"),
     }
 }
 
