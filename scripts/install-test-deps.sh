@@ -3,14 +3,21 @@
 # - coturn: for turnutils_uclient only; its turnserver service must not run.
 # - chromium: headless browser for tests/browser.rs (WebRTC through tern); never downloaded at
 #   test time.
+# - clang, libbpf-dev: build crates/tern-xdp's XDP program (clang -target bpf, <bpf/bpf_helpers.h>);
+#   iproute2 and ethtool: its tests' network namespaces and veth settings.
+# - curl, git: tests/readme.rs runs the README's commands as written on a fresh clone.
 set -euo pipefail
 
 # package:command it provides. The command is what the tests need; checking it (rather than
 # dpkg's records, which still list a removed package's config files) tells what is really there.
-packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git)
+packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git
+  clang:clang libbpf-dev:/usr/include/bpf/bpf_helpers.h iproute2:ip ethtool:ethtool)
 missing=()
 for entry in "${packages[@]}"; do
-  command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
+  # A command name, or the path of a file the package installs (headers).
+  what="${entry#*:}"
+  if [[ "$what" == /* ]]; then [ -e "$what" ]; else command -v "$what" >/dev/null 2>&1; fi ||
+    missing+=("${entry%%:*}")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,3 +37,5 @@ if pgrep -x turnserver >/dev/null 2>&1; then
 fi
 command -v turnutils_uclient >/dev/null
 command -v chromium >/dev/null
+command -v clang >/dev/null
+test -e /usr/include/bpf/bpf_helpers.h

@@ -1,0 +1,507 @@
+//! The kernel fast path through real sockets in network namespaces (see tests/common/mod.rs):
+//! what the peer and the client receive, byte for byte, and what reaches user space instead.
+
+mod common;
+
+use common::*;
+use std::net::{SocketAddr, UdpSocket};
+use tern_proto::stun::{self, attr, Class, Message, MessageWriter, Method};
+use tern_xdp::{ClientTuple, Counters, FastPath, InstallError, Mode, Unavailable};
+
+const LISTEN_PORT: u16 = 3478;
+
+/// One client/peer family combination, each with its own sockets.
+struct Leg {
+    name: &'static str,
+    client: UdpSocket,
+    listener: UdpSocket,
+    relay: UdpSocket,
+    peer: UdpSocket,
+}
+
+impl Leg {
+    fn tuple(&self) -> ClientTuple {
+        ClientTuple {
+            client: self.client.local_addr().unwrap(),
+            server: self.listener.local_addr().unwrap(),
+        }
+    }
+    fn relay_addr(&self) -> SocketAddr {
+        self.relay.local_addr().unwrap()
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer.local_addr().unwrap()
+    }
+    fn listener_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+    /// Nothing reached tern's user-space sockets.
+    fn assert_user_space_silent(&self) {
+        assert_silent(&self.listener, &format!("{}: listener", self.name));
+        assert_silent(&self.relay, &format!("{}: relay socket", self.name));
+    }
+}
+
+/// The four family combinations; each leg has its own listener port and relay port.
+fn legs(topology: &Topology) -> Vec<Leg> {
+    let combos = [
+        ("v4 client, v4 peer", false, false),
+        ("v6 client, v6 peer", true, true),
+        ("v4 client, v6 peer", false, true),
+        ("v6 client, v4 peer", true, false),
+    ];
+    combos
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, client_v6, peer_v6))| {
+            let i = i as u16;
+            let (client_ip, server_ip) = if client_v6 {
+                (CLIENT_V6, TERN_CLIENT_SIDE_V6)
+            } else {
+                (CLIENT_V4, TERN_CLIENT_SIDE_V4)
+            };
+            let (relay_ip, peer_ip) = if peer_v6 {
+                (TERN_PEER_SIDE_V6, PEER_V6)
+            } else {
+                (TERN_PEER_SIDE_V4, PEER_V4)
+            };
+            Leg {
+                name,
+                client: Topology::socket(&topology.client, addr(client_ip, 40000 + i)),
+                listener: Topology::socket(&topology.tern, addr(server_ip, LISTEN_PORT + i)),
+                relay: Topology::socket(&topology.tern, addr(relay_ip, 49152 + i)),
+                peer: Topology::socket(&topology.peer, addr(peer_ip, 50000 + i)),
+            }
+        })
+        .collect()
+}
+
+fn attach(topology: &Topology) -> FastPath {
+    Topology::within(&topology.tern, || {
+        FastPath::attach(&["t0", "t1"], 64).expect("fast path attaches")
+    })
+}
+
+/// Payloads of awkward sizes: odd lengths test the checksum's byte parity and the padding.
+fn payloads() -> Vec<Vec<u8>> {
+    [1usize, 2, 3, 5, 64, 333, 1200]
+        .iter()
+        .map(|&len| (0..len).map(|i| (i * 7 + len) as u8).collect())
+        .collect()
+}
+
+fn channel_data(channel: u16, payload: &[u8], padding: usize) -> Vec<u8> {
+    let mut out = channel.to_be_bytes().to_vec();
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len() + padding, 0xAA);
+    out
+}
+
+fn send_indication(peer: SocketAddr, payload: &[u8], fingerprint: bool) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let tid = [7u8; 12];
+    let mut writer = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, &tid);
+    writer
+        .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .add_bytes(attr::DATA, payload);
+    if fingerprint {
+        writer.add_fingerprint();
+    }
+    writer.finish().expect("fits").to_vec()
+}
+
+fn expect_from(socket: &UdpSocket, from: SocketAddr, what: &str) -> Vec<u8> {
+    let (data, source) = recv(socket).unwrap_or_else(|| panic!("{what}: nothing arrived"));
+    assert_eq!(source, from, "{what}: source");
+    data
+}
+
+fn totals(sizes: impl Iterator<Item = usize> + Clone, to_peer: bool) -> Counters {
+    let packets = sizes.clone().count() as u64;
+    let bytes = sizes.sum::<usize>() as u64;
+    if to_peer {
+        Counters {
+            to_peer_packets: packets,
+            to_peer_bytes: bytes,
+            ..Counters::default()
+        }
+    } else {
+        Counters {
+            to_client_packets: packets,
+            to_client_bytes: bytes,
+            ..Counters::default()
+        }
+    }
+}
+
+#[test]
+fn channel_data_is_relayed_byte_exact_both_ways_in_all_families() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = attach(&topology);
+    for (i, leg) in legs(&topology).iter().enumerate() {
+        let channel = 0x4000 + i as u16;
+        let id = fast_path
+            .install_channel(leg.tuple(), channel, leg.relay_addr(), leg.peer_addr())
+            .unwrap();
+        for (n, payload) in payloads().iter().enumerate() {
+            // Padding is optional over UDP; whatever there is must not reach the peer.
+            let sent = channel_data(channel, payload, n % 4);
+            leg.client.send_to(&sent, leg.listener_addr()).unwrap();
+            let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
+            assert_eq!(got, *payload, "{}: ChannelData -> peer", leg.name);
+
+            leg.peer.send_to(payload, leg.relay_addr()).unwrap();
+            let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+            assert_eq!(
+                got,
+                channel_data(channel, payload, 0),
+                "{}: peer -> ChannelData",
+                leg.name
+            );
+        }
+        leg.assert_user_space_silent();
+        let sizes = payloads().into_iter().map(|p| p.len());
+        let expected = totals(sizes.clone(), true);
+        let back = totals(sizes, false);
+        assert_eq!(
+            fast_path.counters(id).unwrap(),
+            Counters {
+                to_client_packets: back.to_client_packets,
+                to_client_bytes: back.to_client_bytes,
+                ..expected
+            },
+            "{}: counters",
+            leg.name
+        );
+    }
+    assert_eq!(
+        fast_path.outcomes().relayed,
+        4 * 2 * payloads().len() as u64
+    );
+}
+
+#[test]
+fn send_and_data_indications_are_relayed_in_all_families() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = attach(&topology);
+    for leg in legs(&topology) {
+        let id = fast_path
+            .install_permission(leg.tuple(), leg.relay_addr(), leg.peer_addr().ip())
+            .unwrap();
+        for (n, payload) in payloads().iter().enumerate() {
+            // With and without a FINGERPRINT after DATA: both trail the payload.
+            let sent = send_indication(leg.peer_addr(), payload, n % 2 == 1);
+            leg.client.send_to(&sent, leg.listener_addr()).unwrap();
+            let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
+            assert_eq!(got, *payload, "{}: Send -> peer", leg.name);
+
+            leg.peer.send_to(payload, leg.relay_addr()).unwrap();
+            let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+            assert_eq!(got.len() % 4, 0, "{}: Data indication is padded", leg.name);
+            let msg = Message::parse(&got)
+                .unwrap_or_else(|e| panic!("{}: Data indication parses: {e:?}", leg.name));
+            assert_eq!(msg.method(), Method::DATA, "{}", leg.name);
+            assert_eq!(msg.class(), Class::Indication, "{}", leg.name);
+            let peer = stun::decode_xor_address(
+                msg.get(attr::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
+                msg.transaction_id(),
+            )
+            .unwrap();
+            assert_eq!(peer, leg.peer_addr(), "{}: XOR-PEER-ADDRESS", leg.name);
+            assert_eq!(
+                msg.get(attr::DATA),
+                Some(payload.as_slice()),
+                "{}: DATA",
+                leg.name
+            );
+        }
+        leg.assert_user_space_silent();
+        let sizes = payloads().into_iter().map(|p| p.len());
+        let to_peer = totals(sizes.clone(), true);
+        let to_client = totals(sizes, false);
+        assert_eq!(
+            fast_path.counters(id).unwrap(),
+            Counters {
+                to_client_packets: to_client.to_client_packets,
+                to_client_bytes: to_client.to_client_bytes,
+                ..to_peer
+            },
+            "{}: counters",
+            leg.name
+        );
+    }
+    let outcomes = fast_path.outcomes();
+    assert_eq!(
+        outcomes.relayed,
+        4 * 2 * payloads().len() as u64,
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes.adjust_failed, 0, "{outcomes:?}");
+}
+
+/// Data indication transaction IDs differ between packets (they come from the kernel's PRNG).
+#[test]
+fn data_indications_get_fresh_transaction_ids() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = attach(&topology);
+    let leg = legs(&topology).remove(0);
+    fast_path
+        .install_permission(leg.tuple(), leg.relay_addr(), leg.peer_addr().ip())
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..8 {
+        leg.peer.send_to(b"x", leg.relay_addr()).unwrap();
+        let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+        ids.insert(*Message::parse(&got).unwrap().transaction_id());
+    }
+    assert_eq!(ids.len(), 8);
+}
+
+#[test]
+fn after_remove_traffic_goes_to_user_space_and_nothing_reaches_the_peer() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = attach(&topology);
+    for (i, leg) in legs(&topology).iter().enumerate() {
+        let channel = 0x4000 + i as u16;
+        let tuple = leg.tuple();
+        let channel_id = fast_path
+            .install_channel(tuple, channel, leg.relay_addr(), leg.peer_addr())
+            .unwrap();
+        let permission_id = fast_path
+            .install_permission(tuple, leg.relay_addr(), leg.peer_addr().ip())
+            .unwrap();
+        let cd = channel_data(channel, b"through the kernel", 2);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        expect_from(&leg.peer, leg.relay_addr(), leg.name);
+
+        // The channel ends (expiry, deletion, a reload denying the peer: the server removes it).
+        let final_counters = fast_path.remove(channel_id).unwrap();
+        assert_eq!(final_counters.to_peer_packets, 1, "{}", leg.name);
+        assert_eq!(final_counters.to_peer_bytes, 18, "{}", leg.name);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let (got, from) = recv(&leg.listener).expect("ChannelData reaches user space");
+        assert_eq!(
+            (got, from),
+            (cd.clone(), tuple.client),
+            "{}: unchanged",
+            leg.name
+        );
+        assert_silent(&leg.peer, leg.name);
+        // The permission still stands: the peer's datagram now comes as a Data indication.
+        leg.peer.send_to(b"pong", leg.relay_addr()).unwrap();
+        let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+        assert_eq!(
+            Message::parse(&got).unwrap().get(attr::DATA),
+            Some(&b"pong"[..])
+        );
+
+        // The permission ends too: Send and peer datagrams reach user space unchanged.
+        let final_counters = fast_path.remove(permission_id).unwrap();
+        assert_eq!(final_counters.to_client_packets, 1, "{}", leg.name);
+        let send = send_indication(leg.peer_addr(), b"no longer", false);
+        leg.client.send_to(&send, leg.listener_addr()).unwrap();
+        let (got, _) = recv(&leg.listener).expect("Send reaches user space");
+        assert_eq!(got, send, "{}: Send unchanged", leg.name);
+        leg.peer.send_to(b"anyone?", leg.relay_addr()).unwrap();
+        let (got, from) = recv(&leg.relay).expect("peer datagram reaches user space");
+        assert_eq!((got.as_slice(), from), (&b"anyone?"[..], leg.peer_addr()));
+        assert_silent(&leg.peer, leg.name);
+        assert_silent(&leg.client, leg.name);
+        assert!(matches!(
+            fast_path.counters(channel_id),
+            Err(InstallError::UnknownEntry)
+        ));
+    }
+    assert!(fast_path.is_empty());
+}
+
+#[test]
+fn unknown_traffic_passes_to_user_space_unchanged() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = attach(&topology);
+    let leg = legs(&topology).remove(0);
+    fast_path
+        .install_channel(leg.tuple(), 0x4000, leg.relay_addr(), leg.peer_addr())
+        .unwrap();
+
+    let mut binding = vec![0u8; 64];
+    let binding = MessageWriter::new(&mut binding, Method::BINDING, Class::Request, &[1; 12])
+        .finish()
+        .unwrap()
+        .to_vec();
+    let unknown_channel = channel_data(0x4001, b"who?", 0);
+    let too_much_padding = {
+        let mut cd = channel_data(0x4000, b"pad", 0);
+        cd.extend_from_slice(&[0; 4]);
+        cd
+    };
+    let no_permission = send_indication(leg.peer_addr(), b"not permitted", false);
+    for sent in [binding, unknown_channel, too_much_padding, no_permission] {
+        leg.client.send_to(&sent, leg.listener_addr()).unwrap();
+        let (got, _) = recv(&leg.listener).expect("reaches user space");
+        assert_eq!(got, sent);
+    }
+    // A peer port without a channel, and no permission: user space.
+    let other_port = Topology::socket(&topology.peer, addr(PEER_V4, 50100));
+    other_port.send_to(b"stranger", leg.relay_addr()).unwrap();
+    let (got, _) = recv(&leg.relay).expect("reaches user space");
+    assert_eq!(got, b"stranger");
+    assert_silent(&leg.client, "client");
+    assert_silent(&leg.peer, "peer");
+    assert_eq!(fast_path.outcomes().relayed, 0);
+}
+
+#[test]
+fn auto_falls_back_without_the_capability_and_traffic_still_reaches_user_space() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let (auto, required) = Topology::within(&topology.tern, || {
+        drop_bpf_capabilities();
+        let auto = FastPath::start(Mode::Auto, &["t0", "t1"], 64);
+        let required = FastPath::start(Mode::Required, &["t0", "t1"], 64);
+        (auto.map(|f| f.is_none()), required.err())
+    });
+    assert!(auto.unwrap(), "auto gives no fast path");
+    assert!(
+        matches!(required, Some(Unavailable::NotPermitted(_))),
+        "required reports the capability: {required:?}"
+    );
+    let off = FastPath::start(Mode::Off, &["t0"], 64).unwrap();
+    assert!(off.is_none());
+    // Without the kernel path the datagram reaches tern's socket as it was sent.
+    let leg = legs(&topology).remove(0);
+    let cd = channel_data(0x4000, b"user space relays", 0);
+    leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+    let (got, _) = recv(&leg.listener).expect("reaches user space");
+    assert_eq!(got, cd);
+}
+
+#[test]
+fn forwarding_off_is_reported_by_name() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(false);
+    let result = Topology::within(&topology.tern, || FastPath::attach(&["t0", "t1"], 8).err());
+    match result {
+        Some(Unavailable::ForwardingDisabled { sysctl }) => {
+            assert_eq!(sysctl, "net.ipv4.conf.t0.forwarding")
+        }
+        other => panic!("expected ForwardingDisabled, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_fast_path_says_so_and_frees_slots_on_remove() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new(true);
+    let mut fast_path = Topology::within(&topology.tern, || FastPath::attach(&[], 2).unwrap());
+    let tuple = ClientTuple {
+        client: addr(CLIENT_V4, 40000),
+        server: addr(TERN_CLIENT_SIDE_V4, LISTEN_PORT),
+    };
+    let relay = addr(TERN_PEER_SIDE_V4, 49152);
+    let first = fast_path
+        .install_permission(tuple, relay, PEER_V4.parse().unwrap())
+        .unwrap();
+    fast_path
+        .install_channel(tuple, 0x4000, relay, addr(PEER_V4, 50000))
+        .unwrap();
+    // Installing the same entry again is not a new entry.
+    assert_eq!(
+        fast_path
+            .install_permission(tuple, relay, PEER_V4.parse().unwrap())
+            .unwrap(),
+        first
+    );
+    let third = fast_path.install_permission(tuple, relay, "198.51.100.3".parse().unwrap());
+    assert!(
+        matches!(third, Err(InstallError::Full { capacity: 2 })),
+        "{third:?}"
+    );
+    fast_path.remove(first).unwrap();
+    fast_path
+        .install_permission(tuple, relay, "198.51.100.3".parse().unwrap())
+        .unwrap();
+    // A relay address must be of the peer's family.
+    let mixed = fast_path.install_permission(tuple, relay, PEER_V6.parse().unwrap());
+    assert!(
+        matches!(mixed, Err(InstallError::FamilyMismatch { .. })),
+        "{mixed:?}"
+    );
+}
+
+/// Under CI=true (which installs clang and libbpf-dev) the object must have been built.
+#[test]
+fn the_program_is_built_under_ci() {
+    if required(
+        tern_xdp::built(),
+        "the fast path object",
+        "install clang and libbpf-dev",
+    ) {
+        assert!(tern_xdp::built());
+    }
+}
+
+/// Drops, for this thread only, the capabilities loading BPF programs needs (as an unprivileged
+/// container would have them).
+fn drop_bpf_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data structs, as the ABI requires.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        for cap in [CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF] {
+            let (word, bit) = ((cap / 32) as usize, cap % 32);
+            data[word].effective &= !(1 << bit);
+            data[word].permitted &= !(1 << bit);
+        }
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
