@@ -188,6 +188,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         streams: streams.as_ref(),
         certs: certs.as_deref(),
         http: &http,
+        started: &config,
     };
     runtime.block_on(wait_for_signals(cli, running, &generated))?;
     info!("shutting down");
@@ -236,6 +237,8 @@ struct Running<'a> {
     streams: Option<&'a StreamService>,
     certs: Option<&'a CertStore>,
     http: &'a HttpState,
+    /// The configuration started with: restart-only keys keep these values.
+    started: &'a Config,
 }
 
 /// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config)
@@ -263,7 +266,12 @@ async fn wait_for_signals(
                     Ok(mut config) => {
                         generated.apply(&mut config);
                         reload(running, &config).await;
-                        info!("configuration reloaded (listeners and port range change only on restart)");
+                        let waiting = config::restart_keys_changed(running.started, &config);
+                        if waiting.is_empty() {
+                            info!("configuration reloaded");
+                        } else {
+                            warn!(keys = %waiting.join(", "), "configuration reloaded; these keys change only on restart and keep their running values");
+                        }
                     }
                     Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
                 }

@@ -206,14 +206,13 @@ mod tests {
 
     fn rejected(text: &str) -> (String, String, String) {
         match from_toml_str(text) {
-            Err(err @ ConfigError::Invalid { .. }) => {
-                let shown = err.to_string();
-                let ConfigError::Invalid { key, value, .. } = err else {
-                    unreachable!()
-                };
-                (key, value, shown)
-            }
-            other => panic!("{text}: expected Invalid, got {other:?}"),
+            Err(err) => match err.inner() {
+                ConfigError::Invalid { key, value, .. } => {
+                    (key.clone(), value.clone(), err.to_string())
+                }
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            },
+            Ok(config) => panic!("{text}: expected Invalid, got {config:?}"),
         }
     }
 
