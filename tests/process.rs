@@ -262,3 +262,59 @@ fn sighup_rotates_secrets_and_a_bad_file_keeps_the_running_config() {
     assert!(warned, "{logs}");
     assert!(runtime.block_on(can_allocate(tern.addr, "new-secret")));
 }
+
+/// log-file, no-stdout-log and pidfile (coTURN's names): logs go only to the file, the pid file
+/// holds the pid while tern runs and is removed when it stops.
+#[test]
+fn log_file_no_stdout_log_and_pidfile() {
+    let log = TempFile::new("log-file.log", "");
+    let pid = TempFile::new("tern.pid", "");
+    std::fs::remove_file(&pid.0).unwrap();
+    let tern = Tern::start(&format!(
+        "log-file = \"{}\"\nno-stdout-log = true\npidfile = \"{}\"\n",
+        log.0.display(),
+        pid.0.display()
+    ));
+    let written = std::fs::read_to_string(&pid.0).unwrap();
+    assert_eq!(written.trim(), tern.pid().to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log.0)
+        .unwrap()
+        .contains("tern started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing logged to the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!tern.logs().contains("tern started"), "{}", tern.logs());
+    let status = Command::new("kill")
+        .args(["-TERM", &tern.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    while pid.0.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pidfile not removed at exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn unwritable_log_file_is_a_configuration_error() {
+    let port = free_port().to_string();
+    let stderr = config_error(tern().args([
+        "--listening-ip=127.0.0.1",
+        "--no-http",
+        "--listening-port",
+        &port,
+        "--log-file=/nonexistent-dir/tern.log",
+    ]));
+    assert!(
+        stderr.contains("log-file: invalid value \"/nonexistent-dir/tern.log\": cannot open"),
+        "{stderr}"
+    );
+}

@@ -27,6 +27,20 @@ pub struct Cli {
 pub enum Command {
     /// Print a TURN REST credential and an RTCIceServer JSON object.
     Credentials(CredentialsArgs),
+    /// Check a config file, or convert coTURN's turnserver.conf to turnserver.toml.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE (a turnserver.toml or coTURN's turnserver.conf) with the environment and
+    /// flags, as `tern --config FILE` would, and print the effective configuration with secrets
+    /// redacted. Exit status 0: valid; 2: invalid.
+    Check { file: PathBuf },
+    /// Print FILE (coTURN's turnserver.conf, or a turnserver.toml) as a turnserver.toml that
+    /// loads to the same configuration, with comments on what was dropped and why.
+    Convert { file: PathBuf },
 }
 
 /// The serving flags and environment variables that were given, in key-table order.

@@ -256,6 +256,15 @@ config_keys! {
     /// Log filter, as for RUST_LOG (e.g. info,tern::auth=debug)
     "log-level" log_level: String = "info".to_string();
         Text(values::text), Restart, value_name = "FILTER";
+    /// File to append logs to (as well as standard error, unless no-stdout-log), or stdout; unset = none
+    "log-file" log_file: Option<PathBuf> = None;
+        Optional(values::path), Restart, value_name = "PATH", coturn = &["log-file"];
+    /// Don't log to standard error (with log-file: only to the file)
+    "no-stdout-log" no_stdout_log: bool = false;
+        Switch, Restart, coturn = &["no-stdout-log"];
+    /// File to write the process id to at start (removed at exit); unset = none
+    "pidfile" pidfile: Option<PathBuf> = None;
+        Optional(values::path), Restart, value_name = "PATH", coturn = &["pidfile"];
     /// Don't serve UDP
     "no-udp" no_udp: bool = false;
         Switch, Restart, coturn = &["no-udp"];

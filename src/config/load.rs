@@ -1,30 +1,83 @@
 //! Reading and merging the sources: defaults, the file, the environment and flags.
 
+use super::coturn::{self, apply_coturn, Import};
 use super::file::{apply_toml, Sources};
 use super::shape::Input;
 use super::{validate::validate, Config, ConfigError, ServeArgs};
+use std::path::Path;
 
 /// What syntax errors of [`from_toml_str`] name as the path.
 const INLINE_ORIGIN: &str = "<string>";
 
+/// The config file's format, decided by its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// tern's `turnserver.toml`.
+    Toml,
+    /// coTURN's `turnserver.conf`.
+    Coturn,
+}
+
+/// A loaded configuration, with what the coTURN import (if the file was coTURN's) decided.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub format: Format,
+    pub import: Import,
+}
+
 /// Builds the config from (in rising precedence) defaults, the file, the environment and flags.
+pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+    load_all(args).map(|loaded| loaded.config)
+}
+
+/// Like [`load`], keeping the coTURN import's warnings and notes.
 ///
 /// The environment and the flags both arrive in `args` (clap's `env`, a flag beating its
 /// variable). A list given by a higher source replaces the lower one's list. Errors name where
 /// the offending value came from: file and line, flag, or environment variable.
-pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+pub fn load_all(args: &ServeArgs) -> Result<Loaded, ConfigError> {
     let mut config = Config::default();
     let mut sources = Sources::new();
-    if let Some(path) = &args.config {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
-            path: shown.clone(),
-            reason: err.to_string(),
-        })?;
-        apply_toml(&mut config, &text, &shown, &mut sources)?;
-    }
+    let (format, mut import) = match &args.config {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
+                path: shown.clone(),
+                reason: err.to_string(),
+            })?;
+            apply_file(&mut config, &text, &shown, &mut sources)?
+        }
+        None => (Format::Toml, Import::default()),
+    };
     apply_args(&mut config, args, &mut sources)?;
-    checked(config, &sources)
+    import.finish(&config)?;
+    Ok(Loaded {
+        config: checked(config, &sources)?,
+        format,
+        import,
+    })
+}
+
+/// The file alone on top of the defaults, either format (no environment, no flags).
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    load_all(&ServeArgs {
+        config: Some(path.to_path_buf()),
+        ..ServeArgs::default()
+    })
+}
+
+/// Parses a document of either format on top of the defaults and validates it.
+pub fn from_str(text: &str) -> Result<Loaded, ConfigError> {
+    let mut config = Config::default();
+    let mut sources = Sources::new();
+    let (format, mut import) = apply_file(&mut config, text, INLINE_ORIGIN, &mut sources)?;
+    import.finish(&config)?;
+    Ok(Loaded {
+        config: checked(config, &sources)?,
+        format,
+        import,
+    })
 }
 
 /// Parses a TOML document on top of the defaults and validates it (no environment, no flags).
@@ -33,6 +86,22 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
     let mut sources = Sources::new();
     apply_toml(&mut config, text, INLINE_ORIGIN, &mut sources)?;
     checked(config, &sources)
+}
+
+/// Applies a config file, TOML or coTURN's as its content says.
+fn apply_file(
+    config: &mut Config,
+    text: &str,
+    origin: &str,
+    sources: &mut Sources,
+) -> Result<(Format, Import), ConfigError> {
+    if coturn::is_coturn(text) {
+        let import = apply_coturn(config, text, origin, sources)?;
+        Ok((Format::Coturn, import))
+    } else {
+        apply_toml(config, text, origin, sources)?;
+        Ok((Format::Toml, Import::default()))
+    }
 }
 
 /// Runs the cross-key checks; an error names where its key was set.

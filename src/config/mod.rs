@@ -2,18 +2,21 @@
 //! [`Config`] before anything binds.
 
 mod cli;
+pub mod coturn;
 mod error;
 mod file;
 mod keys;
 mod load;
+mod render;
 mod shape;
 mod validate;
 mod values;
 
-pub use cli::{Cli, Command, CredentialsArgs, ServeArgs};
+pub use cli::{Cli, Command, ConfigCommand, CredentialsArgs, ServeArgs};
 pub use error::{ConfigError, Origin};
 pub use keys::{find as find_key, restart_keys_changed, Config, Key, Reload, KEYS};
-pub use load::{from_toml_str, load};
+pub use load::{from_str, from_toml_str, load, load_all, load_file, Format, Loaded};
+pub use render::{converted_toml, effective_toml};
 pub use shape::Arity;
 
 use crate::auth::Authenticator;

@@ -185,6 +185,11 @@ fn users(users: &[(String, StaticKey)]) -> Result<(), ConfigError> {
         if name.contains(':') {
             return Err(invalid("users", name, "user names must not contain ':'"));
         }
+        if super::keys::find(name).is_some() {
+            let reason =
+                "a user may not be named like a key (in turnserver.toml it would read as one)";
+            return Err(invalid("users", name, reason));
+        }
         if !seen.insert(name.as_str()) {
             return Err(invalid("users", name, "user given twice"));
         }
