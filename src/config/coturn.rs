@@ -1063,6 +1063,52 @@ mod tests {
         conf("lt-cred-mech\nuser=alice:pw\n");
     }
 
+    /// Each rule does what it says, bare (`key`) and with a value (`key=1`).
+    #[test]
+    fn every_rule_accepts_warns_or_refuses() {
+        for rule in RULES {
+            for line in [rule.name.to_string(), format!("{}=1", rule.name)] {
+                let text = format!("static-auth-secret=s\n{line}\n");
+                match rule.action {
+                    Refuse(reason) => {
+                        let (key, shown) = refused_key(&text);
+                        assert_eq!(key, rule.name);
+                        assert!(
+                            shown.starts_with("<string>:2: ") && shown.ends_with(reason),
+                            "{shown}"
+                        );
+                    }
+                    Warn(_) => {
+                        let loaded = conf(&text);
+                        let keys: Vec<&str> = loaded
+                            .import
+                            .warnings
+                            .iter()
+                            .map(|n| n.key.as_str())
+                            .collect();
+                        assert_eq!(keys, [rule.name], "{text}");
+                        assert!(loaded.import.accepted.is_empty());
+                    }
+                    Always(_) => {
+                        let loaded = conf(&text);
+                        assert!(loaded.import.warnings.is_empty(), "{text}");
+                        assert_eq!(loaded.import.accepted.len(), 1, "{text}");
+                        assert_eq!(
+                            loaded.config,
+                            from_str("static-auth-secret=s\n").unwrap().config
+                        );
+                    }
+                    Special(_) => {}
+                }
+            }
+            if rule.when_on {
+                // Switched off, a rule does nothing.
+                let loaded = conf(&format!("static-auth-secret=s\n{}=0\n", rule.name));
+                assert!(loaded.import.warnings.is_empty() && loaded.import.accepted.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn unknown_coturn_key_is_an_error_with_a_suggestion() {
         let err = from_str("realm=x\nlistening-prt=3478\n")
