@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tern::auth::NonceMint;
-use tern::config::{self, Cli, Command, Config, CredentialsArgs, Secret};
+use tern::config::{
+    self, Cli, Command, Config, ConfigCommand, ConfigError, CredentialsArgs, Format, Secret,
+};
 use tern::credentials::{ice_server_json, mint};
 use tern::http::{HttpSettings, HttpState};
 use tern::net::tls::CertStore;
@@ -15,38 +17,112 @@ use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Credentials(args)) = &cli.command {
-        print_credentials(args);
-        return ExitCode::SUCCESS;
-    }
-    let config = match config::load(&cli.serve) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tern: configuration error: {error}");
-            return ExitCode::from(2);
+    match &cli.command {
+        Some(Command::Credentials(args)) => {
+            print_credentials(args);
+            return ExitCode::SUCCESS;
         }
+        Some(Command::Config(ConfigCommand::Check { file })) => return check(&cli, file),
+        Some(Command::Config(ConfigCommand::Convert { file })) => return convert(file),
+        None => {}
+    }
+    let loaded = match config::load_all(&cli.serve) {
+        Ok(loaded) => loaded,
+        Err(error) => return configuration_error(&error),
     };
-    // Certificate files are checked like any other configuration, before anything binds. The
-    // TLS listener (unless no-tls) and HTTPS (http-tls) share them.
-    let wants_certs = !config.no_tls || (config.http_tls && !config.no_http);
-    let certs = match (&config.cert, &config.pkey, wants_certs) {
-        (Some(cert), Some(pkey), true) => match CertStore::load(cert, pkey) {
-            Ok(certs) => Some(certs),
+    let config = loaded.config;
+    let certs = match load_certs(&config) {
+        Ok(certs) => certs,
+        Err(error) => return configuration_error(&error),
+    };
+    if let Err(error) = init_logging(&config) {
+        return configuration_error(&error);
+    }
+    for warning in &loaded.import.warnings {
+        warn!("{warning}");
+    }
+    let pidfile = match &config.pidfile {
+        Some(path) => match std::fs::write(path, format!("{}\n", std::process::id())) {
+            Ok(()) => Some(path.clone()),
             Err(error) => {
-                eprintln!("tern: configuration error: {error}");
-                return ExitCode::from(2);
+                let reason = format!("cannot write: {error}");
+                return configuration_error(&invalid("pidfile", path, reason));
             }
         },
-        _ => None,
+        None => None,
     };
-    init_logging(&config.log_level);
-    match serve(&cli, config, certs) {
+    let served = serve(&cli, config, certs);
+    if let Some(path) = pidfile {
+        let _ = std::fs::remove_file(path);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error}");
             eprintln!("tern: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn configuration_error(error: &ConfigError) -> ExitCode {
+    eprintln!("tern: configuration error: {error}");
+    ExitCode::from(2)
+}
+
+fn invalid(key: &str, path: &std::path::Path, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Certificate files are checked like any other configuration, before anything binds. The TLS
+/// listener (unless no-tls) and HTTPS (http-tls) share them.
+fn load_certs(config: &Config) -> Result<Option<Arc<CertStore>>, ConfigError> {
+    let wants_certs = !config.no_tls || (config.http_tls && !config.no_http);
+    match (&config.cert, &config.pkey, wants_certs) {
+        (Some(cert), Some(pkey), true) => CertStore::load(cert, pkey).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// `tern config check FILE`: exit 0 and the effective configuration (secrets redacted) on
+/// stdout, or 2 and the error.
+fn check(cli: &Cli, file: &std::path::Path) -> ExitCode {
+    let mut args = cli.serve.clone();
+    args.config = Some(file.to_path_buf());
+    let loaded = match config::load_all(&args) {
+        Ok(loaded) => loaded,
+        Err(error) => return configuration_error(&error),
+    };
+    if let Err(error) = load_certs(&loaded.config) {
+        return configuration_error(&error);
+    }
+    for warning in &loaded.import.warnings {
+        eprintln!("tern: warning: {warning}");
+    }
+    print!("{}", config::effective_toml(&loaded.config));
+    let format = match loaded.format {
+        Format::Toml => "turnserver.toml",
+        Format::Coturn => "coTURN turnserver.conf",
+    };
+    eprintln!("tern: {}: valid ({format})", file.display());
+    ExitCode::SUCCESS
+}
+
+/// `tern config convert FILE`: the file alone (no environment, no flags) as a turnserver.toml.
+fn convert(file: &std::path::Path) -> ExitCode {
+    match config::load_file(file) {
+        Ok(loaded) => {
+            print!(
+                "{}",
+                config::converted_toml(&loaded, &file.display().to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => configuration_error(&error),
     }
 }
 
@@ -188,6 +264,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         streams: streams.as_ref(),
         certs: certs.as_deref(),
         http: &http,
+        started: &config,
     };
     runtime.block_on(wait_for_signals(cli, running, &generated))?;
     info!("shutting down");
@@ -236,6 +313,8 @@ struct Running<'a> {
     streams: Option<&'a StreamService>,
     certs: Option<&'a CertStore>,
     http: &'a HttpState,
+    /// The configuration started with: restart-only keys keep these values.
+    started: &'a Config,
 }
 
 /// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config)
@@ -263,7 +342,12 @@ async fn wait_for_signals(
                     Ok(mut config) => {
                         generated.apply(&mut config);
                         reload(running, &config).await;
-                        info!("configuration reloaded (listeners and port range change only on restart)");
+                        let waiting = config::restart_keys_changed(running.started, &config);
+                        if waiting.is_empty() {
+                            info!("configuration reloaded");
+                        } else {
+                            warn!(keys = %waiting.join(", "), "configuration reloaded; these keys change only on restart and keep their running values");
+                        }
                     }
                     Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
                 }
@@ -341,13 +425,39 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn init_logging(filter: &str) {
+/// Logs go to standard error (unless `no-stdout-log`) and to `log-file` (appended; `stdout`
+/// means standard output); `RUST_LOG`, when set, overrides `log-level`.
+fn init_logging(config: &Config) -> Result<(), ConfigError> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let file = match &config.log_file {
+        Some(path) if path.as_os_str() == "stdout" => Some(BoxMakeWriter::new(std::io::stdout)),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|error| invalid("log-file", path, format!("cannot open: {error}")))?;
+            Some(BoxMakeWriter::new(Mutex::new(file)))
+        }
+        None => None,
+    };
+    let writer = match (file, config.no_stdout_log) {
+        (Some(file), true) => file,
+        (Some(file), false) => BoxMakeWriter::new(std::io::stderr.and(file)),
+        (None, false) => BoxMakeWriter::new(std::io::stderr),
+        (None, true) => BoxMakeWriter::new(std::io::sink),
+    };
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer);
+    if config.log_file.is_some() {
+        subscriber.with_ansi(false).init();
+    } else {
+        subscriber.init();
+    }
+    Ok(())
 }

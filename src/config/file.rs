@@ -1,25 +1,133 @@
-//! The `turnserver.toml` shape: which keys exist, their TOML types, and how each lands in
-//! [`Config`]. Keys use coTURN's names where the concept is the same.
+//! Reading a `turnserver.toml`: every top-level key is looked up in the key table, and every
+//! error names the file and line. toml_edit keeps the positions toml's own parser drops.
 
-use super::values::{self, invalid, REDACTED};
-use super::{Config, ConfigError, Secret};
+use super::error::nearest;
+use super::keys::{self, KEYS};
+use super::shape::Input;
+use super::{ConfigError, Origin};
+use crate::config::Config;
+use std::collections::HashMap;
 use toml::Value;
+use toml_edit::{ImDocument, Item, TableLike};
 
-/// Applies the keys of a TOML document on top of `config`. `origin` names the document (its path)
-/// in syntax errors. Cross-key checks are left to [`super::validate`].
-pub(super) fn apply_toml(config: &mut Config, text: &str, origin: &str) -> Result<(), ConfigError> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|err| syntax_error(origin, text, &err))?;
-    for (key, value) in &table {
-        apply_key(config, key, value)?;
+/// Where each key's value came from, for errors found once every source is merged.
+pub(super) type Sources = HashMap<&'static str, Origin>;
+
+/// Applies the keys of a TOML document on top of `config`. `origin` names the document (its
+/// path) in errors. Cross-key checks are left to [`super::validate`].
+pub(super) fn apply_toml(
+    config: &mut Config,
+    text: &str,
+    origin: &str,
+    sources: &mut Sources,
+) -> Result<(), ConfigError> {
+    let document = ImDocument::parse(text).map_err(|err| syntax_error(origin, text, &err))?;
+    let table = document.as_table();
+    for (name, item) in table.iter() {
+        let at = Origin::File {
+            path: origin.to_string(),
+            line: line_of(text, table.key(name).and_then(|key| key.span())),
+        };
+        let Some(key) = keys::find(name) else {
+            return Err(unknown_key(name, Some(at)));
+        };
+        if let Some(entries) = item.as_table_like() {
+            inside_table(text, origin, name, entries)?;
+        }
+        let value = to_value(item);
+        key.set(config, &Input::Toml(&value))
+            .map_err(|err| err.at(Some(&at)))?;
+        sources.insert(key.name, at);
     }
     Ok(())
 }
 
-/// `path:line:column: message`. toml's own rendering quotes the offending source line, which
-/// could hold a secret, so only its message and position are kept.
-fn syntax_error(origin: &str, text: &str, err: &toml::de::Error) -> ConfigError {
+/// `unknown key "x" (did you mean "y"?)`: the nearest key, or the key a coTURN name maps to.
+pub(super) fn unknown_key(name: &str, at: Option<Origin>) -> ConfigError {
+    let by_coturn = KEYS
+        .iter()
+        .find(|key| key.coturn.contains(&name))
+        .map(|key| key.name.to_string());
+    let suggestion = by_coturn.or_else(|| nearest(name, KEYS.iter().map(|key| key.name)));
+    ConfigError::UnknownKey {
+        key: name.to_string(),
+        suggestion,
+    }
+    .at(at.as_ref())
+}
+
+/// A key of the table `[table]` that is a known top-level key was meant to be above it: TOML
+/// would otherwise silently take `realm = "x"` after `[users]` as a user named realm.
+fn inside_table(
+    text: &str,
+    origin: &str,
+    table: &str,
+    entries: &dyn TableLike,
+) -> Result<(), ConfigError> {
+    for (name, _) in entries.iter() {
+        if keys::find(name).is_some() {
+            let span = entries.get_key_value(name).and_then(|(key, _)| key.span());
+            let at = Origin::File {
+                path: origin.to_string(),
+                line: line_of(text, span),
+            };
+            return Err(ConfigError::InsideTable {
+                key: name.to_string(),
+                table: table.to_string(),
+            }
+            .at(Some(&at)));
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based line of a byte offset (line 1 when unknown).
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    let start = span.map_or(0, |span| span.start.min(text.len()));
+    text[..start].matches('\n').count() + 1
+}
+
+/// A toml_edit item as a plain TOML value.
+fn to_value(item: &Item) -> Value {
+    match item {
+        Item::None => Value::Table(Default::default()),
+        Item::Value(value) => plain(value),
+        Item::Table(table) => Value::Table(
+            table
+                .iter()
+                .map(|(name, item)| (name.to_string(), to_value(item)))
+                .collect(),
+        ),
+        Item::ArrayOfTables(tables) => Value::Array(
+            tables
+                .iter()
+                .map(|table| to_value(&Item::Table(table.clone())))
+                .collect(),
+        ),
+    }
+}
+
+fn plain(value: &toml_edit::Value) -> Value {
+    use toml_edit::Value as Edit;
+    match value {
+        Edit::String(text) => Value::String(text.value().clone()),
+        Edit::Integer(number) => Value::Integer(*number.value()),
+        Edit::Float(number) => Value::Float(*number.value()),
+        Edit::Boolean(flag) => Value::Boolean(*flag.value()),
+        Edit::Datetime(time) => Value::Datetime(*time.value()),
+        Edit::Array(items) => Value::Array(items.iter().map(plain).collect()),
+        Edit::InlineTable(table) => Value::Table(
+            table
+                .iter()
+                .map(|(name, value)| (name.to_string(), plain(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// `path: line L, column C: message`. The parser's own rendering quotes the offending source
+/// line, which could hold a secret, so only its message and position are kept.
+fn syntax_error(origin: &str, text: &str, err: &toml_edit::TomlError) -> ConfigError {
     let message = err.message().trim();
     let message = match err.span() {
         Some(span) => {
@@ -36,198 +144,10 @@ fn syntax_error(origin: &str, text: &str, err: &toml::de::Error) -> ConfigError 
     }
 }
 
-fn apply_key(config: &mut Config, key: &str, value: &Value) -> Result<(), ConfigError> {
-    match key {
-        "listening-ip" => config.listening_ips = each(key, value, values::ip)?,
-        "listening-port" => config.listening_port = integer(key, value)?,
-        "alt-listening-port" => config.alt_listening_port = integer(key, value)?,
-        "alternate-server" => config.alternate_servers = each(key, value, values::server_address)?,
-        "relay-ip" => config.relay_ips = each(key, value, values::ip)?,
-        "external-ip" => config.external_ips = each(key, value, values::external_ip)?,
-        "min-port" => config.min_port = integer(key, value)?,
-        "max-port" => config.max_port = integer(key, value)?,
-        "realm" => config.realm = string(key, value)?,
-        "static-auth-secret" => {
-            config.static_auth_secrets = secret_strings(key, value)?
-                .into_iter()
-                .map(Secret)
-                .collect();
-        }
-        "users" => config.users = users(value)?,
-        "denied-peer-ip" => config.denied_peer_ips = each(key, value, values::range)?,
-        "allowed-peer-ip" => config.allowed_peer_ips = each(key, value, values::range)?,
-        "allow-loopback-peers" => config.allow_loopback_peers = boolean(key, value)?,
-        "allow-rfc5766-channel-numbers" => {
-            config.allow_rfc5766_channel_numbers = boolean(key, value)?
-        }
-        "default-allocate-lifetime" => config.default_allocate_lifetime = integer(key, value)?,
-        "max-allocate-lifetime" => config.max_allocate_lifetime = integer(key, value)?,
-        "permission-lifetime" => config.permission_lifetime = integer(key, value)?,
-        "channel-lifetime" => config.channel_lifetime = integer(key, value)?,
-        "stale-nonce" => config.stale_nonce = integer(key, value)?,
-        "max-credential-ttl" => config.max_credential_ttl = integer(key, value)?,
-        "user-quota" => config.user_quota = integer(key, value)?,
-        "total-quota" => config.total_quota = integer(key, value)?,
-        "software" => config.software = optional_text(string(key, value)?),
-        "relay-threads" => config.relay_threads = integer(key, value)?,
-        "sock-buf-size" => config.sock_buf_size = integer(key, value)?,
-        "log-level" => config.log_level = string(key, value)?,
-        "no-udp" => config.no_udp = boolean(key, value)?,
-        "http-listen" => config.http_listen = values::socket_addr(key, &string(key, value)?)?,
-        "no-http" => config.no_http = boolean(key, value)?,
-        "http-tls" => config.http_tls = boolean(key, value)?,
-        "api-keys" => {
-            config.api_keys = secret_strings(key, value)?
-                .into_iter()
-                .map(Secret)
-                .collect()
-        }
-        "admin-api-keys" => {
-            config.admin_api_keys = secret_strings(key, value)?
-                .into_iter()
-                .map(Secret)
-                .collect()
-        }
-        "public-uris" => config.public_uris = strings(key, value)?,
-        "no-tcp" => config.no_tcp = boolean(key, value)?,
-        "no-tls" => config.no_tls = boolean(key, value)?,
-        "tls-listening-port" => config.tls_listening_port = integer(key, value)?,
-        "cert" => config.cert = optional_text(string(key, value)?).map(Into::into),
-        "pkey" => config.pkey = optional_text(string(key, value)?).map(Into::into),
-        "proxy-protocol-trusted" => {
-            config.proxy_protocol_trusted = each(key, value, values::range)?
-        }
-        "max-connections-per-ip" => config.max_connections_per_ip = integer(key, value)?,
-        "max-connections" => config.max_connections = integer(key, value)?,
-        "stream-idle-timeout" => config.stream_idle_timeout = integer(key, value)?,
-        "partial-frame-timeout" => config.partial_frame_timeout = integer(key, value)?,
-        // Accepted for coTURN compatibility; tern always does this.
-        "use-auth-secret" | "lt-cred-mech" | "fingerprint" => {
-            boolean(key, value)?;
-        }
-        _ => {
-            return Err(ConfigError::UnknownKey {
-                key: key.to_string(),
-            })
-        }
-    }
-    Ok(())
-}
-
-/// An empty `software` means "none", so a later source can switch it off.
-pub(super) fn optional_text(text: String) -> Option<String> {
-    Some(text).filter(|text| !text.is_empty())
-}
-
-/// A value as an error shows it: strings without TOML quoting, everything else as TOML.
-fn shown(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn wrong_type(key: &str, value: &Value, expected: &str) -> ConfigError {
-    invalid(key, &shown(value), format!("expected {expected}"))
-}
-
-fn string(key: &str, value: &Value) -> Result<String, ConfigError> {
-    match value {
-        Value::String(text) => Ok(text.clone()),
-        other => Err(wrong_type(key, other, "a string")),
-    }
-}
-
-fn boolean(key: &str, value: &Value) -> Result<bool, ConfigError> {
-    value
-        .as_bool()
-        .ok_or_else(|| wrong_type(key, value, "true or false"))
-}
-
-fn integer<T: TryFrom<i64> + Bounded>(key: &str, value: &Value) -> Result<T, ConfigError> {
-    value
-        .as_integer()
-        .and_then(|number| T::try_from(number).ok())
-        .ok_or_else(|| wrong_type(key, value, &format!("an integer in 0..={}", T::MAX_TEXT)))
-}
-
-/// The largest value of an integer field, for error messages.
-trait Bounded {
-    const MAX_TEXT: &'static str;
-}
-impl Bounded for u16 {
-    const MAX_TEXT: &'static str = "65535";
-}
-impl Bounded for u32 {
-    const MAX_TEXT: &'static str = "4294967295";
-}
-impl Bounded for u64 {
-    const MAX_TEXT: &'static str = "9223372036854775807";
-}
-impl Bounded for usize {
-    const MAX_TEXT: &'static str = "9223372036854775807";
-}
-
-/// A repeatable key: one string or a list of strings.
-fn strings(key: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
-    match value {
-        Value::String(text) => Ok(vec![text.clone()]),
-        Value::Array(items) => items.iter().map(|item| string(key, item)).collect(),
-        other => Err(wrong_type(key, other, "a string or a list of strings")),
-    }
-}
-
-/// Like [`strings`], but errors never show the value.
-fn secret_strings(key: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
-    let redacted = || invalid(key, REDACTED, "expected a string or a list of strings");
-    match value {
-        Value::String(text) => Ok(vec![text.clone()]),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_string).ok_or_else(redacted))
-            .collect(),
-        _ => Err(redacted()),
-    }
-}
-
-fn each<T>(
-    key: &str,
-    value: &Value,
-    parse: fn(&str, &str) -> Result<T, ConfigError>,
-) -> Result<Vec<T>, ConfigError> {
-    strings(key, value)?
-        .iter()
-        .map(|text| parse(key, text))
-        .collect()
-}
-
-/// `[users]`: `name = "password"` or `name = "0x<32 hex digits>"`.
-fn users(value: &Value) -> Result<Vec<(String, crate::auth::StaticKey)>, ConfigError> {
-    let Value::Table(table) = value else {
-        return Err(invalid(
-            "users",
-            REDACTED,
-            "expected a table: [users] name = \"password\"",
-        ));
-    };
-    table
-        .iter()
-        .map(|(name, secret)| {
-            let Value::String(secret) = secret else {
-                return Err(invalid(
-                    &format!("users.{name}"),
-                    REDACTED,
-                    "expected a string",
-                ));
-            };
-            Ok((name.clone(), values::static_key(name, secret)?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{from_toml_str, ExternalIp};
+    use super::super::values::REDACTED;
+    use super::super::{from_toml_str, ExternalIp, Secret};
     use super::*;
     use crate::auth::StaticKey;
     use std::net::IpAddr;
@@ -242,8 +162,11 @@ mod tests {
 
     fn invalid_key_value(text: &str) -> (String, String) {
         match from_toml_str(text) {
-            Err(ConfigError::Invalid { key, value, .. }) => (key, value),
-            other => panic!("{text}: expected Invalid, got {other:?}"),
+            Err(err) => match err.inner() {
+                ConfigError::Invalid { key, value, .. } => (key.clone(), value.clone()),
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            },
+            Ok(config) => panic!("{text}: expected Invalid, got {config:?}"),
         }
     }
 
@@ -311,67 +234,6 @@ mod tests {
         let config = parse(&uncommented);
         assert!(!config.static_auth_secrets.is_empty() && config.users.len() == 2);
         assert!(config.software.is_some() && !config.allowed_peer_ips.is_empty());
-    }
-
-    #[test]
-    fn example_file_lists_every_key() {
-        let example = include_str!("../../turnserver.toml");
-        let keys = [
-            "listening-ip",
-            "listening-port",
-            "alt-listening-port",
-            "alternate-server",
-            "relay-ip",
-            "external-ip",
-            "min-port",
-            "max-port",
-            "realm",
-            "static-auth-secret",
-            "[users]",
-            "denied-peer-ip",
-            "allowed-peer-ip",
-            "allow-loopback-peers",
-            "allow-rfc5766-channel-numbers",
-            "default-allocate-lifetime",
-            "max-allocate-lifetime",
-            "permission-lifetime",
-            "channel-lifetime",
-            "stale-nonce",
-            "max-credential-ttl",
-            "user-quota",
-            "total-quota",
-            "software",
-            "relay-threads",
-            "sock-buf-size",
-            "log-level",
-            "no-udp",
-            "http-listen",
-            "no-http",
-            "http-tls",
-            "api-keys",
-            "admin-api-keys",
-            "public-uris",
-            "no-tcp",
-            "no-tls",
-            "tls-listening-port",
-            "cert",
-            "pkey",
-            "proxy-protocol-trusted",
-            "max-connections-per-ip",
-            "max-connections",
-            "stream-idle-timeout",
-            "partial-frame-timeout",
-            "use-auth-secret",
-            "lt-cred-mech",
-            "fingerprint",
-        ];
-        for key in keys {
-            let listed = example.lines().any(|line| {
-                let line = line.trim_start_matches(['#', ' ']);
-                line.starts_with(&format!("{key} =")) || line == key
-            });
-            assert!(listed, "{key} missing from turnserver.toml");
-        }
     }
 
     #[test]
@@ -611,8 +473,9 @@ mod tests {
             ("listening-prot = 3478", "listening-prot"),
             ("[extra]\na = 1", "extra"),
         ] {
-            match from_toml_str(text) {
-                Err(ConfigError::UnknownKey { key: named }) => assert_eq!(named, key),
+            let err = from_toml_str(text).unwrap_err();
+            match err.inner() {
+                ConfigError::UnknownKey { key: named, .. } => assert_eq!(named, key),
                 other => panic!("{text}: {other:?}"),
             }
         }
@@ -733,7 +596,13 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
 
         let mut config = Config::default();
-        let err = apply_toml(&mut config, "a = = 1", "/etc/tern/turnserver.toml").unwrap_err();
+        let err = apply_toml(
+            &mut config,
+            "a = = 1",
+            "/etc/tern/turnserver.toml",
+            &mut Sources::new(),
+        )
+        .unwrap_err();
         let shown = err.to_string();
         assert!(
             shown.starts_with("/etc/tern/turnserver.toml: line 1, column"),
@@ -745,5 +614,75 @@ mod tests {
     fn duplicate_key_is_a_syntax_error() {
         let err = from_toml_str("realm = \"a\"\nrealm = \"b\"").unwrap_err();
         assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_nearest_key() {
+        let err = from_toml_str("realm = \"x\"\n\nlistening-prot = 3478\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "<string>:3: unknown key \"listening-prot\" (did you mean \"listening-port\"?)"
+        );
+        // A coTURN spelling points at the key it maps to.
+        let err = from_toml_str("user = \"alice:pw\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("(did you mean \"users\"?)"), "{err}");
+        // Nothing near: no suggestion.
+        let err = from_toml_str("zzzzzz = 1").unwrap_err().to_string();
+        assert_eq!(err, "<string>:1: unknown key \"zzzzzz\"");
+    }
+
+    #[test]
+    fn key_after_users_table_is_an_error_not_a_user() {
+        let text = "[users]\nalice = \"pw\"\nrealm = \"x\"\n";
+        let err = from_toml_str(text).unwrap_err();
+        assert!(
+            matches!(err.inner(), ConfigError::InsideTable { key, table } if key == "realm" && table == "users")
+        );
+        assert_eq!(
+            err.to_string(),
+            "<string>:3: \"realm\" is inside the [users] table (keys after a [table] header \
+             belong to it): move it above [users]"
+        );
+        // Above the table it is the realm.
+        let config = parse("realm = \"x\"\n[users]\nalice = \"pw\"\n");
+        assert_eq!((config.realm.as_str(), config.users.len()), ("x", 1));
+    }
+
+    #[test]
+    fn value_errors_name_file_line_key_and_value() {
+        let err = from_toml_str("realm = \"x\"\nlistening-port = \"abc\"\n").unwrap_err();
+        assert_eq!(
+            err.origin().map(ToString::to_string).as_deref(),
+            Some("<string>:2")
+        );
+        assert!(
+            err.to_string()
+                .starts_with("<string>:2: listening-port: invalid value \"abc\""),
+            "{err}"
+        );
+        // Cross-key checks name the line the key was set on.
+        let err = from_toml_str("max-port = 50000\nmin-port = 60000\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("<string>:2: min-port: invalid value \"60000\""),
+            "{err}"
+        );
+        // A secret's line is named, its value never.
+        let err = from_toml_str("\nstatic-auth-secret = [\"hunter2\", 5]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("<string>:2: static-auth-secret") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = from_toml_str("[users]\nbob = \"0xdeadbeef\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("<string>:1: users.bob") && !err.contains("deadbeef"),
+            "{err}"
+        );
     }
 }

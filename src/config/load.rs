@@ -1,175 +1,134 @@
 //! Reading and merging the sources: defaults, the file, the environment and flags.
 
-use super::file::{apply_toml, optional_text};
-use super::values;
-use super::{validate::validate, Config, ServeArgs};
-
-/// A configuration problem, naming the key and the offending value (never a secret's value).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{key}: invalid value {value:?}: {reason}")]
-    Invalid {
-        key: String,
-        value: String,
-        reason: String,
-    },
-    #[error("unknown key {key:?}")]
-    UnknownKey { key: String },
-    #[error("cannot read {path}: {reason}")]
-    Io { path: String, reason: String },
-    /// The file is not valid TOML; `message` has the line and column.
-    #[error("{path}: {message}")]
-    Syntax { path: String, message: String },
-}
+use super::coturn::{self, apply_coturn, Import};
+use super::file::{apply_toml, Sources};
+use super::shape::Input;
+use super::{validate::validate, Config, ConfigError, ServeArgs};
+use std::path::Path;
 
 /// What syntax errors of [`from_toml_str`] name as the path.
 const INLINE_ORIGIN: &str = "<string>";
 
+/// The config file's format, decided by its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// tern's `turnserver.toml`.
+    Toml,
+    /// coTURN's `turnserver.conf`.
+    Coturn,
+}
+
+/// A loaded configuration, with what the coTURN import (if the file was coTURN's) decided.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub format: Format,
+    pub import: Import,
+}
+
 /// Builds the config from (in rising precedence) defaults, the file, the environment and flags.
+pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+    load_all(args).map(|loaded| loaded.config)
+}
+
+/// Like [`load`], keeping the coTURN import's warnings and notes.
 ///
 /// The environment and the flags both arrive in `args` (clap's `env`, a flag beating its
-/// variable). A list given by a higher source replaces the lower one's list.
-pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+/// variable). A list given by a higher source replaces the lower one's list. Errors name where
+/// the offending value came from: file and line, flag, or environment variable.
+pub fn load_all(args: &ServeArgs) -> Result<Loaded, ConfigError> {
     let mut config = Config::default();
-    if let Some(path) = &args.config {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
-            path: shown.clone(),
-            reason: err.to_string(),
-        })?;
-        apply_toml(&mut config, &text, &shown)?;
-    }
-    apply_args(&mut config, args)?;
-    validate(&config)?;
-    Ok(config)
+    let mut sources = Sources::new();
+    let (format, mut import) = match &args.config {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
+                path: shown.clone(),
+                reason: err.to_string(),
+            })?;
+            apply_file(&mut config, &text, &shown, &mut sources)?
+        }
+        None => (Format::Toml, Import::default()),
+    };
+    apply_args(&mut config, args, &mut sources)?;
+    import.finish(&config)?;
+    Ok(Loaded {
+        config: checked(config, &sources)?,
+        format,
+        import,
+    })
+}
+
+/// The file alone on top of the defaults, either format (no environment, no flags).
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    load_all(&ServeArgs {
+        config: Some(path.to_path_buf()),
+        ..ServeArgs::default()
+    })
+}
+
+/// Parses a document of either format on top of the defaults and validates it.
+pub fn from_str(text: &str) -> Result<Loaded, ConfigError> {
+    let mut config = Config::default();
+    let mut sources = Sources::new();
+    let (format, mut import) = apply_file(&mut config, text, INLINE_ORIGIN, &mut sources)?;
+    import.finish(&config)?;
+    Ok(Loaded {
+        config: checked(config, &sources)?,
+        format,
+        import,
+    })
 }
 
 /// Parses a TOML document on top of the defaults and validates it (no environment, no flags).
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config::default();
-    apply_toml(&mut config, text, INLINE_ORIGIN)?;
-    validate(&config)?;
-    Ok(config)
+    let mut sources = Sources::new();
+    apply_toml(&mut config, text, INLINE_ORIGIN, &mut sources)?;
+    checked(config, &sources)
+}
+
+/// Applies a config file, TOML or coTURN's as its content says.
+fn apply_file(
+    config: &mut Config,
+    text: &str,
+    origin: &str,
+    sources: &mut Sources,
+) -> Result<(Format, Import), ConfigError> {
+    if coturn::is_coturn(text) {
+        let import = apply_coturn(config, text, origin, sources)?;
+        Ok((Format::Coturn, import))
+    } else {
+        apply_toml(config, text, origin, sources)?;
+        Ok((Format::Toml, Import::default()))
+    }
+}
+
+/// Runs the cross-key checks; an error names where its key was set.
+fn checked(config: Config, sources: &Sources) -> Result<Config, ConfigError> {
+    match validate(&config) {
+        Ok(()) => Ok(config),
+        Err(err) => {
+            let origin = err.key().and_then(|key| sources.get(key));
+            Err(err.at(origin))
+        }
+    }
 }
 
 /// Applies every flag (or environment variable) that was given.
-fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
-    if let Some(ips) = &args.listening_ip {
-        config.listening_ips = each("listening-ip", ips, values::ip)?;
+fn apply_args(
+    config: &mut Config,
+    args: &ServeArgs,
+    sources: &mut Sources,
+) -> Result<(), ConfigError> {
+    for given in &args.given {
+        given
+            .key
+            .set(config, &Input::Text(&given.values))
+            .map_err(|err| err.at(Some(&given.origin)))?;
+        sources.insert(given.key.name, given.origin.clone());
     }
-    if let Some(servers) = &args.alternate_server {
-        config.alternate_servers = each("alternate-server", servers, values::server_address)?;
-    }
-    if let Some(ips) = &args.relay_ip {
-        config.relay_ips = each("relay-ip", ips, values::ip)?;
-    }
-    if let Some(ips) = &args.external_ip {
-        config.external_ips = each("external-ip", ips, values::external_ip)?;
-    }
-    if let Some(ranges) = &args.denied_peer_ip {
-        config.denied_peer_ips = each("denied-peer-ip", ranges, values::range)?;
-    }
-    if let Some(ranges) = &args.allowed_peer_ip {
-        config.allowed_peer_ips = each("allowed-peer-ip", ranges, values::range)?;
-    }
-    if let Some(secrets) = &args.static_auth_secret {
-        config.static_auth_secrets = secrets.clone();
-    }
-    if let Some(users) = &args.users {
-        config.users = users
-            .iter()
-            .map(|user| values::user_entry(&user.0))
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(realm) = &args.realm {
-        config.realm = realm.clone();
-    }
-    if let Some(software) = &args.software {
-        config.software = optional_text(software.clone());
-    }
-    if let Some(log_level) = &args.log_level {
-        config.log_level = log_level.clone();
-    }
-    set(&mut config.listening_port, args.listening_port);
-    set(&mut config.alt_listening_port, args.alt_listening_port);
-    set(&mut config.min_port, args.min_port);
-    set(&mut config.max_port, args.max_port);
-    set(&mut config.allow_loopback_peers, args.allow_loopback_peers);
-    set(
-        &mut config.allow_rfc5766_channel_numbers,
-        args.allow_rfc5766_channel_numbers,
-    );
-    set(
-        &mut config.default_allocate_lifetime,
-        args.default_allocate_lifetime,
-    );
-    set(
-        &mut config.max_allocate_lifetime,
-        args.max_allocate_lifetime,
-    );
-    set(&mut config.permission_lifetime, args.permission_lifetime);
-    set(&mut config.channel_lifetime, args.channel_lifetime);
-    set(&mut config.stale_nonce, args.stale_nonce);
-    set(&mut config.max_credential_ttl, args.max_credential_ttl);
-    set(&mut config.user_quota, args.user_quota);
-    set(&mut config.total_quota, args.total_quota);
-    set(&mut config.relay_threads, args.relay_threads);
-    set(&mut config.sock_buf_size, args.sock_buf_size);
-    set(&mut config.no_udp, args.no_udp);
-    if let Some(addr) = &args.http_listen {
-        config.http_listen = values::socket_addr("http-listen", addr)?;
-    }
-    set(&mut config.no_http, args.no_http);
-    set(&mut config.http_tls, args.http_tls);
-    if let Some(keys) = &args.api_keys {
-        config.api_keys = keys.clone();
-    }
-    if let Some(keys) = &args.admin_api_keys {
-        config.admin_api_keys = keys.clone();
-    }
-    if let Some(uris) = &args.public_uris {
-        config.public_uris = uris.clone();
-    }
-    set(&mut config.no_tcp, args.no_tcp);
-    set(&mut config.no_tls, args.no_tls);
-    set(&mut config.tls_listening_port, args.tls_listening_port);
-    if let Some(cert) = &args.cert {
-        config.cert = optional_text(cert.clone()).map(Into::into);
-    }
-    if let Some(pkey) = &args.pkey {
-        config.pkey = optional_text(pkey.clone()).map(Into::into);
-    }
-    if let Some(ranges) = &args.proxy_protocol_trusted {
-        config.proxy_protocol_trusted = each("proxy-protocol-trusted", ranges, values::range)?;
-    }
-    set(
-        &mut config.max_connections_per_ip,
-        args.max_connections_per_ip,
-    );
-    set(&mut config.max_connections, args.max_connections);
-    set(&mut config.stream_idle_timeout, args.stream_idle_timeout);
-    set(
-        &mut config.partial_frame_timeout,
-        args.partial_frame_timeout,
-    );
-    // use-auth-secret, lt-cred-mech, fingerprint: accepted for coTURN compatibility; tern
-    // always does this.
-    let _ = (args.use_auth_secret, args.lt_cred_mech, args.fingerprint);
     Ok(())
-}
-
-fn set<T: Copy>(field: &mut T, flag: Option<T>) {
-    if let Some(value) = flag {
-        *field = value;
-    }
-}
-
-fn each<T>(
-    key: &str,
-    texts: &[String],
-    parse: fn(&str, &str) -> Result<T, ConfigError>,
-) -> Result<Vec<T>, ConfigError> {
-    texts.iter().map(|text| parse(key, text)).collect()
 }
 
 #[cfg(test)]
@@ -473,12 +432,12 @@ mod tests {
         let file = TempFile::new("cross", "max-port = 40000\n");
         let err = load(&args(&["-c", file.arg(), "--min-port=50000"])).unwrap_err();
         assert!(
-            matches!(&err, ConfigError::Invalid { key, value, .. } if key == "min-port" && value == "50000"),
+            matches!(err.inner(), ConfigError::Invalid { key, value, .. } if key == "min-port" && value == "50000"),
             "{err:?}"
         );
         let err = load(&args(&["--relay-ip=nope"])).unwrap_err();
         assert!(
-            matches!(&err, ConfigError::Invalid { key, value, .. } if key == "relay-ip" && value == "nope")
+            matches!(err.inner(), ConfigError::Invalid { key, value, .. } if key == "relay-ip" && value == "nope")
         );
     }
 
@@ -532,8 +491,96 @@ mod tests {
         let file = TempFile::new("unknown", "lisening-port = 3478\n");
         let err = load(&args(&["-c", file.arg()])).unwrap_err();
         assert!(
-            matches!(&err, ConfigError::UnknownKey { key } if key == "lisening-port"),
+            matches!(err.inner(), ConfigError::UnknownKey { key, .. } if key == "lisening-port"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn flag_and_env_errors_name_the_flag_or_variable() {
+        let err = load(&args(&["--min-port=70000"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("flag --min-port: min-port: invalid value \"70000\""),
+            "{err}"
+        );
+        let err = load(&args_with_env(&[("TERN_RELAY_IP", "nope")], &[])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "environment variable TERN_RELAY_IP: relay-ip: invalid value \"nope\""
+            ),
+            "{err}"
+        );
+        let err = load(&args(&["--no-udp=maybe"])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("flag --no-udp: no-udp"),
+            "{err}"
+        );
+        // A cross-key error names the source of its key: here the flag beat the file.
+        let file = TempFile::new("origin", "max-port = 40000\nmin-port = 1000\n");
+        let err = load(&args(&["-c", file.arg(), "--min-port=50000"])).unwrap_err();
+        assert!(err.to_string().starts_with("flag --min-port"), "{err}");
+        let err = load(&args(&["-c", file.arg(), "--max-port=500"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2: min-port", file.arg())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn switch_spellings() {
+        for (flag, expected) in [
+            ("--no-udp", true),
+            ("--no-udp=true", true),
+            ("--no-udp=yes", true),
+            ("--no-udp=on", true),
+            ("--no-udp=1", true),
+            ("--no-udp=false", false),
+            ("--no-udp=no", false),
+            ("--no-udp=off", false),
+            ("--no-udp=0", false),
+        ] {
+            assert_eq!(load(&args(&[flag])).unwrap().no_udp, expected, "{flag}");
+        }
+        let config = load(&args_with_env(&[("TERN_UDP_GSO", "off")], &[])).unwrap();
+        assert!(!config.udp_gso);
+        assert!(!load(&args(&["--udp-gso=false"])).unwrap().udp_gso);
+        assert!(Config::default().udp_gso);
+    }
+
+    #[test]
+    fn list_flags_are_repeatable_and_comma_separated() {
+        let config = load(&args(&[
+            "--listening-ip=192.0.2.1,192.0.2.2",
+            "--listening-ip",
+            "::",
+        ]))
+        .unwrap();
+        assert_eq!(config.listening_ips.len(), 3);
+    }
+
+    #[test]
+    fn help_is_generated_from_the_key_table() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for key in crate::config::KEYS {
+            assert!(
+                help.contains(&format!("--{}", key.name)),
+                "--{} in help",
+                key.name
+            );
+            assert!(help.contains(&key.env()), "{} in help", key.env());
+            assert!(help.contains(key.doc()), "{} doc in help", key.name);
+        }
+        assert!(
+            help.contains("[default: 3478]") && help.contains("[default: true]"),
+            "{help}"
+        );
+        // Secret environment values are not shown.
+        let _lock = env_lock();
+        let _vars = EnvVars::set(&[("TERN_STATIC_AUTH_SECRET", "hunter2")]);
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("hunter2"), "{help}");
     }
 }

@@ -185,6 +185,11 @@ fn users(users: &[(String, StaticKey)]) -> Result<(), ConfigError> {
         if name.contains(':') {
             return Err(invalid("users", name, "user names must not contain ':'"));
         }
+        if super::keys::find(name).is_some() {
+            let reason =
+                "a user may not be named like a key (in turnserver.toml it would read as one)";
+            return Err(invalid("users", name, reason));
+        }
         if !seen.insert(name.as_str()) {
             return Err(invalid("users", name, "user given twice"));
         }
@@ -206,14 +211,13 @@ mod tests {
 
     fn rejected(text: &str) -> (String, String, String) {
         match from_toml_str(text) {
-            Err(err @ ConfigError::Invalid { .. }) => {
-                let shown = err.to_string();
-                let ConfigError::Invalid { key, value, .. } = err else {
-                    unreachable!()
-                };
-                (key, value, shown)
-            }
-            other => panic!("{text}: expected Invalid, got {other:?}"),
+            Err(err) => match err.inner() {
+                ConfigError::Invalid { key, value, .. } => {
+                    (key.clone(), value.clone(), err.to_string())
+                }
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            },
+            Ok(config) => panic!("{text}: expected Invalid, got {config:?}"),
         }
     }
 

@@ -16,6 +16,29 @@ pub(super) fn invalid(key: &str, value: &str, reason: impl Into<String>) -> Conf
     }
 }
 
+/// A switch given as text: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0` (any case); empty
+/// (a bare flag or coTURN line) means true.
+pub(super) fn boolean(key: &str, text: &str) -> Result<bool, ConfigError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(invalid(
+            key,
+            text,
+            "expected true or false (or yes/no, on/off, 1/0)",
+        )),
+    }
+}
+
+/// Any text, as it is.
+pub(super) fn text(_key: &str, text: &str) -> Result<String, ConfigError> {
+    Ok(text.to_string())
+}
+
+pub(super) fn path(_key: &str, text: &str) -> Result<std::path::PathBuf, ConfigError> {
+    Ok(text.into())
+}
+
 pub(super) fn ip(key: &str, text: &str) -> Result<IpAddr, ConfigError> {
     text.trim()
         .parse()
@@ -99,6 +122,17 @@ pub(super) fn static_key(user: &str, text: &str) -> Result<StaticKey, ConfigErro
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(StaticKey::Key(key))
+}
+
+/// A static user's secret as the file writes it (the inverse of [`static_key`]).
+pub(super) fn render_key(key: &StaticKey) -> String {
+    match key {
+        StaticKey::Password(password) => password.clone(),
+        StaticKey::Key(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
 }
 
 /// A user given as a flag or environment value: `NAME:PASSWORD` or `NAME:0x<hex>`.

@@ -127,6 +127,7 @@ impl UdpService {
                 control: receiver,
                 poll,
                 stats: stats.clone(),
+                gso: config.udp_gso,
             })?;
             bound.push((worker, control, waker, stats));
         }

@@ -74,6 +74,8 @@ pub(crate) struct WorkerSetup {
     pub control: Receiver<Control>,
     pub poll: Poll,
     pub stats: Arc<WorkerStats>,
+    /// `udp-gso`: send runs of datagrams with UDP GSO where the kernel supports it.
+    pub gso: bool,
 }
 
 pub(crate) struct UdpWorker {
@@ -138,7 +140,7 @@ impl UdpWorker {
             stats: setup.stats,
             rx: Some(RecvBatch::new(PACKET_BUFFER)),
             replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
-            gso_enabled: std::env::var_os("TERN_NO_GSO").is_none(),
+            gso_enabled: setup.gso,
             gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply_gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
