@@ -10,6 +10,7 @@
 //!   touched when a connection starts serving, when it ends, and by admin calls, never per
 //!   packet. [`StreamControl`] is the admin API's handle on it.
 
+use super::common::lock;
 use super::stats::WorkerStats;
 use crate::turn::metrics::transport_index;
 use crate::turn::{AllocId, AllocationInfo, Counters, Server, Transport};
@@ -199,9 +200,7 @@ impl StreamRegistry {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<u64, (Transport, mpsc::UnboundedSender<StreamCommand>)>>
     {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.connections)
     }
 }
 
