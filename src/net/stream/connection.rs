@@ -875,3 +875,6 @@ impl<P: PeerConnections> ConnectionLookup for Claim<'_, P> {
         self.claimed.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests;
