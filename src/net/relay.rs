@@ -178,3 +178,91 @@ pub(super) fn apply_events(server: &mut Server, owner: &mut impl RelayOwner) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::relay_ports::free_loopback_ports;
+    use crate::turn::{FiveTuple, RelayTransport, Transport};
+    use std::net::IpAddr;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn request(port: PortRequest) -> RelayRequest {
+        RelayRequest {
+            alloc: AllocId {
+                index: 0,
+                generation: 0,
+            },
+            tuple: FiveTuple {
+                client: "127.0.0.1:40000".parse().unwrap(),
+                server: "127.0.0.1:3478".parse().unwrap(),
+                transport: Transport::Tcp,
+            },
+            family: Family::V4,
+            additional: None,
+            port,
+            transport: RelayTransport::Udp,
+        }
+    }
+
+    #[test]
+    fn a_reservation_is_claimed_whatever_family_the_claim_asks_for() {
+        let ports = Arc::new(Mutex::new(free_loopback_ports(4)));
+        let plan = RelayPlan {
+            relay_ips: vec![],
+            listening_ips: vec![ip("127.0.0.1"), ip("::1")],
+        };
+        let sockets = RelaySockets::new(ports.clone(), Arc::new(plan));
+        let now = Instant::now();
+        let pair = PortRequest::Even { reserve_next: true };
+        let (even, first) = sockets
+            .open_udp(now, &request(pair), Family::V4, pair)
+            .unwrap();
+        let token = even.reservation.expect("a token");
+        // The reserved pair is IPv4; the claim looks on IPv6 first, then on the other family.
+        let claim = PortRequest::Reserved(token);
+        let (odd, second) = sockets
+            .open_udp(now, &request(claim), Family::V6, claim)
+            .unwrap();
+        assert_eq!(
+            odd.local,
+            SocketAddr::new(ip("127.0.0.1"), even.local.port() + 1)
+        );
+        assert_eq!(lock(&ports).free(), 2);
+        // Dropping a relay closes its socket and then gives its port back.
+        drop(first);
+        assert_eq!(lock(&ports).free(), 3);
+        assert!(std::net::UdpSocket::bind(even.local).is_ok(), "closed");
+        let registered = second.register(|socket| Ok(socket.local_addr()?.port()));
+        assert_eq!(*registered.unwrap(), odd.local.port());
+        assert_eq!(lock(&ports).free(), 4, "the socket went with its lease");
+    }
+
+    #[test]
+    fn a_failed_registration_gives_the_port_back() {
+        let ports = Arc::new(Mutex::new(free_loopback_ports(2)));
+        let plan = RelayPlan {
+            relay_ips: vec![],
+            listening_ips: vec![ip("127.0.0.1")],
+        };
+        let sockets = RelaySockets::new(ports.clone(), Arc::new(plan));
+        let any = PortRequest::Any;
+        let (_, socket) = sockets
+            .open_udp(Instant::now(), &request(any), Family::V4, any)
+            .unwrap();
+        assert_eq!(lock(&ports).free(), 1);
+        let failed = socket.register(|_| -> io::Result<()> { Err(io::ErrorKind::Other.into()) });
+        assert_eq!(failed.err(), Some(RelayError::NoPorts));
+        assert_eq!(lock(&ports).free(), 2);
+        // No relay address of the family: 440, nothing taken.
+        assert_eq!(
+            sockets
+                .open_udp(Instant::now(), &request(any), Family::V6, any)
+                .err(),
+            Some(RelayError::FamilyUnsupported)
+        );
+    }
+}

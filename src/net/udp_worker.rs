@@ -8,8 +8,8 @@ use super::sockets;
 use super::stats::WorkerStats;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, RelayError, RelayRequest, Server,
-    Transport,
+    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, PortRequest, RelayError,
+    RelayRequest, Server, Transport,
 };
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -428,7 +428,7 @@ impl UdpWorker {
         now: Instant,
         request: &RelayRequest,
         family: Family,
-        port: crate::turn::PortRequest,
+        port: PortRequest,
     ) -> Result<BoundRelay, RelayError> {
         let (bound, socket) = self.relay_sockets.open_udp(now, request, family, port)?;
         let slot = relay_slot(request.alloc.index, Family::of(&bound.local));

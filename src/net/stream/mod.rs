@@ -108,7 +108,7 @@ pub struct StreamDeps {
 
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
+enum Kind {
     /// `listening-port`: STUN, and TLS as well when a certificate is configured.
     Plain,
     /// `tls-listening-port`: TLS only.

@@ -312,7 +312,7 @@ impl Harness {
     }
 
     /// A datagram of `len` bytes from [`PEER`] on the relay.
-    fn from_peer(&mut self, len: usize) {
+    fn peer_sends(&mut self, len: usize) {
         let mut buf = vec![0u8; DATAGRAM_BUFFER];
         buf[DATA_INDICATION_MAX_PREFIX..][..len].fill(0xAB);
         self.conn
@@ -483,7 +483,7 @@ fn a_client_that_stops_reading_keeps_its_timers_and_is_cut_after_the_write_stall
     h.read();
     // A peer floods; the client reads nothing. The queue fills to its bound, the rest drops.
     for _ in 0..200 {
-        h.from_peer(1000);
+        h.peer_sends(1000);
     }
     let queued = h.conn.client_bytes().len();
     assert!(queued <= CLIENT_QUEUE_LIMIT - REPLY_RESERVE, "{queued}");
@@ -514,7 +514,7 @@ fn a_client_that_reads_again_is_not_cut() {
     let mut h = Harness::plain();
     h.allocate();
     for _ in 0..200 {
-        h.from_peer(1000);
+        h.peer_sends(1000);
     }
     assert!(
         h.stats.client_queue_drops.load(Relaxed) == 0,
@@ -535,7 +535,7 @@ fn requests_wait_in_the_framing_buffer_while_their_replies_would_not_fit() {
     let mut h = Harness::plain();
     h.allocate();
     for _ in 0..200 {
-        h.from_peer(1000);
+        h.peer_sends(1000);
     }
     // Far more Bindings than the reserve holds replies for; the client reads nothing.
     let burst: Vec<u8> = (0..1000).flat_map(|n| binding(n as u8)).collect();
