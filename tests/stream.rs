@@ -249,14 +249,14 @@ fn a_client_that_stops_reading_keeps_its_expiry_and_its_admin_api() {
     let lifetime = Duration::from_secs(6);
     let tern = Tern::start(&format!(
         "allow-loopback-peers = true\nadmin-api-keys = [\"{ADMIN_KEY}\"]\n\
-         default-allocate-lifetime = {0}\nmax-allocate-lifetime = {0}",
+         default-allocate-lifetime = {0}\nmax-allocate-lifetime = {0}\nstream-idle-timeout = 60",
         lifetime.as_secs()
     ));
     let _logs = DumpLogsOnPanic(&tern);
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let (_deleted, deleted_relay) = stalling_client(&tern, peer_addr);
-    let (_expiring, expiring_relay) = stalling_client(&tern, peer_addr);
+    let (mut expiring, expiring_relay) = stalling_client(&tern, peer_addr);
     let allocated = Instant::now();
 
     // The peer floods both relays (bounded): far more than the clients' and the server's socket
@@ -300,6 +300,17 @@ fn a_client_that_stops_reading_keeps_its_expiry_and_its_admin_api() {
     assert!(
         closed >= allocated + lifetime - Duration::from_secs(1),
         "closed by its expiry, not before"
+    );
+
+    // Its queue has stayed full since the flood: the connection is cut after the write-stall
+    // timeout (10 s), well before this. (Reading any earlier would have restarted that clock.)
+    let stall = tern::net::WRITE_STALL_TIMEOUT;
+    std::thread::sleep(
+        (allocated + stall + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        closed_within(&mut expiring.stream, Duration::from_secs(3)),
+        "a client that stopped reading is cut"
     );
 }
 

@@ -20,7 +20,10 @@ pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::WorkerStats;
-pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, MAX_FRAME};
+pub use stream::{
+    BoundStreams, StreamDeps, StreamService, StreamSettings, StreamStats, CLIENT_QUEUE_LIMIT,
+    MAX_FRAME, WRITE_STALL_TIMEOUT,
+};
 pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 
 use crate::auth::NonceMint;

@@ -16,6 +16,7 @@ mod task;
 
 pub use buffers::MAX_FRAME;
 pub(super) use connection::PeerConnections;
+pub use connection::{CLIENT_QUEUE_LIMIT, WRITE_STALL_TIMEOUT};
 
 use super::addresses::{expand_listening_ips, RelayPlan};
 use super::common::lock;
