@@ -320,9 +320,9 @@ impl<P: PeerConnections> Connection<P> {
         (!spare.is_empty()).then_some(spare)
     }
 
-    /// `n` bytes were read into [`Connection::read_buffer`] at `now`.
+    /// `n` bytes were read into [`Connection::read_buffer`] at `now` (nothing else called in
+    /// between).
     pub fn handle_client_read(&mut self, now: Instant, n: usize) {
-        self.settle();
         self.input.filled(n);
         if now.saturating_duration_since(self.clock_synced) >= CLOCK_SYNC_INTERVAL {
             self.clock_synced = now;
@@ -390,9 +390,7 @@ impl<P: PeerConnections> Connection<P> {
         let Some(request) = self.binding.take() else {
             return;
         };
-        if result.is_ok() {
-            self.effects.relay = Some((request.alloc, request.transport));
-        }
+        let bound = result.is_ok();
         // One relay socket per connection: a dual-stack request gets its primary family and an
         // ADDRESS-ERROR-CODE for the additional one.
         let additional = request
@@ -409,6 +407,14 @@ impl<P: PeerConnections> Connection<P> {
                 data,
                 CLIENT_QUEUE_LIMIT,
             );
+        }
+        if bound {
+            if self.server.allocation_username(request.alloc).is_some() {
+                self.effects.relay = Some((request.alloc, request.transport));
+            } else {
+                // The allocation ended while its socket was being bound.
+                self.effects.actions.push_back(Action::ReleaseRelay);
+            }
         }
         self.apply_events(now);
     }
