@@ -657,3 +657,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::policy::PeerPolicy;
+
+    fn config(realm: &str) -> Arc<CoreConfig> {
+        let auth = Authenticator::new(realm, &[], &[], 0);
+        Arc::new(CoreConfig::new(auth, PeerPolicy::new(&[], &[], false)))
+    }
+
+    #[tokio::test]
+    async fn a_reload_reaches_the_connection_and_a_closed_sender_goes_quiet() {
+        let (sender, receiver) = watch::channel(config("first"));
+        let mut watch = ConfigWatch::new(receiver);
+        let pending = std::future::poll_fn(|cx| Poll::Ready(watch.poll_changed(cx).is_pending()));
+        assert!(pending.await, "nothing new yet");
+        sender.send_replace(config("second"));
+        let next = std::future::poll_fn(|cx| watch.poll_changed(cx)).await;
+        assert_eq!(next.auth.realm(), "second");
+        sender.send_replace(config("third"));
+        let next = std::future::poll_fn(|cx| watch.poll_changed(cx)).await;
+        assert_eq!(next.auth.realm(), "third");
+        drop(sender);
+        let quiet = std::future::poll_fn(|cx| Poll::Ready(watch.poll_changed(cx).is_pending()));
+        assert!(quiet.await);
+    }
+}
