@@ -1,13 +1,16 @@
 //! IPv6 (RFC 8656 §§ 6-7) through real sockets, driven by coTURN's `turnutils_uclient` on `::1`
 //! with TURN REST credentials: IPv6 relays (`-x`), dual-stack allocations (`-Z`), and 440 when
-//! no IPv6 relay address exists. Under CI=true a missing tool or `::1` fails; elsewhere the tests
-//! are skipped.
+//! no IPv6 relay address exists; and a RESERVATION-TOKEN of an IPv6 pair claimed over TCP.
+//! Under CI=true a missing tool or `::1` fails; elsewhere the tests are skipped.
 
 mod common;
 
+use common::stream_client::StreamTurn;
 use common::tools::{self, coturn_tool, ipv6_loopback, uclient_totals as totals};
 use common::{Tern, SECRET};
+use std::net::SocketAddr;
 use std::process::Command;
+use tern::stun::{self, attr, Message, Method};
 
 fn available() -> bool {
     ipv6_loopback() && coturn_tool("turnutils_uclient")
@@ -140,4 +143,59 @@ fn ipv6_relay_without_an_ipv6_address_gets_440() {
         "uclient sees 440 Address Family not Supported:\n{text}"
     );
     assert!(created(&tern).is_empty(), "{}", tern.logs());
+}
+
+/// An Allocate over TCP on a stream connection with REST credentials.
+fn stream_turn(tern: &Tern) -> StreamTurn<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(tern.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let minted = tern::credentials::mint(SECRET, Some("token"), 3600, common::unix_now());
+    StreamTurn::new(stream, &minted.username, &minted.password, "tern")
+}
+
+/// A RESERVATION-TOKEN names its socket whatever its family (RFC 8656 §7.2): a pair reserved by
+/// an IPv6 EVEN-PORT Allocate is claimed by a token Allocate over TCP, which carries no family
+/// and so defaults to IPv4. Over UDP this always worked; over TCP it was 508.
+#[test]
+fn reservation_token_from_an_ipv6_allocate_is_claimed_over_tcp() {
+    if !ipv6_loopback() {
+        return;
+    }
+    let tern = dual_stack_tern();
+    let mut first = stream_turn(&tern);
+    let response = first
+        .request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            w.add_bytes(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+            w.add_bytes(attr::EVEN_PORT, &[0x80, 0, 0, 0]);
+        })
+        .expect("IPv6 EVEN-PORT Allocate");
+    let msg = Message::parse(&response).unwrap();
+    let even = relayed(&msg);
+    assert!(even.is_ipv6() && even.port() % 2 == 0, "{even}");
+    let token = msg.get(attr::RESERVATION_TOKEN).expect("a token").to_vec();
+
+    let mut second = stream_turn(&tern);
+    let response = second
+        .request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            w.add_bytes(attr::RESERVATION_TOKEN, &token);
+        })
+        .unwrap_or_else(|code| panic!("token Allocate over TCP refused: {code}"));
+    let odd = relayed(&Message::parse(&response).unwrap());
+    assert_eq!(
+        odd,
+        SocketAddr::new(even.ip(), even.port() + 1),
+        "the reserved odd port"
+    );
+}
+
+fn relayed(msg: &Message<'_>) -> SocketAddr {
+    stun::decode_xor_address(
+        msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+        msg.transaction_id(),
+    )
+    .unwrap()
 }

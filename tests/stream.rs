@@ -1,6 +1,7 @@
 //! TURN over TCP and TLS against the real binary on loopback: stream framing (coalesced and split
 //! frames, ChannelData padding), TLS (dedicated port and sniffed on the plain port), PROXY
-//! protocol, connection limits and the slowloris timeouts.
+//! protocol, connection limits, the idle and slowloris timeouts, and a client that stops
+//! reading.
 
 mod common;
 
@@ -174,41 +175,143 @@ fn channel_data_is_padded_both_ways_on_a_tcp_allocation() {
     }
 }
 
-#[test]
-fn idle_and_slowloris_connections_are_closed() {
-    let tern = Tern::start("stream-idle-timeout = 1\npartial-frame-timeout = 1");
-    // Nothing at all.
-    let mut silent = connect(tern.addr);
-    let started = Instant::now();
-    assert!(closed_within(&mut silent, Duration::from_secs(4)));
-    assert!(started.elapsed() >= Duration::from_millis(800));
+// The timeouts through real sockets, each with a short configured timeout and a generous bound
+// (the exact deadlines are unit tests of the state machine, with injected time: see
+// src/net/stream/connection/tests.rs).
 
-    // A valid message, then 10 bytes of a header and nothing more.
+#[test]
+fn a_silent_connection_is_closed_by_the_idle_timeout() {
+    let tern = Tern::start("stream-idle-timeout = 1\npartial-frame-timeout = 60");
+    let mut silent = connect(tern.addr);
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+}
+
+#[test]
+fn an_idle_connection_after_one_valid_binding_is_closed_by_the_idle_timeout() {
+    // Before, the idle timeout only timed the first message: 64 of 64 such connections were
+    // still served 20 s later with both timeouts at 2 s.
+    let tern = Tern::start("stream-idle-timeout = 1\npartial-frame-timeout = 60");
+    let mut idle = connect(tern.addr);
+    assert!(answers_binding(&mut idle, 1));
+    assert!(closed_within(&mut idle, Duration::from_secs(5)));
+}
+
+#[test]
+fn a_frame_that_never_completes_is_closed_by_the_partial_frame_timeout() {
+    let tern = Tern::start("stream-idle-timeout = 60\npartial-frame-timeout = 1");
     let mut slow = connect(tern.addr);
     assert!(answers_binding(&mut slow, 1));
     slow.write_all(&binding(2)[..10]).unwrap();
-    let started = Instant::now();
-    assert!(closed_within(&mut slow, Duration::from_secs(4)));
-    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert!(closed_within(&mut slow, Duration::from_secs(5)));
+}
 
-    // Complete frames, however slow, keep a connection (the idle timeout is only for the
-    // first message, the partial-frame timeout only for a started frame).
-    let mut steady = connect(tern.addr);
-    for n in 0..5 {
-        std::thread::sleep(Duration::from_millis(600));
-        assert!(answers_binding(&mut steady, n), "round {n}");
+const ADMIN_KEY: &str = "stream-test-admin-key-0123";
+
+/// A TURN client on a connection whose receive buffer is tiny, so the server's writes back up
+/// as soon as it stops reading; with an allocation and a permission for `peer`.
+fn stalling_client(tern: &Tern, peer: SocketAddr) -> (StreamTurn<TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&tern.addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut client = raw_turn(stream);
+    let relayed = client.allocate().unwrap();
+    client.create_permission(peer).unwrap();
+    (client, relayed)
+}
+
+/// Waits until `relay` refuses datagrams (ICMP port unreachable: the relay socket is closed);
+/// when it did, or `None` if it still took them at `deadline`.
+fn refused_by(relay: SocketAddr, deadline: Instant) -> Option<Instant> {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.connect(relay).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let sent = probe.send(b"probe");
+        let refused = |e: &io::Error| e.kind() == io::ErrorKind::ConnectionRefused;
+        if sent.as_ref().is_err_and(refused) || probe.recv(&mut buf).as_ref().is_err_and(refused) {
+            return Some(Instant::now());
+        }
     }
-    // Each frame may take up to the timeout: halves of frames 500 ms apart are fine.
-    for n in 10..13 {
-        let request = binding(n);
-        steady.write_all(&request[..8]).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        steady.write_all(&request[8..]).unwrap();
-        steady
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        assert!(read_frame(&mut steady).is_ok(), "round {n}");
+    None
+}
+
+#[test]
+fn a_client_that_stops_reading_keeps_its_expiry_and_its_admin_api() {
+    // Before, a write to such a client blocked its connection task: its allocation outlived its
+    // lifetime, and the admin API could neither list nor delete it.
+    let lifetime = Duration::from_secs(6);
+    let tern = Tern::start(&format!(
+        "allow-loopback-peers = true\nadmin-api-keys = [\"{ADMIN_KEY}\"]\n\
+         default-allocate-lifetime = {0}\nmax-allocate-lifetime = {0}\nstream-idle-timeout = 60",
+        lifetime.as_secs()
+    ));
+    let _logs = DumpLogsOnPanic(&tern);
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let (_deleted, deleted_relay) = stalling_client(&tern, peer_addr);
+    let (mut expiring, expiring_relay) = stalling_client(&tern, peer_addr);
+    let allocated = Instant::now();
+
+    // The peer floods both relays (bounded): far more than the clients' and the server's socket
+    // buffers and the connections' queues hold, and neither client reads a byte.
+    let payload = [0x5Au8; 1200];
+    for _ in 0..8000 {
+        let _ = peer.send_to(&payload, deleted_relay);
+        let _ = peer.send_to(&payload, expiring_relay);
     }
+
+    // The admin API still lists both connections' allocations, and deletes one.
+    let admin = |method: &str, path: &str| {
+        common::http(method, &tern.url(path), Some(ADMIN_KEY), None).json()
+    };
+    let list = admin("GET", "/api/v1/admin/allocations");
+    let allocations = list["allocations"].as_array().unwrap().clone();
+    let id_of = |relay: SocketAddr| {
+        allocations
+            .iter()
+            .find(|a| a["relay"] == relay.to_string())
+            .and_then(|a| a["id"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{relay} not listed: {list}"))
+    };
+    let deleted_id = id_of(deleted_relay);
+    id_of(expiring_relay);
+    let path = format!("/api/v1/admin/allocations/{deleted_id}");
+    assert_eq!(admin("DELETE", &path)["deleted"], 1);
+    let soon = Instant::now() + Duration::from_secs(3);
+    assert!(
+        refused_by(deleted_relay, soon).is_some(),
+        "the deleted allocation's relay is closed"
+    );
+
+    // The other one's timers kept running: it expires on time, and its relay closes.
+    let closed = refused_by(
+        expiring_relay,
+        allocated + lifetime + Duration::from_secs(3),
+    )
+    .expect("the allocation of a client that does not read expires on time");
+    assert!(
+        closed >= allocated + lifetime - Duration::from_secs(1),
+        "closed by its expiry, not before"
+    );
+
+    // Its queue has stayed full since the flood: the connection is cut after the write-stall
+    // timeout (10 s), well before this. (Reading any earlier would have restarted that clock.)
+    let stall = tern::net::WRITE_STALL_TIMEOUT;
+    std::thread::sleep(
+        (allocated + stall + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        closed_within(&mut expiring.stream, Duration::from_secs(3)),
+        "a client that stopped reading is cut"
+    );
 }
 
 #[test]

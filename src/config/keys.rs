@@ -310,7 +310,7 @@ config_keys! {
     /// TCP/TLS connections in total; 0 = unlimited
     "max-connections" max_connections: u32 = 10000;
         int::<u32>(), Restart, value_name = "N";
-    /// Seconds a TCP/TLS connection may take to send its first valid STUN message
+    /// Seconds a TCP/TLS connection without an allocation may go without a valid STUN message
     "stream-idle-timeout" stream_idle_timeout: u32 = 10;
         int::<u32>(), Restart, value_name = "SECONDS";
     /// Seconds a started TCP/TLS frame may take to complete (slowloris)

@@ -1,9 +1,11 @@
 //! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
 
 mod addresses;
+mod common;
 mod control;
 mod port_pool;
 pub mod proxy_protocol;
+mod relay;
 mod relay_ports;
 mod sockets;
 mod stats;
@@ -18,7 +20,10 @@ pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::{StreamStats, WorkerStats};
-pub use stream::{BoundStreams, StreamDeps, StreamService, StreamSettings, MAX_FRAME};
+pub use stream::{
+    BoundStreams, StreamDeps, StreamService, StreamSettings, CLIENT_QUEUE_LIMIT, MAX_FRAME,
+    WRITE_STALL_TIMEOUT,
+};
 pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 
 use crate::auth::NonceMint;
@@ -26,6 +31,7 @@ use crate::config::Config;
 use crate::policy::Quotas;
 use crate::turn::{CoreConfig, NatDiscovery, Server};
 use mio::Waker;
+use relay::RelaySockets;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -102,6 +108,7 @@ impl UdpService {
         });
         let pool = PortPool::new(config.min_port, config.max_port);
         let ports = Arc::new(Mutex::new(RelayPorts::new(pool, config.sock_buf_size)));
+        let relay_sockets = RelaySockets::new(ports.clone(), plan);
         let draining = Arc::new(AtomicBool::new(false));
         let mut bound = Vec::new();
         for id in 0..worker_count(config) {
@@ -114,7 +121,7 @@ impl UdpService {
                 nonces.clone(),
                 quotas.clone(),
                 now,
-                udp_worker::unix_now(),
+                common::unix_now(),
             );
             server.set_nat_discovery(nat.clone());
             server.set_drain_flag(draining.clone());
@@ -122,8 +129,7 @@ impl UdpService {
                 id,
                 listen: listening.clone(),
                 server,
-                ports: ports.clone(),
-                plan: plan.clone(),
+                relay_sockets: relay_sockets.clone(),
                 control: receiver,
                 poll,
                 stats: stats.clone(),

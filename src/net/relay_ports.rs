@@ -177,29 +177,33 @@ fn opened(socket: UdpSocket, ip: IpAddr, port: u16, reservation: Option<[u8; 8]>
     }
 }
 
+/// A pool over `len` consecutive loopback ports that are free right now, starting even. Searched
+/// below the ephemeral range and the integration tests' relay ranges (40000+), and from a
+/// different place for each call, so parallel tests and servers don't collide with it.
+#[cfg(test)]
+pub(super) fn free_loopback_ports(len: u16) -> RelayPorts {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut base = 20_000 + (std::process::id() % 500) as u16 * 16 + call * 8;
+    loop {
+        let free = (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return RelayPorts::new(PortPool::new(base, base + len - 1), 0);
+        }
+        base = if base > 29_000 { 20_000 } else { base + 16 };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A pool over `len` consecutive loopback ports that are free right now, starting even.
-    /// Searched below the ephemeral range and the integration tests' relay ranges (40000+), so
-    /// parallel tests and servers don't collide with it.
-    fn free_ports(len: u16) -> RelayPorts {
-        let mut base = 20_000 + (std::process::id() % 1000) as u16 * 10;
-        loop {
-            let free = (base..base + len).all(|p| std::net::UdpSocket::bind((LOOPBACK, p)).is_ok());
-            if free {
-                return RelayPorts::new(PortPool::new(base, base + len - 1), 0);
-            }
-            base = if base > 29_000 { 20_000 } else { base + 10 };
-        }
-    }
 
     const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn reservation_holds_the_odd_port_for_its_token() {
-        let mut relay_ports = free_ports(4);
+        let mut relay_ports = free_loopback_ports(4);
         let now = Instant::now();
         let first = relay_ports
             .open(LOOPBACK, PortRequest::Even { reserve_next: true }, now)
@@ -229,7 +233,7 @@ mod tests {
 
     #[test]
     fn unclaimed_reservation_expires_and_its_port_returns() {
-        let mut relay_ports = free_ports(2);
+        let mut relay_ports = free_loopback_ports(2);
         let now = Instant::now();
         let first = relay_ports
             .open(LOOPBACK, PortRequest::Even { reserve_next: true }, now)

@@ -59,6 +59,14 @@ tern_proto::declare_metrics! {
         timeouts: counter
             = "tern_stream_timeouts",
               "TCP/TLS connections closed by stream-idle-timeout or partial-frame-timeout";
+        /// Cut for leaving the queue of bytes toward them full past the write-stall timeout.
+        write_stalls: counter
+            = "tern_stream_write_stalls",
+              "TCP/TLS connections cut because the client did not read for the write-stall timeout";
+        /// Datagrams from peers dropped because the client's queue was full.
+        client_queue_drops: counter
+            = "tern_stream_queue_drops",
+              "Peer datagrams dropped because the TCP/TLS client's queue toward it was full";
         /// Relay sockets held by allocations on streams now.
         allocations: gauge
             = "tern_stream_relays",

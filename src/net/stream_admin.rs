@@ -11,6 +11,7 @@
 //!   touched when a connection starts serving, when it ends, and by admin calls, never per
 //!   packet. [`StreamControl`] is the admin API's handle on it.
 
+use super::common::lock;
 use super::stats::{StreamStats, WorkerStats};
 use crate::metrics::LabelSet;
 use crate::turn::{AllocId, AllocationInfo, Counters, Server, Transport};
@@ -117,9 +118,7 @@ impl StreamRegistry {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<u64, (Transport, mpsc::UnboundedSender<StreamCommand>)>>
     {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.connections)
     }
 }
 

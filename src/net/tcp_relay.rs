@@ -10,17 +10,28 @@
 //! up, never per byte. After the bind, bytes go straight between the two sockets through a
 //! buffer per direction: no STUN framing or parsing.
 
+use super::common::lock;
 use super::sockets;
-use crate::turn::{AllocId, ConnectionLookup, CONNECTION_BIND_TIMEOUT};
+use super::stream::PeerConnections;
+use crate::turn::CONNECTION_BIND_TIMEOUT;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 use tracing::debug;
+
+/// How long a relay stops accepting after a failed accept (out of file descriptors and the
+/// like), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Ties peer connections to the allocation that owns them.
 #[derive(Clone, Debug)]
@@ -96,42 +107,29 @@ impl ConnectionRegistry {
     }
 }
 
-/// The registry as one data connection's ConnectionBind sees it: what it claims lands here.
-pub(super) struct Claimer<'r> {
-    registry: &'r ConnectionRegistry,
-    pub claimed: Option<Pending>,
-}
+impl PeerConnections for Arc<ConnectionRegistry> {
+    type Claimed = Pending;
 
-impl<'r> Claimer<'r> {
-    pub fn new(registry: &'r ConnectionRegistry) -> Self {
-        Claimer {
-            registry,
-            claimed: None,
-        }
-    }
-}
-
-impl ConnectionLookup for Claimer<'_> {
     fn pending(&self, id: u32) -> Option<(Box<str>, SocketAddr)> {
-        lock(&self.registry.pending)
+        lock(&self.pending)
             .get(&id)
             .map(|p| (p.username.clone(), p.control_client))
     }
 
-    fn claim(&mut self, id: u32) -> bool {
-        self.claimed = self.registry.take(id);
-        self.claimed.is_some()
+    fn claim(&self, id: u32) -> Option<Pending> {
+        self.take(id)
     }
 }
 
 /// A TCP allocation's relay, owned by its control connection: the listening socket on the
 /// relayed address, the Connects in progress, and the news of closed peer connections.
 pub(super) struct TcpRelay {
-    pub alloc: AllocId,
     pub listener: TcpListener,
     pub local: SocketAddr,
     pub connects: JoinSet<(u32, io::Result<TcpStream>)>,
     pub closed: mpsc::UnboundedReceiver<u32>,
+    /// Set after a failed accept: accepting resumes when it fires.
+    backoff: Option<Pin<Box<Sleep>>>,
     owner: Owner,
     /// Dropped with the relay: ends every peer connection of the allocation.
     _ending: watch::Sender<()>,
@@ -145,15 +143,15 @@ pub(super) enum RelayEvent {
 }
 
 impl TcpRelay {
-    pub fn new(alloc: AllocId, listener: TcpListener, local: SocketAddr) -> Self {
+    pub fn new(listener: TcpListener, local: SocketAddr) -> Self {
         let (ending_tx, ending) = watch::channel(());
         let (closed_tx, closed) = mpsc::unbounded_channel();
         TcpRelay {
-            alloc,
             listener,
             local,
             connects: JoinSet::new(),
             closed,
+            backoff: None,
             owner: Owner {
                 ending,
                 closed: closed_tx,
@@ -183,24 +181,34 @@ impl TcpRelay {
     }
 
     /// The next thing that happens on this relay.
-    pub async fn next_event(&mut self) -> RelayEvent {
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    if accepted.is_err() {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    return RelayEvent::Accepted(accepted);
-                }
-                Some(joined) = self.connects.join_next() => {
-                    if let Ok((id, result)) = joined {
-                        return RelayEvent::Connected(id, result);
-                    }
-                }
-                Some(id) = self.closed.recv() => return RelayEvent::Closed(id),
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<RelayEvent> {
+        if let Some(backoff) = &mut self.backoff {
+            if backoff.as_mut().poll(cx).is_ready() {
+                self.backoff = None;
             }
         }
+        if self.backoff.is_none() {
+            if let Poll::Ready(accepted) = self.listener.poll_accept(cx) {
+                if accepted.is_err() {
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+                return Poll::Ready(RelayEvent::Accepted(accepted));
+            }
+        }
+        while let Poll::Ready(Some(joined)) = self.connects.poll_join_next(cx) {
+            if let Ok((id, result)) = joined {
+                return Poll::Ready(RelayEvent::Connected(id, result));
+            }
+        }
+        match self.closed.poll_recv(cx) {
+            Poll::Ready(Some(id)) => Poll::Ready(RelayEvent::Closed(id)),
+            _ => Poll::Pending,
+        }
+    }
+
+    #[cfg(test)]
+    async fn next_event(&mut self) -> RelayEvent {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 }
 
@@ -234,12 +242,6 @@ pub(super) async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     debug!(peer = %pending.peer_addr, connection_id = pending.id, "spliced connection closed");
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,11 +271,7 @@ mod tests {
         let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std.set_nonblocking(true).unwrap();
         let local = std.local_addr().unwrap();
-        let alloc = AllocId {
-            index: 0,
-            generation: 0,
-        };
-        TcpRelay::new(alloc, TcpListener::from_std(std).unwrap(), local)
+        TcpRelay::new(TcpListener::from_std(std).unwrap(), local)
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,12 +299,11 @@ mod tests {
         let relay = relay();
         let (_far, near) = pair().await;
         assert!(registry.insert(pending(9, &relay.owner(), near)));
-        let mut claimer = Claimer::new(&registry);
         assert_eq!(
-            claimer.pending(9).map(|(user, _)| user),
+            registry.pending(9).map(|(user, _)| user),
             Some("alice".into())
         );
-        assert!(claimer.pending(10).is_none());
+        assert!(registry.pending(10).is_none());
         drop(relay);
         for _ in 0..100 {
             if registry.len() == 0 {
@@ -315,6 +312,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(registry.len(), 0);
-        assert!(!claimer.claim(9));
+        assert!(registry.claim(9).is_none());
     }
 }

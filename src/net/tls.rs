@@ -161,7 +161,7 @@ impl CertStore {
     }
 
     fn lock_watch(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.watch.lock().unwrap_or_else(|p| p.into_inner())
+        super::common::lock(&self.watch)
     }
 }
 

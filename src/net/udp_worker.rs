@@ -2,23 +2,23 @@
 //! relay sockets of the allocations it owns, and its own `turn::Server`. Nothing on the packet
 //! path is shared with other workers.
 
-use super::addresses::RelayPlan;
-use super::relay_ports::RelayPorts;
+use super::common::{unix_now, REPLY_BUFFER};
+use super::relay::{self, Leased, RelayOwner, RelaySockets, DATAGRAM_BUFFER};
 use super::sockets;
 use super::stats::WorkerStats;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Event, Family, FiveTuple, Output, PortRequest, RelayError,
+    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, PortRequest, RelayError,
     RelayRequest, Server, Transport,
 };
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tern_udp::{
     deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
 };
@@ -29,10 +29,6 @@ use tracing::{debug, warn};
 /// [`relay_slot`]); listeners and the waker sit at the top of the token space.
 const LISTENER_TOKEN_BASE: usize = 1 << 40;
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
-/// Largest UDP payload plus room for framing in front and padding behind.
-const PACKET_BUFFER: usize = DATA_INDICATION_MAX_PREFIX + 65536 + 4;
-/// Responses are small; 4 KiB is plenty for any we write.
-const REPLY_BUFFER: usize = 4096;
 /// Receive buffer of a listener: every client of the worker queues here, so a burst from a few
 /// hundred clients must not overflow the kernel's default (~208 KiB, a few hundred datagrams).
 const LISTENER_RECEIVE_BUFFER: usize = 4 << 20;
@@ -58,10 +54,49 @@ struct Listener {
     local: SocketAddr,
 }
 
+/// An allocation's relay socket of one family; closing it gives its port back.
 struct Relay {
-    socket: UdpSocket,
+    socket: Leased<UdpSocket>,
     generation: u32,
-    port: u16,
+}
+
+/// The relay sockets of this worker's allocations, by [`relay_slot`].
+struct Relays {
+    slots: Vec<Option<Relay>>,
+    registry: Registry,
+}
+
+impl Relays {
+    fn get(&self, slot: usize) -> Option<&Relay> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    fn insert(&mut self, slot: usize, relay: Relay) {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        self.slots[slot] = Some(relay);
+    }
+}
+
+impl RelayOwner for Relays {
+    fn release(&mut self, alloc: AllocId) {
+        for family in [Family::V4, Family::V6] {
+            let slot = self.slots.get_mut(relay_slot(alloc.index, family));
+            let Some(slot) =
+                slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation))
+            else {
+                continue;
+            };
+            if let Some(mut relay) = slot.take() {
+                let _ = self.registry.deregister(&mut *relay.socket);
+            }
+        }
+    }
+
+    fn connect_peer(&mut self, _: AllocId, _: SocketAddr, _: u32) {
+        // Only TCP allocations connect to peers, and those live on stream connections.
+    }
 }
 
 /// What a worker needs to start.
@@ -69,8 +104,7 @@ pub(crate) struct WorkerSetup {
     pub id: usize,
     pub listen: Vec<SocketAddr>,
     pub server: Server,
-    pub ports: Arc<Mutex<RelayPorts>>,
-    pub plan: Arc<RelayPlan>,
+    pub relay_sockets: RelaySockets,
     pub control: Receiver<Control>,
     pub poll: Poll,
     pub stats: Arc<WorkerStats>,
@@ -82,10 +116,9 @@ pub(crate) struct UdpWorker {
     id: usize,
     poll: Poll,
     listeners: Vec<Listener>,
-    relays: Vec<Option<Relay>>,
+    relays: Relays,
     server: Server,
-    ports: Arc<Mutex<RelayPorts>>,
-    plan: Arc<RelayPlan>,
+    relay_sockets: RelaySockets,
     control: Receiver<Control>,
     stats: Arc<WorkerStats>,
     /// Receive slots for one batch; each holds the largest datagram plus framing room.
@@ -128,17 +161,20 @@ impl UdpWorker {
                 local: *addr,
             });
         }
+        let relays = Relays {
+            slots: Vec::new(),
+            registry: setup.poll.registry().try_clone()?,
+        };
         Ok(UdpWorker {
             id: setup.id,
             poll: setup.poll,
             listeners,
-            relays: Vec::new(),
+            relays,
             server: setup.server,
-            ports: setup.ports,
-            plan: setup.plan,
+            relay_sockets: setup.relay_sockets,
             control: setup.control,
             stats: setup.stats,
-            rx: Some(RecvBatch::new(PACKET_BUFFER)),
+            rx: Some(RecvBatch::new(DATAGRAM_BUFFER)),
             replies: vec![0u8; REPLY_BUFFER * BATCH].into_boxed_slice(),
             gso_enabled: setup.gso,
             gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
@@ -170,8 +206,7 @@ impl UdpWorker {
                 match event.token() {
                     WAKER_TOKEN => {
                         if !self.handle_control() {
-                            self.release_all();
-                            return;
+                            return; // dropping the relays gives their ports back
                         }
                     }
                     Token(t) if t >= LISTENER_TOKEN_BASE => {
@@ -261,7 +296,7 @@ impl UdpWorker {
                 if let Output::ToPeer { alloc, peer, data } = output {
                     // The relay socket of the peer's family (a dual-stack allocation has two).
                     let slot = relay_slot(alloc.index, Family::of(&peer));
-                    let relay = self.relays.get(slot).and_then(Option::as_ref);
+                    let relay = self.relays.get(slot);
                     if let Some(relay) = relay.filter(|r| r.generation == alloc.generation) {
                         let target = (relay.socket.as_raw_fd(), peer);
                         if run.target != Some(target) {
@@ -313,7 +348,7 @@ impl UdpWorker {
     /// with one GSO send or `sendmmsg`.
     fn drain_relay(&mut self, slot: usize) {
         loop {
-            let Some(relay) = self.relays.get(slot).and_then(Option::as_ref) else {
+            let Some(relay) = self.relays.get(slot) else {
                 return;
             };
             let alloc = AllocId {
@@ -379,112 +414,40 @@ impl UdpWorker {
 
     /// Binds the relay socket(s) for a new allocation and completes the Allocate.
     fn bind_relay(&mut self, now: Instant, request: RelayRequest) {
-        let primary = self.open_relay(now, request, request.family, request.port);
-        // The additional (dual-stack) relay takes an even port if the first did, never a pair.
-        let additional_port = match request.port {
-            PortRequest::Even { .. } => PortRequest::Even {
-                reserve_next: false,
-            },
-            _ => PortRequest::Any,
-        };
-        let additional = request
-            .additional
-            .map(|family| self.open_relay(now, request, family, additional_port));
-        let primary = self.keep_relay(request.alloc, primary);
-        let additional = additional.map(|result| self.keep_relay(request.alloc, result));
+        let primary = self.open_relay(now, &request, request.family, request.port);
+        let additional = request.additional.map(|family| {
+            self.open_relay(now, &request, family, relay::additional_port(request.port))
+        });
         let output =
             self.server
                 .relay_bound(now, request.alloc, primary, additional, &mut self.reply);
         send(&self.listeners, &self.relays, output);
     }
 
-    /// Files a bound relay socket under its slot; passes the result on for the core.
-    fn keep_relay(
-        &mut self,
-        alloc: AllocId,
-        result: Result<(BoundRelay, Relay), RelayError>,
-    ) -> Result<BoundRelay, RelayError> {
-        let (bound, relay) = result?;
-        let slot = relay_slot(alloc.index, Family::of(&bound.local));
-        if self.relays.len() <= slot {
-            self.relays.resize_with(slot + 1, || None);
-        }
-        self.relays[slot] = Some(relay);
-        Ok(bound)
-    }
-
+    /// Opens a relay socket, registers it under its slot's token and files it there.
     fn open_relay(
         &mut self,
         now: Instant,
-        request: RelayRequest,
+        request: &RelayRequest,
         family: Family,
         port: PortRequest,
-    ) -> Result<(BoundRelay, Relay), RelayError> {
-        let reached = request.tuple.server.ip();
-        let ip = self
-            .plan
-            .ip_for(family, reached)
-            .ok_or(RelayError::FamilyUnsupported)?;
-        let mut opened = lock(&self.ports).open(ip, port, now);
-        if let (Err(RelayError::BadReservation), PortRequest::Reserved(_)) = (&opened, port) {
-            // A token names its socket, whatever its family: the pair may have been reserved
-            // by an IPv6 Allocate, and a token Allocate carries no family (RFC 8656 §7.2).
-            let other = match family {
-                Family::V4 => Family::V6,
-                Family::V6 => Family::V4,
-            };
-            if let Some(ip) = self.plan.ip_for(other, reached) {
-                opened = lock(&self.ports).open(ip, port, now);
-            }
-        }
-        let opened = opened?;
-        let mut socket = UdpSocket::from_std(opened.socket);
-        let token = Token(relay_slot(request.alloc.index, Family::of(&opened.local)));
-        if let Err(error) = self
-            .poll
-            .registry()
-            .register(&mut socket, token, Interest::READABLE)
-        {
-            warn!(%error, "cannot register relay socket");
-            lock(&self.ports).release(opened.port);
-            return Err(RelayError::NoPorts);
-        }
-        let bound = BoundRelay {
-            local: opened.local,
-            reservation: opened.reservation,
-        };
-        Ok((
-            bound,
-            Relay {
-                socket,
-                generation: request.alloc.generation,
-                port: opened.port,
-            },
-        ))
+    ) -> Result<BoundRelay, RelayError> {
+        let (bound, socket) = self.relay_sockets.open_udp(now, request, family, port)?;
+        let slot = relay_slot(request.alloc.index, Family::of(&bound.local));
+        let registry = self.poll.registry();
+        let socket = socket.register(|socket| {
+            let mut socket = UdpSocket::from_std(socket);
+            registry.register(&mut socket, Token(slot), Interest::READABLE)?;
+            Ok(socket)
+        })?;
+        let generation = request.alloc.generation;
+        self.relays.insert(slot, Relay { socket, generation });
+        Ok(bound)
     }
 
     /// Closes the relay sockets of allocations the server has ended.
     fn apply_events(&mut self) {
-        while let Some(Event::Released { alloc, .. }) = self.server.poll_event() {
-            for family in [Family::V4, Family::V6] {
-                let slot = self.relays.get_mut(relay_slot(alloc.index, family));
-                let Some(slot) =
-                    slot.filter(|s| s.as_ref().is_some_and(|r| r.generation == alloc.generation))
-                else {
-                    continue;
-                };
-                if let Some(mut relay) = slot.take() {
-                    let _ = self.poll.registry().deregister(&mut relay.socket);
-                    lock(&self.ports).release(relay.port);
-                }
-            }
-        }
-    }
-
-    fn release_all(&mut self) {
-        for relay in self.relays.iter_mut().filter_map(Option::take) {
-            lock(&self.ports).release(relay.port);
-        }
+        relay::apply_events(&mut self.server, &mut self.relays);
     }
 }
 
@@ -614,7 +577,7 @@ fn send_run(
 }
 
 /// Carries out a reply or a relayed packet. A full socket buffer drops the datagram, as UDP would.
-fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
+fn send(listeners: &[Listener], relays: &Relays, output: Output<'_>) {
     let result = match output {
         Output::ToClient { tuple, data } => {
             match listeners.iter().find(|l| l.local == tuple.server) {
@@ -624,7 +587,7 @@ fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
         }
         Output::ToPeer { alloc, peer, data } => {
             let slot = relay_slot(alloc.index, Family::of(&peer));
-            match relays.get(slot).and_then(Option::as_ref) {
+            match relays.get(slot) {
                 Some(relay) if relay.generation == alloc.generation => {
                     relay.socket.send_to(data, peer)
                 }
@@ -643,20 +606,6 @@ fn send(listeners: &[Listener], relays: &[Option<Relay>], output: Output<'_>) {
 /// Where an allocation's relay socket of `family` sits in `relays`, and its poll token.
 fn relay_slot(index: usize, family: Family) -> usize {
     index * 2 + family.index()
-}
-
-fn lock(ports: &Mutex<RelayPorts>) -> std::sync::MutexGuard<'_, RelayPorts> {
-    // A poisoned pool only means another worker panicked mid-update of a free list of integers.
-    ports
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
