@@ -1019,12 +1019,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             received = recv_peer(&mut session.relay) => {
                 let Ok((len, peer)) = received else { continue };
                 let Some(relay) = session.relay.as_mut() else { continue };
-                if let Output::ToClient { data, .. } = session.server.handle_peer(relay.alloc, peer, &mut relay.buf, len) {
+                let now = Instant::now();
+                if let Output::ToClient { data, .. } = session.server.handle_peer(now, relay.alloc, peer, &mut relay.buf, len) {
                     if stream.write_all(data).await.is_err() || stream.flush().await.is_err() {
                         return Close::Io;
                     }
                 }
-                session.folder.fold_soon(&session.server, Instant::now());
+                session.folder.fold_soon(&session.server, now);
             }
             () = &mut sleep => {
                 let now = Instant::now();

@@ -262,7 +262,7 @@ impl Harness {
         };
         match self
             .server
-            .handle_peer(alloc, peer, &mut buf, payload.len())
+            .handle_peer(self.now, alloc, peer, &mut buf, payload.len())
         {
             Output::ToClient { data, .. } => Some(data.to_vec()),
             Output::Nothing => None,
