@@ -44,7 +44,7 @@ pub struct Server {
     pub(super) allocations: Slab<Allocation>,
     /// FxHash: looked up on every ChannelData packet, where SipHash was a visible cost.
     pub(super) by_tuple: FxHashMap<FiveTuple, usize>,
-    timers: TimerQueue,
+    pub(super) timers: TimerQueue,
     pub(super) events: VecDeque<Event>,
     pub(super) clock: WallClock,
     pub(super) next_generation: u32,
@@ -241,11 +241,18 @@ impl Server {
         }
     }
 
-    /// Files a timer entry; when stale entries (of ended allocations, or deadlines that moved
+    /// Files a timer entry. When stale entries (of ended allocations, or deadlines that moved
     /// earlier) outnumber live ones, the queue is rebuilt from the live allocations, so its size
-    /// follows live state and not the allocations ever made. Amortised O(1) per entry.
+    /// follows live state and not the allocations ever made: a rebuild costs O(live) and comes
+    /// only after that many entries went stale, so O(1) amortised.
     fn schedule(&mut self, at: Instant, index: usize, generation: u32) {
         self.timers.schedule(at, index, generation);
+        self.compact_timers();
+    }
+
+    /// Rebuilds the timer queue if stale entries outnumber live allocations (checked when an
+    /// entry is filed and when an allocation ends).
+    fn compact_timers(&mut self) {
         if self.timers.len() > 2 * self.allocations.len() + 64 {
             let live = self
                 .allocations
@@ -482,6 +489,7 @@ impl Server {
         };
         let relays = allocation.relays.map(|relay| relay.map(|(local, _)| local));
         self.events.push_back(Event::Released { alloc, relays });
+        self.compact_timers();
     }
 }
 
