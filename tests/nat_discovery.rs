@@ -182,7 +182,10 @@ fn two_listening_addresses_without_rfc5780_say_nothing_of_each_other() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     socket
-        .send_to(&common::binding_request(), addr(&format!("127.0.0.1:{alt}")))
+        .send_to(
+            &common::binding_request(),
+            addr(&format!("127.0.0.1:{alt}")),
+        )
         .unwrap();
     assert!(socket.recv_from(&mut [0u8; 512]).is_err());
 }
