@@ -60,14 +60,14 @@ impl Server {
             return Output::Nothing;
         }
         let allocation = &self.allocations[index];
-        if !allocation.serves(peer.ip())
-            || !allocation.has_permission(peer.ip())
-            || allocation.relay_transport == RelayTransport::Tcp
-        {
+        if !allocation.serves(peer.ip()) || allocation.relay_transport == RelayTransport::Tcp {
             return Output::Nothing;
         }
         if !allocation.permits(peer, |port| policy.is_relay_port(port)) {
-            self.counters.own_address_refusals += 1;
+            // Permitted IP, refused port: one of tern's own addresses.
+            if allocation.has_permission(peer.ip()) {
+                self.counters.own_address_refusals += 1;
+            }
             return Output::Nothing;
         }
         self.relay_to_peer(index, peer, data)
@@ -108,11 +108,14 @@ impl Server {
         };
         let start = DATA_INDICATION_MAX_PREFIX;
         let end = start + len;
-        if end + 3 > buf.len() || !allocation.has_permission(peer.ip()) {
+        if end + 3 > buf.len() {
             return Output::Nothing;
         }
         if !allocation.permits(peer, |port| policy.is_relay_port(port)) {
-            self.counters.own_address_refusals += 1;
+            // Permitted IP, refused port: one of tern's own addresses.
+            if allocation.has_permission(peer.ip()) {
+                self.counters.own_address_refusals += 1;
+            }
             return Output::Nothing;
         }
         if !self.pass_bandwidth(alloc.index, Direction::ToClient, len) {
