@@ -205,29 +205,32 @@ fn channel_data(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Sends `count` datagrams of 1000 bytes with `send`, a little apart, while a thread counts
-/// what arrives on `receiver` (so no socket buffer decides what is counted); how many arrived
-/// and how long the sending took.
+/// what arrives on `receiver` (so no socket buffer decides what is counted); how many arrived,
+/// and how long from the first send until the last arrival (or the end of sending).
 fn offer(count: usize, receiver: &UdpSocket, mut send: impl FnMut(&[u8])) -> (usize, Duration) {
     let receiver = receiver.try_clone().unwrap();
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
     let counter = {
         let done = done.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            let mut arrived = 0;
+            let (mut arrived, mut last) = (0, Duration::ZERO);
             loop {
                 match receiver.recv(&mut buf) {
-                    Ok(_) => arrived += 1,
-                    Err(_) if done.load(Ordering::Relaxed) => return arrived,
+                    Ok(_) => {
+                        arrived += 1;
+                        last = start.elapsed();
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => return (arrived, last),
                     Err(_) => {}
                 }
             }
         })
     };
-    let start = Instant::now();
     let payload = [7u8; 1000];
     for i in 0..count {
         send(&payload);
@@ -235,15 +238,16 @@ fn offer(count: usize, receiver: &UdpSocket, mut send: impl FnMut(&[u8])) -> (us
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let elapsed = start.elapsed();
+    let sent = start.elapsed();
     done.store(true, Ordering::Relaxed);
-    (counter.join().unwrap(), elapsed)
+    let (arrived, last) = counter.join().unwrap();
+    (arrived, sent.max(last))
 }
 
 /// At most what a bucket of `rate` bytes per second (burst max(rate, 64 KiB)) lets through in
 /// `elapsed`, in 1000-byte datagrams, with slack for timing.
 fn bound(rate: u64, elapsed: Duration) -> usize {
-    let bytes = rate.max(65_536) as f64 + rate as f64 * (elapsed.as_secs_f64() + 0.5);
+    let bytes = rate.max(65_536) as f64 + rate as f64 * (elapsed.as_secs_f64() + 0.2);
     (bytes / 1000.0) as usize + 5
 }
 
