@@ -82,6 +82,11 @@ realm = "$REALM"
 relay-threads = $workers
 allow-loopback-peers = true
 log-level = "warn"
+# A load generator is one user on one address making allocations as fast as it can: lift the
+# limits meant for the open internet, as coTURN has none of them.
+user-quota = 0
+max-allocations-per-ip = 0
+unauthenticated-rate-limit = 0
 EOF
       "$TERN" --config "$WORK/tern.toml" 2>>"$WORK/tern.log" &
       ;;

@@ -160,7 +160,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         listener.set_nonblocking(true)?;
         Some(listener)
     };
-    let core = Arc::new(config.core());
+    let core = Arc::new(config.core_on_host(&tern::net::host_addresses()));
     let quotas = Arc::new(Quotas::new());
     let nonces = NonceMint::new();
     // Connection tasks (TCP/TLS), signals and the certificate watcher.
@@ -362,7 +362,8 @@ async fn wait_for_signals(
 /// Hands a reloaded configuration to every service. Relay workers confirm before the HTTP
 /// endpoint signs with new secrets, so a credential minted right after a rotation verifies.
 async fn reload(running: Running<'_>, config: &Config) {
-    let core = Arc::new(config.core());
+    // The host's addresses are read again: an interface may have come or gone.
+    let core = Arc::new(config.core_on_host(&tern::net::host_addresses()));
     if let Some(streams) = running.streams {
         streams.reload(core.clone());
     }

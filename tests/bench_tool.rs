@@ -46,7 +46,11 @@ const SHORT: &[&str] = &["--duration", "0.3", "--warmup", "0.1"];
 
 #[test]
 fn relay_binding_alloc_and_hold_against_tern() {
-    let tern = Tern::start("allow-loopback-peers = true");
+    // One load generator on one address is every client: the limits for the open internet off.
+    let tern = Tern::start(
+        "allow-loopback-peers = true\nuser-quota = 0\nmax-allocations-per-ip = 0\n\
+         unauthenticated-rate-limit = 0",
+    );
     let server = tern.addr.to_string();
     let pid = tern.pid().to_string();
     let base = ["--server", &server, "--secret", SECRET, "--pid", &pid];

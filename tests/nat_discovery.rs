@@ -1,7 +1,8 @@
-//! RFC 5780 NAT behaviour discovery through real sockets: tern listens on 127.0.0.1 and
-//! 127.0.0.2 (both loopback on Linux), so it also listens on `alt-listening-port` and answers
-//! CHANGE-REQUEST from the other address and port. Checked with raw datagrams (the source
-//! address of each answer is what is under test) and with coTURN's `turnutils_natdiscovery`.
+//! RFC 5780 NAT behaviour discovery through real sockets: with `rfc5780 = true` and tern
+//! listening on 127.0.0.1 and 127.0.0.2 (both loopback on Linux), it also listens on
+//! `alt-listening-port` and answers CHANGE-REQUEST from the other address and port. Checked with
+//! raw datagrams (the source address of each answer is what is under test) and with coTURN's
+//! `turnutils_natdiscovery`. Without `rfc5780`, two addresses reveal nothing of each other.
 
 mod common;
 
@@ -11,9 +12,13 @@ use std::process::Command;
 use std::time::Duration;
 use tern::stun::{attr, decode_address, Class, Message, MessageWriter, Method};
 
-/// tern on 127.0.0.1 + 127.0.0.2 at `port`, alternate port `alt`; `None` if 127.0.0.2 is not
-/// usable here.
+/// tern on 127.0.0.1 + 127.0.0.2 at `port` with `rfc5780 = true`, alternate port `alt`; `None`
+/// if 127.0.0.2 is not usable here.
 fn start() -> Option<(Tern, u16)> {
+    start_with("rfc5780 = true\n")
+}
+
+fn start_with(extra: &str) -> Option<(Tern, u16)> {
     if UdpSocket::bind("127.0.0.2:0").is_err() {
         eprintln!("SKIPPED: 127.0.0.2 is not a local address here");
         return None;
@@ -29,7 +34,7 @@ fn start() -> Option<(Tern, u16)> {
     let toml = format!(
         "listening-ip = [\"127.0.0.1\", \"127.0.0.2\"]\nlistening-port = {port}\n\
          alt-listening-port = {alt}\nmin-port = {min}\nmax-port = {max}\n\
-         static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\n"
+         static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\n{extra}"
     );
     Some((Tern::start_with_config(port, &toml), alt))
 }
@@ -153,6 +158,36 @@ fn one_listening_address_means_no_rfc5780() {
     assert_eq!(msg.error_code().map(|(c, _)| c), Some(420));
     let (_, other, origin, _) = binding(&socket, tern.addr, None);
     assert_eq!((other, origin), (None, None));
+}
+
+/// Two listening addresses no longer switch RFC 5780 on: OTHER-ADDRESS would tell every client,
+/// unauthenticated, the host's other address (a private one, on a multi-homed host).
+#[test]
+fn two_listening_addresses_without_rfc5780_say_nothing_of_each_other() {
+    let Some((tern, alt)) = start_with("") else {
+        return;
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for listener in ["127.0.0.1", "127.0.0.2"] {
+        let to = addr(&format!("{listener}:{}", tern.port));
+        let (from, other, origin, _) = binding(&socket, to, None);
+        assert_eq!(from, to);
+        assert_eq!((other, origin), (None, None), "asked at {to}");
+    }
+    // Nothing listens on the alternate port.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    socket
+        .send_to(
+            &common::binding_request(),
+            addr(&format!("127.0.0.1:{alt}")),
+        )
+        .unwrap();
+    assert!(socket.recv_from(&mut [0u8; 512]).is_err());
 }
 
 #[test]

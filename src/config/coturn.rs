@@ -85,8 +85,7 @@ pub static RULES: &[Rule] = &[
     on("no-dynamic-realms", Always("tern has one realm, from its configuration")),
     on("stateless-nonce", Always("tern's nonces are always stateless")),
     any("stateless-nonce-secret", Warn("each tern process keys its own nonces: behind a load balancer a client that moves gets one 438 and retries")),
-    on("unauthorized-ratelimit", Warn("tern does not rate-limit 401 answers (its nonces are stateless and its answers small)")),
-    any("unauthorized-ratelimit-rps", Warn("tern does not rate-limit 401 answers (its nonces are stateless and its answers small)")),
+    on("unauthorized-ratelimit", Always("tern always rate-limits answers to unauthenticated UDP requests per source (unauthenticated-rate-limit, which unauthorized-ratelimit-rps sets)")),
     // What is relayed.
     on("server-relay", Refuse("tern always checks permissions on relayed traffic; it cannot relay without them")),
     on("stun-only", Refuse("tern has no STUN-only mode and would relay: keep coTURN (or another STUN server) for STUN-only")),
@@ -100,8 +99,6 @@ pub static RULES: &[Rule] = &[
     on("multiplex-peer", Warn("tern gives each allocation its own relay port")),
     any("multiplex-peer-port", Warn("tern gives each allocation its own relay port")),
     any("multiplex-peer-max-peers", Warn("tern gives each allocation its own relay port")),
-    any("max-bps", Special("tern has no bandwidth cap yet (user-quota and total-quota cap allocations): set 0 or remove it, or keep coTURN where the cap matters")),
-    any("bps-capacity", Special("tern has no bandwidth cap yet (user-quota and total-quota cap allocations): set 0 or remove it, or keep coTURN where the cap matters")),
     any("allocation-default-address-family", Special("tern relays IPv4 unless the client asks for IPv6 (REQUESTED-ADDRESS-FAMILY)")),
     on("keep-address-family", Warn("tern relays IPv4 unless the client asks for IPv6 (REQUESTED-ADDRESS-FAMILY)")),
     any("max-allocate-timeout", Warn("tern answers an Allocate at once; there is no timeout to set")),
@@ -125,8 +122,7 @@ pub static RULES: &[Rule] = &[
     on("drop-invalid-packets", Always("tern drops malformed packets")),
     on("drop-invalid-packets-log", Warn(LOGS)),
     on("include-reason-string", Warn("tern's error responses carry its own reason phrases")),
-    on("rfc5780", Always("tern serves RFC 5780 NAT discovery when two listening addresses of a family are configured")),
-    on("no-rfc5780", Warn("tern serves RFC 5780 NAT discovery when two listening addresses of a family are configured")),
+    on("no-rfc5780", Always("tern serves RFC 5780 NAT discovery only with rfc5780")),
     on("response-origin-only-with-rfc5780", Always("tern sends RESPONSE-ORIGIN only with RFC 5780")),
     on("no-stun-backward-compatibility", Always("tern answers RFC 5389/8489 STUN only")),
     on("stun-backward-compatibility", Warn("tern answers RFC 5389/8489 STUN only")),
@@ -409,20 +405,6 @@ pub(super) fn apply_coturn(
                             import.warnings.push(note(&format!("ignored: {reason}")));
                         }
                     }
-                    "max-bps" | "bps-capacity" => {
-                        let bps = line.value.trim().parse::<u64>().map_err(|_| {
-                            super::values::invalid(
-                                line.name,
-                                line.value,
-                                "expected bytes per second",
-                            )
-                            .at(Some(&at))
-                        })?;
-                        if bps != 0 {
-                            return Err(refused(line.name, reason, &at));
-                        }
-                        import.accepted.push(note("0 = no cap, as in tern"));
-                    }
                     "rest-api-separator" => {
                         if line.value != ":" {
                             return Err(refused(line.name, reason, &at));
@@ -578,6 +560,7 @@ mod tests {
     use super::super::{converted_toml, from_str, from_toml_str, Format, Loaded, Secret};
     use super::*;
     use crate::auth::StaticKey;
+    use crate::config::AllocationLimit;
 
     /// Every option of coTURN 4.17.1's `turnserver` (src/apps/relay/mainrelay.c, long_options),
     /// plus keys older coTURN (Debian's 4.6 turnserver.conf) still writes.
@@ -785,7 +768,7 @@ mod tests {
         assert_eq!(config.listening_port, 3479);
         assert_eq!((config.min_port, config.max_port), (40000, 40100));
         assert_eq!(config.realm, "example.org");
-        assert_eq!(config.user_quota, 5);
+        assert_eq!(config.user_quota, AllocationLimit::Count(5));
         assert!(config.no_tcp && config.allow_loopback_peers && !config.no_tls);
     }
 
@@ -1010,8 +993,6 @@ mod tests {
             ("pkey-pwd=secret", "pkey-pwd"),
             ("prometheus-tls", "prometheus-tls"),
             ("no-udp-relay", "no-udp-relay"),
-            ("max-bps=100000", "max-bps"),
-            ("bps-capacity=1000000", "bps-capacity"),
             ("rest-api-separator=-", "rest-api-separator"),
             ("static-auth-secret=s\nno-tcp-relay", "no-tcp-relay"),
         ] {
@@ -1027,7 +1008,6 @@ mod tests {
         for text in [
             "no-auth=0",
             "server-relay=false",
-            "max-bps=0",
             "rest-api-separator=:",
             "secure-stun=no",
         ] {
@@ -1038,6 +1018,22 @@ mod tests {
         assert!(config.no_tcp && config.no_tls);
         let (_, shown) = refused_key("realm=x\npkey-pwd=hunter2");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn bandwidth_rate_limit_and_rfc5780_map_to_tern_keys() {
+        let config = conf(
+            "realm=x\nmax-bps=100000\nbps-capacity=1000000\nunauthorized-ratelimit\n\
+             unauthorized-ratelimit-rps=5\nlistening-ip=192.0.2.1\nlistening-ip=192.0.2.2\n\
+             rfc5780\n",
+        )
+        .config;
+        assert_eq!((config.max_bps, config.bps_capacity), (100_000, 1_000_000));
+        assert_eq!(config.unauthenticated_rate_limit, 5);
+        assert!(config.rfc5780);
+        let config = conf("realm=x\nno-rfc5780\nmax-bps=0\n").config;
+        assert!(!config.rfc5780);
+        assert_eq!(config.max_bps, 0);
     }
 
     #[test]

@@ -147,7 +147,7 @@ fn syntax_error(origin: &str, text: &str, err: &toml_edit::TomlError) -> ConfigE
 #[cfg(test)]
 mod tests {
     use super::super::values::REDACTED;
-    use super::super::{from_toml_str, ExternalIp, Secret};
+    use super::super::{from_toml_str, AllocationLimit, ExternalIp, Secret};
     use super::*;
     use crate::auth::StaticKey;
     use std::net::IpAddr;
@@ -196,7 +196,10 @@ mod tests {
             (config.stale_nonce, config.max_credential_ttl),
             (600, 86400)
         );
-        assert_eq!((config.user_quota, config.total_quota), (0, 0));
+        assert_eq!(
+            (config.user_quota, config.total_quota),
+            (AllocationLimit::PercentOfPorts(25), 0)
+        );
         assert_eq!(config.software, None);
         assert_eq!((config.relay_threads, config.sock_buf_size), (0, 0));
         assert_eq!(config.log_level, "info");
@@ -338,7 +341,10 @@ mod tests {
             (120, 240)
         );
         assert_eq!((config.stale_nonce, config.max_credential_ttl), (60, 3600));
-        assert_eq!((config.user_quota, config.total_quota), (5, 1000));
+        assert_eq!(
+            (config.user_quota, config.total_quota),
+            (AllocationLimit::Count(5), 1000)
+        );
         assert_eq!(config.software.as_deref(), Some("tern/1"));
         assert_eq!((config.relay_threads, config.sock_buf_size), (4, 1048576));
         assert_eq!(config.log_level, "debug,tern::auth=trace");

@@ -3,12 +3,16 @@
 //! `convert`, the coTURN import and the documentation checks all derive from [`KEYS`].
 
 use super::shape::{
-    int, Accepted, Arity, Count, Input, List, Optional, Secrets, Shape, Switch, Text, Users,
+    int, Accepted, Arity, Count, Input, Limit, List, Optional, Secrets, Shape, Switch, Text, Users,
 };
 use super::values::{self};
-use super::{ConfigError, ExternalIp, Secret};
+use super::{AllocationLimit, ConfigError, ExternalIp, Secret};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
+use crate::turn::{
+    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PEERS_PER_REQUEST, DEFAULT_MAX_PERMISSIONS,
+    DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -181,7 +185,10 @@ config_keys! {
     /// UDP and TCP port to listen on (TLS too when cert and pkey are set)
     "listening-port" listening_port: u16 = 3478;
         int::<u16>(), Restart, value_name = "PORT", coturn = &["listening-port"];
-    /// RFC 5780 NAT behaviour discovery's second port, used with two listening addresses of a family; 0 = listening-port + 1
+    /// Serve RFC 5780 NAT behaviour discovery; needs two addresses of one family named in listening-ip (a wildcard never counts), whose OTHER-ADDRESS every client can read
+    "rfc5780" rfc5780: bool = false;
+        Switch, Restart, coturn = &["rfc5780"];
+    /// RFC 5780 NAT behaviour discovery's second port (with rfc5780); 0 = listening-port + 1
     "alt-listening-port" alt_listening_port: u16 = 0;
         int::<u16>(), Restart, value_name = "PORT", coturn = &["alt-listening-port"];
     /// Servers for 300 Try Alternate while draining or at total-quota, IP:PORT or [IPv6]:PORT; unset = 486 instead
@@ -235,12 +242,33 @@ config_keys! {
     /// Longest validity accepted in a REST credential, seconds
     "max-credential-ttl" max_credential_ttl: u64 = 86400;
         int::<u64>(), Live, value_name = "SECONDS";
-    /// Concurrent allocations per user; 0 = unlimited
-    "user-quota" user_quota: u32 = 0;
-        int::<u32>(), Live, value_name = "N", coturn = &["user-quota"];
+    /// Concurrent allocations per user: N, or N% of the relay ports; 0 = unlimited (past it: 486)
+    "user-quota" user_quota: AllocationLimit = AllocationLimit::PercentOfPorts(25);
+        Limit, Live, value_name = "N|N%", coturn = &["user-quota"];
+    /// Concurrent allocations per client address (IPv6: per /64): N, or N% of the relay ports; 0 = unlimited (past it: 486)
+    "max-allocations-per-ip" max_allocations_per_ip: AllocationLimit = AllocationLimit::PercentOfPorts(25);
+        Limit, Live, value_name = "N|N%";
     /// Concurrent allocations in total; 0 = unlimited
     "total-quota" total_quota: u32 = 0;
         int::<u32>(), Live, value_name = "N", coturn = &["total-quota"];
+    /// Permissions one allocation may hold; 0 = unlimited (past it: 508)
+    "max-permissions" max_permissions: u32 = DEFAULT_MAX_PERMISSIONS;
+        int::<u32>(), Live, value_name = "N";
+    /// XOR-PEER-ADDRESS attributes one CreatePermission may carry; 0 = unlimited (past it: 508)
+    "max-peers-per-request" max_peers_per_request: u32 = DEFAULT_MAX_PEERS_PER_REQUEST;
+        int::<u32>(), Live, value_name = "N";
+    /// Channels one allocation may bind; 0 = unlimited (past it: 508)
+    "max-channels" max_channels: u32 = DEFAULT_MAX_CHANNELS;
+        int::<u32>(), Live, value_name = "N";
+    /// Relayed bytes per second per allocation, each direction; 0 = unlimited (past it, UDP datagrams are dropped)
+    "max-bps" max_bps: u64 = 0;
+        int::<u64>(), Live, value_name = "BYTES", coturn = &["max-bps"];
+    /// Relayed bytes per second of the whole server, each direction, split evenly over the UDP relay threads; 0 = unlimited
+    "bps-capacity" bps_capacity: u64 = 0;
+        int::<u64>(), Live, value_name = "BYTES", coturn = &["bps-capacity"];
+    /// Answers per second to one source address (IPv6: per /64) and relay thread for UDP requests that are not authenticated; 0 = unlimited
+    "unauthenticated-rate-limit" unauthenticated_rate_limit: u32 = DEFAULT_UNAUTHENTICATED_RATE_LIMIT;
+        int::<u32>(), Live, value_name = "N", coturn = &["unauthorized-ratelimit-rps"];
     /// SOFTWARE attribute text; unset = not sent (no amplification, no fingerprinting)
     "software" software: Option<String> = None;
         Optional(values::text), Live, value_name = "TEXT";

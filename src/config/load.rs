@@ -133,7 +133,7 @@ fn apply_args(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Cli, ExternalIp, Secret};
+    use super::super::{AllocationLimit, Cli, ExternalIp, Secret};
     use super::*;
     use crate::auth::StaticKey;
     use clap::Parser;
@@ -227,7 +227,11 @@ mod tests {
         let args = args_with_env(&env, &["-c", file.arg(), "--listening-port", "3333"]);
         let config = load(&args).unwrap();
         assert_eq!(config.total_quota, 9, "file beats default");
-        assert_eq!(config.user_quota, 4, "env beats file");
+        assert_eq!(
+            config.user_quota,
+            AllocationLimit::Count(4),
+            "env beats file"
+        );
         assert_eq!(config.realm, "from-env", "env beats file");
         assert_eq!(config.listening_port, 3333, "flag beats env");
     }
@@ -332,7 +336,7 @@ mod tests {
             channel_lifetime: 240,
             stale_nonce: 60,
             max_credential_ttl: 3600,
-            user_quota: 5,
+            user_quota: AllocationLimit::Count(5),
             total_quota: 1000,
             software: Some("tern/1".into()),
             relay_threads: 4,

@@ -3,7 +3,7 @@
 //! written back as TOML. The key table ([`super::keys`]) gives each key one shape.
 
 use super::values::{self, invalid, REDACTED};
-use super::{ConfigError, ExternalIp, Secret};
+use super::{AllocationLimit, ConfigError, ExternalIp, Secret};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::marker::PhantomData;
@@ -143,6 +143,36 @@ impl<T: Unsigned> Shape for Int<T> {
     }
     fn to_toml(&self, value: &T) -> Option<Value> {
         i64::try_from((*value).into()).ok().map(Value::Integer)
+    }
+}
+
+/// An allocation limit: an integer, or a string `N` or `N%` (a share of the relay ports).
+pub(super) struct Limit;
+
+impl Shape for Limit {
+    type Out = AllocationLimit;
+    const ARITY: Arity = Arity::One;
+    fn read_toml(&self, key: &str, value: &Value) -> Result<AllocationLimit, ConfigError> {
+        match value {
+            Value::Integer(_) => int::<u32>()
+                .read_toml(key, value)
+                .map(AllocationLimit::Count),
+            Value::String(text) => values::allocation_limit(key, text),
+            other => Err(wrong_type(
+                key,
+                other,
+                "an integer, or a share of the relay ports such as \"25%\"",
+            )),
+        }
+    }
+    fn read_text(&self, key: &str, texts: &[String]) -> Result<AllocationLimit, ConfigError> {
+        values::allocation_limit(key, last(texts))
+    }
+    fn to_toml(&self, value: &AllocationLimit) -> Option<Value> {
+        Some(match value {
+            AllocationLimit::Count(count) => Value::Integer((*count).into()),
+            share @ AllocationLimit::PercentOfPorts(_) => Value::String(share.to_string()),
+        })
     }
 }
 

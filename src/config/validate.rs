@@ -61,6 +61,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 
     realm(&config.realm)?;
+    rfc5780(config)?;
     if let Some(software) = &config.software {
         if software.chars().count() > MAX_TEXT_CHARS {
             return Err(invalid(
@@ -170,8 +171,31 @@ fn realm(realm: &str) -> Result<(), ConfigError> {
     if realm.contains('"') {
         return Err(invalid("realm", realm, "must not contain '\"'"));
     }
-    if realm.chars().count() > MAX_TEXT_CHARS {
-        return Err(invalid("realm", realm, "must be fewer than 128 characters"));
+    // RFC 8489 counts characters; every 401, sent to sources that proved nothing, carries the
+    // realm, so tern counts bytes.
+    if realm.len() > MAX_TEXT_CHARS {
+        return Err(invalid("realm", realm, "must be at most 127 bytes"));
+    }
+    Ok(())
+}
+
+/// RFC 5780 answers every client with OTHER-ADDRESS, so it pairs only addresses the operator
+/// named: never what a wildcard expands to (which may be a private interface).
+fn rfc5780(config: &Config) -> Result<(), ConfigError> {
+    if !config.rfc5780 {
+        return Ok(());
+    }
+    let named = |v4: bool| {
+        config
+            .listening_ips
+            .iter()
+            .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == v4)
+            .count()
+    };
+    if named(true) < 2 && named(false) < 2 {
+        let reason =
+            "needs two addresses of one family named in listening-ip (0.0.0.0 and :: do not count)";
+        return Err(invalid("rfc5780", "true", reason));
     }
     Ok(())
 }
@@ -206,7 +230,7 @@ fn users(users: &[(String, StaticKey)]) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::from_toml_str;
+    use super::super::{from_toml_str, AllocationLimit};
     use super::*;
 
     fn rejected(text: &str) -> (String, String, String) {
@@ -327,6 +351,56 @@ mod tests {
         let long = "r".repeat(128);
         assert_rejected(&format!("realm = \"{long}\""), "realm", &long);
         assert!(from_toml_str(&format!("realm = \"{}\"", "r".repeat(127))).is_ok());
+        // Every 401 carries the realm: 127 bytes, not 127 four-byte characters.
+        let wide = "é".repeat(64);
+        assert_rejected(&format!("realm = \"{wide}\""), "realm", &wide);
+    }
+
+    #[test]
+    fn rfc5780_needs_two_named_addresses_of_a_family() {
+        for text in [
+            "rfc5780 = true",
+            "rfc5780 = true\nlistening-ip = [\"0.0.0.0\", \"192.0.2.1\"]",
+            "rfc5780 = true\nlistening-ip = [\"192.0.2.1\", \"2001:db8::1\"]",
+        ] {
+            assert_rejected(text, "rfc5780", "true");
+        }
+        let config =
+            from_toml_str("rfc5780 = true\nlistening-ip = [\"192.0.2.1\", \"192.0.2.2\"]").unwrap();
+        assert!(config.rfc5780);
+        assert!(!from_toml_str("").unwrap().rfc5780, "off by default");
+    }
+
+    #[test]
+    fn allocation_limits_are_counts_or_shares_of_the_ports() {
+        let config = from_toml_str(
+            "min-port = 50000\nmax-port = 50099\nuser-quota = \"10%\"\n\
+             max-allocations-per-ip = 7",
+        )
+        .unwrap();
+        assert_eq!(config.user_quota, AllocationLimit::PercentOfPorts(10));
+        assert_eq!(config.max_allocations_per_ip, AllocationLimit::Count(7));
+        let core = config.core();
+        assert_eq!((core.user_quota, core.max_allocations_per_ip), (10, 7));
+        // The defaults: a quarter of the ports, so one user or address never takes them all.
+        let defaults = from_toml_str("min-port = 50000\nmax-port = 50099")
+            .unwrap()
+            .core();
+        assert_eq!(
+            (defaults.user_quota, defaults.max_allocations_per_ip),
+            (25, 25)
+        );
+        let tiny = from_toml_str("min-port = 50000\nmax-port = 50000")
+            .unwrap()
+            .core();
+        assert_eq!(tiny.user_quota, 1, "a share is at least one allocation");
+        let off = from_toml_str("user-quota = 0\nmax-allocations-per-ip = \"0\"").unwrap();
+        assert_eq!(off.core().user_quota, 0);
+        assert_eq!(off.core().max_allocations_per_ip, 0);
+        for bad in ["\"0%\"", "\"101%\"", "\"lots\"", "-1", "true"] {
+            let (key, _, _) = rejected(&format!("user-quota = {bad}"));
+            assert_eq!(key, "user-quota", "{bad}");
+        }
     }
 
     #[test]

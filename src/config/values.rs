@@ -1,6 +1,6 @@
 //! Parsing single values (addresses, ranges, user keys) shared by the file and the flags.
 
-use super::{ConfigError, ExternalIp};
+use super::{AllocationLimit, ConfigError, ExternalIp};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +63,28 @@ pub(super) fn range(key: &str, text: &str) -> Result<IpRange, ConfigError> {
             "not an IP address, CIDR block or coTURN a.b.c.d-e.f.g.h range",
         )
     })
+}
+
+/// An allocation limit: `N` (0 = no limit) or `N%` of the relay ports (1 to 100).
+pub(super) fn allocation_limit(key: &str, text: &str) -> Result<AllocationLimit, ConfigError> {
+    let trimmed = text.trim();
+    let bad = || {
+        invalid(
+            key,
+            text,
+            "expected a number of allocations (0 = no limit) or a share of the relay ports, 1% to 100%",
+        )
+    };
+    match trimmed.strip_suffix('%') {
+        Some(percent) => match percent.trim().parse::<u8>() {
+            Ok(percent @ 1..=100) => Ok(AllocationLimit::PercentOfPorts(percent)),
+            _ => Err(bad()),
+        },
+        None => trimmed
+            .parse::<u32>()
+            .map(AllocationLimit::Count)
+            .map_err(|_| bad()),
+    }
 }
 
 /// `alternate-server`: `ip:port`, `[v6]:port`, or a bare address meaning port 3478.

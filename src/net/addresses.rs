@@ -37,6 +37,20 @@ pub fn expand_listening_ips(configured: &[IpAddr]) -> io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Every address of the host's interfaces (link-local ones included): the peer policy refuses
+/// them as peers except at relay ports. Read at start and on every reload; if the interfaces
+/// cannot be read, the configured addresses (and loopback) are all the policy knows, and a
+/// warning says so.
+pub fn host_addresses() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces.iter().map(|i| i.ip()).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the host's interface addresses; the peer policy knows only the configured ones");
+            Vec::new()
+        }
+    }
+}
+
 /// Chooses the address a relay socket binds to.
 #[derive(Clone, Debug)]
 pub struct RelayPlan {
@@ -116,6 +130,12 @@ mod tests {
             listening_ips: vec![ip("192.0.2.10"), ip("::1")],
         };
         assert_eq!(only_loopback.ip_for(Family::V6, ip("192.0.2.10")), None);
+    }
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        let host = host_addresses();
+        assert!(host.contains(&"127.0.0.1".parse().unwrap()), "{host:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod tcp_relay;
 pub mod tls;
 mod udp_worker;
 
-pub use addresses::{expand_listening_ips, RelayPlan};
+pub use addresses::{expand_listening_ips, host_addresses, RelayPlan};
 pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
@@ -33,7 +33,7 @@ use crate::turn::{CoreConfig, NatDiscovery, Server};
 use mio::Waker;
 use relay::RelaySockets;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -89,16 +89,25 @@ impl UdpService {
             .iter()
             .map(|ip| SocketAddr::new(*ip, config.listening_port))
             .collect();
-        // RFC 5780: with two addresses of a family, also listen on the alternate port.
-        let nat = Arc::new(NatDiscovery::new(
-            &listening_ips,
-            config.listening_port,
-            config.alt_listening_port(),
-        ));
+        // RFC 5780 (rfc5780 = true): pairs of the addresses named in listening-ip, never what a
+        // wildcard expands to, as every client reads OTHER-ADDRESS. They also listen on the
+        // alternate port.
+        let nat = if config.rfc5780 {
+            let named: Vec<IpAddr> = config
+                .listening_ips
+                .iter()
+                .copied()
+                .filter(|ip| !ip.is_unspecified())
+                .collect();
+            NatDiscovery::new(&named, config.listening_port, config.alt_listening_port())
+        } else {
+            NatDiscovery::default()
+        };
+        let nat = Arc::new(nat);
         if !nat.is_empty() {
             tracing::info!(
                 alt_port = config.alt_listening_port(),
-                "RFC 5780 NAT behaviour discovery enabled (two listening addresses of a family)"
+                "RFC 5780 NAT behaviour discovery enabled"
             );
         }
         listening.extend(nat.alternate_listeners());
@@ -111,7 +120,8 @@ impl UdpService {
         let relay_sockets = RelaySockets::new(ports.clone(), plan);
         let draining = Arc::new(AtomicBool::new(false));
         let mut bound = Vec::new();
-        for id in 0..worker_count(config) {
+        let workers = worker_count(config);
+        for id in 0..workers {
             let (poll, waker) = udp_worker::new_poll()?;
             let (control, receiver) = mpsc::channel();
             let stats = Arc::new(WorkerStats::default());
@@ -125,6 +135,8 @@ impl UdpService {
             );
             server.set_nat_discovery(nat.clone());
             server.set_drain_flag(draining.clone());
+            // bps-capacity: each worker's buckets take an even share (no bucket across cores).
+            server.set_capacity_share(workers as u32);
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),

@@ -212,7 +212,7 @@ impl UdpWorker {
                     Token(t) if t >= LISTENER_TOKEN_BASE => {
                         self.drain_listener(now, t - LISTENER_TOKEN_BASE)
                     }
-                    Token(slot) => self.drain_relay(slot),
+                    Token(slot) => self.drain_relay(now, slot),
                 }
             }
             self.server.handle_timeout(now);
@@ -346,7 +346,7 @@ impl UdpWorker {
     /// Reads a relay socket (filed under `slot`, see `relay_slot`) in batches, frames each
     /// datagram in place (ChannelData or Data indication) and sends the whole batch to the client
     /// with one GSO send or `sendmmsg`.
-    fn drain_relay(&mut self, slot: usize) {
+    fn drain_relay(&mut self, now: Instant, slot: usize) {
         loop {
             let Some(relay) = self.relays.get(slot) else {
                 return;
@@ -379,7 +379,7 @@ impl UdpWorker {
                     continue;
                 };
                 let Output::ToClient { tuple, data } =
-                    self.server.handle_peer(alloc, peer, buf, meta.len[i])
+                    self.server.handle_peer(now, alloc, peer, buf, meta.len[i])
                 else {
                     continue;
                 };

@@ -88,15 +88,23 @@ impl Tern {
     }
 
     /// Like [`Tern::start`], with `listening-ip` set to `listening` (a TOML value that must
-    /// include 127.0.0.1, where readiness is probed), e.g. `["127.0.0.1", "::1"]`.
+    /// include 127.0.0.1, where readiness is probed), e.g. `["127.0.0.1", "::1"]`. A key of the
+    /// base config that `extra` sets too (`relay-threads`, `log-level`…) takes `extra`'s value.
     pub fn start_listening(listening: &str, extra: &str) -> Tern {
         let port = free_port();
         let (min, max) = relay_range();
-        let toml = format!(
+        let base = format!(
             "listening-ip = {listening}\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
-             static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n{extra}\n"
+             static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n"
         );
-        Self::start_with_config(port, &toml)
+        let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+        let overridden: Vec<String> = extra.lines().map(key).collect();
+        let base: String = base
+            .lines()
+            .filter(|line| !overridden.contains(&key(line)))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        Self::start_with_config(port, &format!("{base}{extra}\n"))
     }
 
     pub fn start_with_config(port: u16, toml: &str) -> Tern {
@@ -348,4 +356,65 @@ pub fn mint_from_endpoint(tern: &Tern, api_key: &str, user: &str) -> (String, St
         .map(|u| u.as_str().unwrap().to_string())
         .collect();
     (text("username"), text("password"), uris)
+}
+
+/// tern's /metrics text.
+pub fn scrape(tern: &Tern) -> String {
+    http("GET", &tern.url("/metrics"), None, None).body
+}
+
+/// The value of one series (`name{labels}` as exposed, or a bare name) in Prometheus text; 0
+/// when absent (sparse series are left out until they move).
+pub fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Scrapes until `ready` holds (workers publish their counters every 500 ms); the last scrape.
+pub fn scrape_until(tern: &Tern, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(tern);
+        if ready(&metrics) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until tern's log has `count` lines containing `text`.
+pub fn wait_for_log(tern: &Tern, text: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tern.logs().matches(text).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            tern.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rewrites tern's configuration file with `edit` and reloads it (SIGHUP), waiting until the
+/// reload is logged.
+pub fn reload_with(tern: &Tern, edit: impl FnOnce(String) -> String) {
+    let path = tern.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    let before = tern.logs().matches("configuration reloaded").count();
+    hangup(tern);
+    wait_for_log(tern, "configuration reloaded", before + 1);
+}
+
+/// The resident set size of process `pid`, in KiB (VmRSS in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
 }

@@ -1,5 +1,5 @@
-//! A minimal TURN client over a byte stream (TCP or TLS): long-term credentials, Allocate,
-//! CreatePermission, Send indications. Enough to put an allocation on a stream connection.
+//! A minimal TURN client over a byte stream (TCP or TLS, or UDP through [`Datagrams`]):
+//! long-term credentials, Allocate, CreatePermission, ChannelBind, Send indications.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -76,18 +76,7 @@ impl<S: Read + Write> StreamTurn<S> {
     ) -> io::Result<Vec<u8>> {
         let mut response = Vec::new();
         for _ in 0..2 {
-            self.next_tid = self.next_tid.wrapping_add(1);
-            let tid = [self.next_tid; 12];
-            let mut buf = [0u8; 512];
-            let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
-            attrs(&mut w);
-            if !self.nonce.is_empty() {
-                w.add_bytes(attr::USERNAME, self.username.as_bytes());
-                w.add_bytes(attr::REALM, self.realm.as_bytes());
-                w.add_bytes(attr::NONCE, &self.nonce);
-                w.add_message_integrity(&self.key);
-            }
-            let request = w.finish().unwrap().to_vec();
+            let (tid, request) = self.build(method, &attrs);
             self.stream.write_all(&request)?;
             response = read_frame(&mut self.stream)?;
             let msg = Message::parse(&response).unwrap();
@@ -98,6 +87,27 @@ impl<S: Read + Write> StreamTurn<S> {
             }
         }
         Ok(response)
+    }
+
+    /// A request with `attrs` (up to 64 KiB of them), signed with the credentials once a nonce
+    /// is known; its transaction id and bytes.
+    pub fn build(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>),
+    ) -> ([u8; 12], Vec<u8>) {
+        self.next_tid = self.next_tid.wrapping_add(1);
+        let tid = [self.next_tid; 12];
+        let mut buf = vec![0u8; 65536];
+        let mut w = MessageWriter::new(&mut buf, method, Class::Request, &tid);
+        attrs(&mut w);
+        if !self.nonce.is_empty() {
+            w.add_bytes(attr::USERNAME, self.username.as_bytes());
+            w.add_bytes(attr::REALM, self.realm.as_bytes());
+            w.add_bytes(attr::NONCE, &self.nonce);
+            w.add_message_integrity(&self.key);
+        }
+        (tid, w.finish().unwrap().to_vec())
     }
 
     /// Sends an authenticated request; the success response, or the error code (0 when the
@@ -168,4 +178,71 @@ impl<S: Read + Write> StreamTurn<S> {
         let indication = w.finish().unwrap().to_vec();
         self.stream.write_all(&indication)
     }
+}
+
+/// A connected UDP socket read and written like a stream: each write is one datagram, and reads
+/// take the bytes of one datagram after another, so [`StreamTurn`] speaks TURN over UDP (STUN
+/// messages are whole multiples of 4 bytes, which `read_frame` expects).
+pub struct Datagrams {
+    pub socket: std::net::UdpSocket,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl Datagrams {
+    /// A socket on `local` (e.g. "127.0.0.1:0") connected to `server`.
+    pub fn connect(local: &str, server: SocketAddr) -> Datagrams {
+        let socket = std::net::UdpSocket::bind(local).unwrap();
+        socket.connect(server).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Datagrams {
+            socket,
+            pending: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.pending.len() {
+            self.pending.resize(65536, 0);
+            let len = self.socket.recv(&mut self.pending)?;
+            self.pending.truncate(len);
+            self.at = 0;
+        }
+        let len = buf.len().min(self.pending.len() - self.at);
+        buf[..len].copy_from_slice(&self.pending[self.at..self.at + len]);
+        self.at += len;
+        Ok(len)
+    }
+}
+
+impl Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.send(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TURN client over UDP from `local` to `server`, with REST credentials for `user`.
+pub fn udp_client(local: &str, server: SocketAddr, user: &str) -> StreamTurn<Datagrams> {
+    let minted = tern::credentials::mint(super::SECRET, Some(user), 3600, super::unix_now());
+    let socket = Datagrams::connect(local, server);
+    StreamTurn::new(socket, &minted.username, &minted.password, "tern")
+}
+
+/// A TURN client over TCP to `server`, with REST credentials for `user`.
+pub fn tcp_client(server: SocketAddr, user: &str) -> StreamTurn<TcpStream> {
+    let minted = tern::credentials::mint(super::SECRET, Some(user), 3600, super::unix_now());
+    let stream = TcpStream::connect(server).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    StreamTurn::new(stream, &minted.username, &minted.password, "tern")
 }

@@ -439,7 +439,8 @@ impl<P: PeerConnections> Connection<P> {
             self.stalled_since.get_or_insert(now);
             return;
         }
-        if let turn::Output::ToClient { data, .. } = self.server.handle_peer(alloc, peer, buf, len)
+        if let turn::Output::ToClient { data, .. } =
+            self.server.handle_peer(now, alloc, peer, buf, len)
         {
             self.output.push(data, limit);
         }

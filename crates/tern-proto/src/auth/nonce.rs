@@ -1,9 +1,14 @@
 //! Stateless nonces: nothing is stored for a request that has not authenticated.
 //!
-//! Layout: base64url (no padding) of `issue_time (u64 BE, 8 bytes) || MAC (16 bytes)`, where MAC
-//! is HMAC-SHA256(key, tag || client IP || client port BE || issue_time BE) truncated to 16 bytes
-//! and `tag` is 4 or 6 for the address family. 24 bytes encode to exactly 32 ASCII characters,
-//! all of which (`A-Z a-z 0-9 - _`) are legal in a STUN NONCE (qdtext).
+//! Layout: base64url (no padding) of `issue_time (u32 BE, 4 bytes) || MAC (8 bytes)`, where MAC is
+//! HMAC-SHA256(key, tag || client IP || client port BE || issue_time BE) truncated to 8 bytes and
+//! `tag` is 4 or 6 for the address family. 12 bytes encode to exactly 16 ASCII characters, all of
+//! which (`A-Z a-z 0-9 - _`) are legal in a STUN NONCE (qdtext).
+//!
+//! The nonce is short because every 401 carries it to a source that has proved nothing (see the
+//! amplification note in `turn::reply`). 64 bits of MAC are plenty: a forged nonce would only
+//! spare its forger one round trip (it authenticates nothing), and each guess costs a request.
+//! Unix seconds fit 32 bits until 2106.
 //!
 //! The RFC 8489 §9.2 "nonce cookie" (a `obMatJos2` prefix advertising security features) is not
 //! used: we support neither PASSWORD-ALGORITHMS nor USERHASH yet, so there is nothing to
@@ -20,24 +25,24 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 /// Encoded nonce length in characters.
-const NONCE_LEN: usize = 32;
+const NONCE_LEN: usize = 16;
 /// Bytes of the issue time.
-const TIME_LEN: usize = 8;
-/// Bytes of the truncated MAC (128 bits is plenty for a short-lived token).
-const MAC_LEN: usize = 16;
+const TIME_LEN: usize = 4;
+/// Bytes of the truncated MAC.
+const MAC_LEN: usize = 8;
 /// Raw (pre-base64) length.
 const RAW_LEN: usize = TIME_LEN + MAC_LEN;
 /// How far in the future an issue time may be before the nonce is refused. Only our own process
 /// issues nonces (the key is per process), so this only absorbs small wall-clock steps backwards.
 const MAX_FUTURE_SKEW_SECS: u64 = 5;
 
-// 24 raw bytes are exactly 32 base64 characters, with no padding or partial final group.
+// 12 raw bytes are exactly 16 base64 characters, with no padding or partial final group.
 const _: () = assert!(RAW_LEN % 3 == 0 && RAW_LEN / 3 * 4 == NONCE_LEN);
 
 /// A nonce as sent on the wire (ASCII, fixed size, no heap).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Nonce {
-    bytes: [u8; 32],
+    bytes: [u8; NONCE_LEN],
 }
 
 impl Nonce {
@@ -86,13 +91,14 @@ impl NonceMint {
         NonceMint { key }
     }
     pub fn issue(&self, client: SocketAddr, now_unix: u64) -> Nonce {
+        let issued = now_unix as u32;
         let mut raw = [0u8; RAW_LEN];
-        raw[..TIME_LEN].copy_from_slice(&now_unix.to_be_bytes());
-        raw[TIME_LEN..].copy_from_slice(&self.mac(client, now_unix));
+        raw[..TIME_LEN].copy_from_slice(&issued.to_be_bytes());
+        raw[TIME_LEN..].copy_from_slice(&self.mac(client, issued));
         let mut bytes = [0u8; NONCE_LEN];
         let written = URL_SAFE_NO_PAD
             .encode_slice(raw, &mut bytes)
-            .expect("24 bytes encode to exactly 32 characters");
+            .expect("12 bytes encode to exactly 16 characters");
         debug_assert_eq!(written, NONCE_LEN);
         Nonce { bytes }
     }
@@ -114,12 +120,13 @@ impl NonceMint {
         }
         let mut time = [0u8; TIME_LEN];
         time.copy_from_slice(&raw[..TIME_LEN]);
-        let issued = u64::from_be_bytes(time);
+        let issued = u32::from_be_bytes(time);
         // Constant time so the MAC cannot be guessed byte by byte from response timing.
         let expected = self.mac(client, issued);
         if !bool::from(expected.ct_eq(&raw[TIME_LEN..])) {
             return NonceCheck::Invalid;
         }
+        let issued = u64::from(issued);
         if issued > now_unix.saturating_add(MAX_FUTURE_SKEW_SECS) {
             return NonceCheck::Invalid;
         }
@@ -129,7 +136,7 @@ impl NonceMint {
         NonceCheck::Valid
     }
 
-    fn mac(&self, client: SocketAddr, issued: u64) -> [u8; MAC_LEN] {
+    fn mac(&self, client: SocketAddr, issued: u32) -> [u8; MAC_LEN] {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
         // The family tag keeps IPv4 and IPv6 inputs apart explicitly (their lengths differ too).
@@ -177,7 +184,7 @@ mod tests {
     fn round_trip_is_valid() {
         let m = mint();
         let n = m.issue(client(), NOW);
-        assert_eq!(n.as_str().len(), 32);
+        assert_eq!(n.as_str().len(), 16);
         assert_eq!(m.check(n.as_str(), client(), NOW, STALE), NonceCheck::Valid);
         assert_eq!(format!("{n:?}"), n.as_str());
     }
@@ -238,7 +245,7 @@ mod tests {
         s.replace_range(0..1, "+");
         assert_eq!(m.check(&s, client(), NOW, STALE), NonceCheck::Invalid);
         let mut s = n.as_str().to_owned();
-        s.replace_range(31..32, "=");
+        s.replace_range(15..16, "=");
         assert_eq!(m.check(&s, client(), NOW, STALE), NonceCheck::Invalid);
     }
 
@@ -247,15 +254,15 @@ mod tests {
         let m = mint();
         let n = m.issue(client(), NOW);
         let s = n.as_str();
-        assert_eq!(m.check(&s[..31], client(), NOW, STALE), NonceCheck::Invalid);
+        assert_eq!(m.check(&s[..15], client(), NOW, STALE), NonceCheck::Invalid);
         assert_eq!(
             m.check(&format!("{s}A"), client(), NOW, STALE),
             NonceCheck::Invalid
         );
         assert_eq!(m.check("", client(), NOW, STALE), NonceCheck::Invalid);
-        // 32 bytes but not ASCII.
+        // 16 bytes but not ASCII.
         let non_ascii = format!("é{}", &s[2..]);
-        assert_eq!(non_ascii.len(), 32);
+        assert_eq!(non_ascii.len(), 16);
         assert_eq!(
             m.check(&non_ascii, client(), NOW, STALE),
             NonceCheck::Invalid
@@ -304,7 +311,7 @@ mod tests {
         for i in 0..200u16 {
             let c = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1000 + i));
             let n = m.issue(c, NOW + u64::from(i) * 977);
-            assert_eq!(n.as_str().len(), 32);
+            assert_eq!(n.as_str().len(), 16);
             assert!(
                 n.as_str()
                     .bytes()

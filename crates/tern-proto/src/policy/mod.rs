@@ -1,9 +1,14 @@
-//! Peer-address policy and quotas: pure functions over configuration.
+//! Peer-address policy, quotas and rate limits: pure functions over configuration and the state
+//! their owner keeps.
 
+pub mod bandwidth;
 mod peer;
 mod quota;
 mod range;
+mod source_limit;
 
-pub use peer::{default_denied, normalize, PeerPolicy};
-pub use quota::{QuotaError, Quotas};
+pub use bandwidth::ByteBucket;
+pub use peer::{default_denied, normalize, PeerPolicy, Verdict};
+pub use quota::{address_key, QuotaError, QuotaLimits, Quotas};
 pub use range::{IpRange, RangeParseError};
+pub use source_limit::SourceLimiter;

@@ -14,9 +14,19 @@
 //!   `allowed = 2002::/16` lets them all through.
 //! - An operator range written entirely as IPv4-mapped addresses (`::ffff:10.0.0.5`) also applies
 //!   to the plain IPv4 address, since that is just another spelling of it.
+//!
+//! tern's own host ([`PeerPolicy::with_host`]): a peer that is one of the host's addresses (every
+//! interface address, the listening, relay and HTTP addresses, external-ip, and all of loopback)
+//! reaches whatever listens there, tern's own listeners and the operator's services on `0.0.0.0`
+//! included. Such a peer is reachable only at a port of tern's relay range (relay to relay: two
+//! allocations on one tern, the most common call), unless the operator opened that address
+//! specifically: an `allowed-peer-ip` entry naming exactly it, or `allow-loopback-peers` for
+//! loopback. A range that merely covers it (`allowed-peer-ip = 10.0.0.0/8` on a host at 10.0.0.5)
+//! does not open the host's own services. Permissions are per IP (RFC 8656 §9), so the port is
+//! judged where one exists: ChannelBind, Send, Connect, and each datagram from such a peer.
 
 use super::IpRange;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The peer filter. Denied unless allowed; allow beats deny, except for the never-allowed set
 /// (0.0.0.0/8 and `::`). Addresses are normalised first, so every spelling of an embedded IPv4
@@ -25,6 +35,13 @@ use std::net::{IpAddr, Ipv4Addr};
 pub struct PeerPolicy {
     /// Operator-allowed ranges.
     allowed: RangeSet,
+    /// The operator-allowed entries that name a single address: they open one of the host's own
+    /// addresses at every port.
+    named: RangeSet,
+    /// The host's own addresses (normalised); loopback counts as own without being listed.
+    own: RangeSet,
+    /// tern's relay port range: the ports at which an own address stays reachable.
+    relay_ports: (u16, u16),
     /// The default denied set plus the operator's; checked against the normalised address.
     denied: RangeSet,
     /// The operator's denied ranges only; checked against the original spelling of an embedded
@@ -37,11 +54,63 @@ impl PeerPolicy {
     /// `denied` is added to [`default_denied`]; `allow_loopback` allows 127/8 and ::1.
     pub fn new(denied: &[IpRange], allowed: &[IpRange], allow_loopback: bool) -> Self {
         let defaults = default_denied();
+        let named: Vec<IpRange> = allowed
+            .iter()
+            .filter(|range| range.start == range.end)
+            .copied()
+            .collect();
         Self {
             allowed: RangeSet::new(allowed),
+            named: RangeSet::new(&named),
+            own: RangeSet::default(),
+            relay_ports: (0, u16::MAX),
             denied: RangeSet::new(defaults.iter().chain(denied)),
             operator_denied: RangeSet::new(denied),
             allow_loopback,
+        }
+    }
+
+    /// Knows the host: `own` are its addresses (any spelling; loopback is always own), and
+    /// `relay_ports` (`min-port`, `max-port`) the ports at which an own address stays reachable.
+    pub fn with_host(mut self, own: &[IpAddr], relay_ports: (u16, u16)) -> Self {
+        let own: Vec<IpRange> = own
+            .iter()
+            .map(|ip| {
+                let ip = normalize(*ip);
+                IpRange { start: ip, end: ip }
+            })
+            .collect();
+        self.own = RangeSet::new(&own);
+        self.relay_ports = relay_ports;
+        self
+    }
+
+    /// Whether `peer` is one of the host's own addresses that the operator did not open: such a
+    /// peer is reachable only at a relay port ([`PeerPolicy::permits_transport`]). Judged once
+    /// per permission and kept with it, so the data path only compares a port.
+    pub fn relay_ports_only(&self, peer: IpAddr) -> bool {
+        let carried = normalize(peer);
+        let own = carried.is_loopback() || self.own.contains(carried);
+        if !own || (self.allow_loopback && carried.is_loopback()) {
+            return false;
+        }
+        !(self.named.contains(carried) || self.named.contains(peer))
+    }
+
+    /// Whether `port` lies in tern's relay port range.
+    pub fn is_relay_port(&self, port: u16) -> bool {
+        (self.relay_ports.0..=self.relay_ports.1).contains(&port)
+    }
+
+    /// The verdict on a peer transport address (ChannelBind, Send, Connect): the address must be
+    /// permitted ([`PeerPolicy::permits`]), and one of the host's own only at a relay port.
+    pub fn judge(&self, peer: SocketAddr) -> Verdict {
+        if !self.permits(peer.ip()) {
+            Verdict::Denied
+        } else if self.relay_ports_only(peer.ip()) && !self.is_relay_port(peer.port()) {
+            Verdict::OwnHost
+        } else {
+            Verdict::Permitted
         }
     }
 
@@ -67,6 +136,16 @@ impl PeerPolicy {
     }
 }
 
+/// What the policy says of a peer transport address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Permitted,
+    /// Refused by the denied ranges (or never allowed).
+    Denied,
+    /// One of tern's own addresses at a port outside the relay range.
+    OwnHost,
+}
+
 /// 0.0.0.0/8 ("this network") and `::` are never valid destinations, whatever the operator allows.
 fn is_never_allowed(ip: IpAddr) -> bool {
     match ip {
@@ -76,9 +155,11 @@ fn is_never_allowed(ip: IpAddr) -> bool {
 }
 
 /// The secure-default denied set: IANA special-purpose, private, shared, loopback, link-local,
-/// documentation, benchmarking, multicast and reserved blocks.
+/// documentation, benchmarking, multicast and reserved blocks, and the cloud platforms' metadata
+/// and host services (most of which already sit in one of those blocks; listed so the operator
+/// sees them named).
 pub fn default_denied() -> Vec<IpRange> {
-    const DEFAULT_DENIED: [&str; 25] = [
+    const DEFAULT_DENIED: [&str; 33] = [
         "0.0.0.0/8",
         "10.0.0.0/8",
         "100.64.0.0/10",
@@ -104,6 +185,22 @@ pub fn default_denied() -> Vec<IpRange> {
         "fe80::/10",
         "fec0::/10",
         "ff00::/8",
+        // Instance metadata (AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack, Hetzner…), in
+        // 169.254/16.
+        "169.254.169.254/32",
+        // AWS: ECS task metadata; IPv6 instance metadata, DNS and time (in fc00::/7).
+        "169.254.170.2/32",
+        "fd00:ec2::/64",
+        // GCP: IPv6 metadata server (in fc00::/7).
+        "fd20:ce::254/128",
+        // Azure: the WireServer (host agent, DNS); public address space, so listed on its own.
+        "168.63.129.16/32",
+        // Alibaba Cloud metadata (in 100.64/10).
+        "100.100.100.200/32",
+        // Oracle Cloud legacy metadata (in 192.0.0.0/24).
+        "192.0.0.192/32",
+        // Tencent Cloud metadata (in 169.254/16).
+        "169.254.0.23/32",
     ];
     DEFAULT_DENIED
         .iter()
@@ -114,6 +211,7 @@ pub fn default_denied() -> Vec<IpRange> {
 /// Reduces an IPv6 address that carries an IPv4 address to that IPv4 address; anything else is
 /// returned unchanged:
 /// - IPv4-mapped `::ffff:a.b.c.d`;
+/// - SIIT IPv4-translated `::ffff:0:a.b.c.d` (RFC 6145, RFC 2765);
 /// - IPv4-compatible `::a.b.c.d` (deprecated), except `::` and `::1`, which stay the IPv6
 ///   unspecified and loopback addresses;
 /// - NAT64 well-known prefix 64:ff9b::/96 and, assuming a /96 inside it, the local-use prefix
@@ -129,7 +227,7 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
 
 fn carried_ipv4(bits: u128) -> Option<Ipv4Addr> {
     let last32 = bits as u32;
-    let v4 = if bits >> 32 == 0xffff {
+    let v4 = if bits >> 32 == 0xffff || bits >> 32 == 0xffff_0000 {
         last32
     } else if bits >> 32 == 0 {
         if bits <= 1 {
@@ -278,10 +376,16 @@ mod tests {
             0x2001_0000_u128 << 96 | server << 64 | flags_port << 32 | obfuscated,
         ))
     }
-    fn spellings(a: Ipv4Addr) -> [(&'static str, IpAddr); 7] {
+    fn siit(a: Ipv4Addr) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(
+            0xffff_0000_u128 << 32 | u128::from(u32::from(a)),
+        ))
+    }
+    fn spellings(a: Ipv4Addr) -> [(&'static str, IpAddr); 8] {
         [
             ("plain", IpAddr::V4(a)),
             ("mapped", mapped(a)),
+            ("siit", siit(a)),
             ("compatible", compatible(a)),
             ("nat64", nat64(a)),
             ("nat64 local-use", nat64_local(a)),
@@ -297,6 +401,8 @@ mod tests {
         let cases = [
             ("::ffff:10.0.0.1", "10.0.0.1"),
             ("::ffff:a00:1", "10.0.0.1"),
+            ("::ffff:0:a00:1", "10.0.0.1"),
+            ("::ffff:0:169.254.169.254", "169.254.169.254"),
             ("::10.0.0.1", "10.0.0.1"),
             ("::0.0.0.2", "0.0.0.2"),
             ("64:ff9b::a00:1", "10.0.0.1"),
@@ -386,6 +492,14 @@ mod tests {
             "fe80::/10",
             "fec0::/10",
             "ff00::/8",
+            "169.254.169.254/32",
+            "169.254.170.2/32",
+            "fd00:ec2::/64",
+            "fd20:ce::254/128",
+            "168.63.129.16/32",
+            "100.100.100.200/32",
+            "192.0.0.192/32",
+            "169.254.0.23/32",
         ]);
         assert_eq!(default_denied(), expected);
     }
@@ -418,7 +532,7 @@ mod tests {
     #[test]
     fn default_blocks_and_their_boundaries() {
         // (block, below permitted?, above permitted?); None where there is no neighbour.
-        let table: [(&str, Option<bool>, Option<bool>); 25] = [
+        let table: [(&str, Option<bool>, Option<bool>); 26] = [
             ("0.0.0.0/8", None, Some(true)),
             ("10.0.0.0/8", Some(true), Some(true)),
             ("100.64.0.0/10", Some(true), Some(true)),
@@ -444,6 +558,7 @@ mod tests {
             ("fe80::/10", Some(true), Some(false)), // fec0:: is in fec0::/10
             ("fec0::/10", Some(false), Some(false)), // febf:.. in fe80::/10, ff00:: multicast
             ("ff00::/8", Some(false), None),        // feff:.. is in fec0::/10
+            ("168.63.129.16/32", Some(true), Some(true)),
         ];
         let policy = defaults();
         for (block, below, above) in table {
@@ -852,5 +967,83 @@ mod tests {
         ];
         let set = RangeSet::new(&bad);
         assert!(set.v4.is_empty() && set.v6.is_empty());
+    }
+
+    // ---- the host's own addresses ----
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A host at 203.0.113.10 and 2001:db8::10 whose operator allowed the documentation ranges
+    /// (so that only the own-host rule stands between a client and the host).
+    fn on_host(allowed: &[&str], allow_loopback: bool) -> PeerPolicy {
+        let own = [ip("203.0.113.10"), ip("2001:db8::10")];
+        PeerPolicy::new(&[], &ranges(allowed), allow_loopback).with_host(&own, (49152, 65535))
+    }
+
+    #[test]
+    fn own_addresses_are_reachable_at_relay_ports_only() {
+        let policy = on_host(
+            &["203.0.113.0/24", "2001:db8::/32", "127.0.0.0/8", "::1"],
+            false,
+        );
+        for own in ["203.0.113.10", "2001:db8::10", "127.0.0.1", "127.3.4.5"] {
+            let own = ip(own);
+            assert!(policy.permits(own), "{own}: a permission may be installed");
+            assert!(policy.relay_ports_only(own), "{own}");
+            for port in [3478, 8080, 22, 49151] {
+                let peer = SocketAddr::new(own, port);
+                assert_eq!(policy.judge(peer), Verdict::OwnHost, "{peer}");
+            }
+            for port in [49152, 50000, 65535] {
+                let peer = SocketAddr::new(own, port);
+                assert_eq!(policy.judge(peer), Verdict::Permitted, "{peer}");
+            }
+        }
+        // Every spelling of an own IPv4 address is the same host.
+        for (form, spelled) in spellings(v4("203.0.113.10")) {
+            if form == "plain" {
+                continue;
+            }
+            assert!(policy.relay_ports_only(spelled), "{form} {spelled}");
+            assert_eq!(
+                policy.judge(SocketAddr::new(spelled, 8080)),
+                Verdict::OwnHost,
+                "{form} {spelled}"
+            );
+        }
+        // A neighbour of the host is not the host.
+        assert!(!policy.relay_ports_only(ip("203.0.113.11")));
+        assert_eq!(policy.judge(sa("203.0.113.11:8080")), Verdict::Permitted);
+        // Denied stays denied at any port.
+        assert_eq!(policy.judge(sa("10.0.0.1:50000")), Verdict::Denied);
+    }
+
+    #[test]
+    fn naming_an_own_address_opens_it_a_covering_range_does_not() {
+        let named = on_host(&["203.0.113.10", "2001:db8::/32"], false);
+        assert!(!named.relay_ports_only(ip("203.0.113.10")));
+        assert_eq!(named.judge(sa("203.0.113.10:8080")), Verdict::Permitted);
+        assert!(named.relay_ports_only(ip("2001:db8::10")));
+        assert_eq!(named.judge(sa("[2001:db8::10]:8080")), Verdict::OwnHost);
+    }
+
+    #[test]
+    fn allow_loopback_opens_loopback_at_every_port() {
+        let policy = on_host(&[], true);
+        assert_eq!(policy.judge(sa("127.0.0.1:8080")), Verdict::Permitted);
+        assert_eq!(policy.judge(sa("[::1]:8080")), Verdict::Permitted);
+        // ... but not the host's other addresses.
+        assert!(policy.relay_ports_only(ip("203.0.113.10")));
+    }
+
+    #[test]
+    fn without_host_knowledge_only_loopback_is_own() {
+        let policy = PeerPolicy::new(&[], &ranges(&["127.0.0.0/8"]), false);
+        assert!(policy.relay_ports_only(ip("127.0.0.1")));
+        assert!(!policy.relay_ports_only(ip("8.8.8.8")));
+        // Every port counts as a relay port when the range is unknown.
+        assert_eq!(policy.judge(sa("127.0.0.1:8080")), Verdict::Permitted);
     }
 }

@@ -3,12 +3,13 @@
 
 use super::allocation::{Allocation, PendingReply, Traffic};
 use super::auth::Authed;
-use super::metrics::Outcome;
+use super::metrics::{Limit, LogKind, Outcome};
 use super::reply::{add_address_error_code, Answer, Seal};
 use super::request;
 use super::server::{live, Removal};
 use super::{AllocId, BoundRelay, ErrorCode, Family, Output, RelayError, RelayRequest, Server};
-use crate::policy::QuotaError;
+use crate::metrics::LabelSet;
+use crate::policy::{QuotaError, QuotaLimits};
 use crate::stun::{attr, Method};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -39,16 +40,31 @@ impl Server {
         let tuple = answer.tuple;
         if self.draining.load(Ordering::Relaxed) {
             self.counters.drain_rejections += 1;
-            info!(client = %tuple.client, user = authed.username, "allocation refused: server is draining");
+            if let Some(suppressed) = self.log_gate(LogKind::LimitRefusal) {
+                info!(client = %tuple.client, user = authed.username, suppressed, "allocation refused: server is draining");
+            }
             return self.refuse_allocate(out, answer, true);
         }
         let quota_id = self.config.auth.quota_id(authed.username);
-        if let Err(error) =
-            self.quotas
-                .try_acquire(quota_id, self.config.user_quota, self.config.total_quota)
-        {
-            self.counters.quota_rejections += 1;
-            info!(client = %tuple.client, user = authed.username, reason = %error, "allocation refused");
+        let limits = QuotaLimits {
+            per_user: self.config.user_quota,
+            per_address: self.config.max_allocations_per_ip,
+            total: self.config.total_quota,
+        };
+        if let Err(error) = self.quotas.try_acquire(quota_id, tuple.client.ip(), limits) {
+            let limit = match error {
+                QuotaError::User => Limit::UserQuota,
+                QuotaError::Address => Limit::MaxAllocationsPerIp,
+                QuotaError::Total => Limit::TotalQuota,
+            };
+            self.counters.limit_refusals[limit.index()] += 1;
+            // tern_quota_rejections_total keeps counting user-quota and total-quota alone.
+            if error != QuotaError::Address {
+                self.counters.quota_rejections += 1;
+            }
+            if let Some(suppressed) = self.log_gate(LogKind::LimitRefusal) {
+                info!(client = %tuple.client, user = authed.username, reason = %error, suppressed, "allocation refused");
+            }
             let redirect = error == QuotaError::Total;
             return self.refuse_allocate(out, answer, redirect);
         }
@@ -74,8 +90,10 @@ impl Server {
             }),
             created: now,
             expires,
-            permissions: Vec::new(),
-            channels: Vec::new(),
+            permissions: Default::default(),
+            channels: Default::default(),
+            channel_numbers: Default::default(),
+            bandwidth: Default::default(),
             next_deadline: expires,
             stats: Traffic::default(),
             relay_transport: allocate.transport,

@@ -2,15 +2,25 @@
 
 use super::{ErrorCode, Family, FiveTuple, RelayTransport};
 use crate::auth::LongTermKey;
+use crate::policy::ByteBucket;
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// A channel bound to a peer transport address.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Channel {
-    pub number: u16,
     pub peer: SocketAddr,
     pub expires: Instant,
+}
+
+/// A permission for a peer IP (RFC 8656 §9).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Permission {
+    pub expires: Instant,
+    /// The peer is one of tern's own addresses: only its relay-range ports are reachable (see
+    /// `PeerPolicy::relay_ports_only`), judged when installed and again on reload.
+    pub relay_ports_only: bool,
 }
 
 /// Allocate accepted, relay socket not yet bound by the I/O layer.
@@ -43,8 +53,8 @@ pub(crate) struct PeerConnection {
     pub connect: Option<PendingConnect>,
 }
 
-/// Per-allocation state. Kept small and flat: a few permissions and channels are the norm, so
-/// plain vectors with linear scans beat maps on both memory and speed.
+/// Per-allocation state. Permissions and channels are looked up by hash on every packet, never by
+/// scanning, and are capped (`max-permissions`, `max-channels`); an empty map costs no heap.
 #[derive(Debug)]
 pub(crate) struct Allocation {
     pub generation: u32,
@@ -66,8 +76,12 @@ pub(crate) struct Allocation {
     pub pending: Option<PendingReply>,
     pub created: Instant,
     pub expires: Instant,
-    pub permissions: Vec<(IpAddr, Instant)>,
-    pub channels: Vec<Channel>,
+    pub permissions: FxHashMap<IpAddr, Permission>,
+    /// Channels by number, and the number of each bound peer (RFC 8656 §12: one each way).
+    pub channels: FxHashMap<u16, Channel>,
+    pub channel_numbers: FxHashMap<SocketAddr, u16>,
+    /// `max-bps`, by [`Direction`](super::metrics::Direction).
+    pub bandwidth: [ByteBucket; 2],
     /// The deadline this allocation is filed under in the timer queue.
     pub next_deadline: Instant,
     pub stats: Traffic,
@@ -120,47 +134,57 @@ impl Allocation {
             .map(|(_, advertised)| *advertised)
     }
 
+    /// Whether a datagram from or to `peer` may pass: a permission for its IP, and for one of
+    /// tern's own addresses a relay-range port (`is_relay_port`).
+    #[inline]
+    pub fn permits(&self, peer: SocketAddr, is_relay_port: impl Fn(u16) -> bool) -> bool {
+        match self.permissions.get(&peer.ip()) {
+            Some(permission) => !permission.relay_ports_only || is_relay_port(peer.port()),
+            None => false,
+        }
+    }
+
     pub fn has_permission(&self, ip: IpAddr) -> bool {
-        self.permissions.iter().any(|(p, _)| *p == ip)
+        self.permissions.contains_key(&ip)
     }
 
     pub fn channel_by_number(&self, number: u16) -> Option<&Channel> {
-        self.channels.iter().find(|c| c.number == number)
+        self.channels.get(&number)
     }
 
-    pub fn channel_by_peer(&self, peer: SocketAddr) -> Option<&Channel> {
-        self.channels.iter().find(|c| c.peer == peer)
+    pub fn channel_number_of(&self, peer: SocketAddr) -> Option<u16> {
+        self.channel_numbers.get(&peer).copied()
     }
 
-    pub fn install_permission(&mut self, ip: IpAddr, expires: Instant) {
-        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
-            Some(entry) => entry.1 = expires,
-            None => self.permissions.push((ip, expires)),
-        }
+    /// Installs or refreshes the permission for `ip`.
+    pub fn install_permission(&mut self, ip: IpAddr, permission: Permission) {
+        self.permissions.insert(ip, permission);
     }
 
     /// Binds or refreshes a channel; the caller has checked the re-binding rules.
     pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
-        match self.channels.iter_mut().find(|c| c.number == number) {
-            Some(channel) => channel.expires = expires,
-            None => self.channels.push(Channel {
-                number,
-                peer,
-                expires,
-            }),
-        }
+        self.channels.insert(number, Channel { peer, expires });
+        self.channel_numbers.insert(peer, number);
     }
 
-    /// Drops expired permissions and channels; returns the earliest deadline still pending.
+    /// Drops expired permissions and channels; returns the earliest deadline still pending. Runs
+    /// when the allocation's timer fires: at most `max-permissions` + `max-channels` entries.
     pub fn sweep(&mut self, now: Instant) -> Instant {
-        self.permissions.retain(|(_, expires)| *expires > now);
-        self.channels.retain(|c| c.expires > now);
+        self.permissions.retain(|_, p| p.expires > now);
+        let numbers = &mut self.channel_numbers;
+        self.channels.retain(|_, c| {
+            let live = c.expires > now;
+            if !live {
+                numbers.remove(&c.peer);
+            }
+            live
+        });
         self.earliest_deadline()
     }
 
     pub fn earliest_deadline(&self) -> Instant {
-        let permissions = self.permissions.iter().map(|(_, e)| *e);
-        let channels = self.channels.iter().map(|c| c.expires);
+        let permissions = self.permissions.values().map(|p| p.expires);
+        let channels = self.channels.values().map(|c| c.expires);
         permissions.chain(channels).fold(self.expires, Instant::min)
     }
 

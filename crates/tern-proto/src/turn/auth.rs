@@ -1,8 +1,9 @@
 //! Authenticating requests (RFC 8489 §9.2, long-term credentials) and the challenges sent when
 //! they do not.
 
-use super::metrics::{AuthReason, Outcome};
+use super::metrics::{AuthReason, LogKind, Outcome};
 use super::reply::{Answer, Seal};
+use super::server::Removal;
 use super::{ErrorCode, FiveTuple, Output, Server};
 use crate::auth::{AuthError, LongTermKey, NonceCheck};
 use crate::metrics::LabelSet;
@@ -19,6 +20,11 @@ pub(super) struct Authed<'m> {
     pub kind: IntegrityKind,
 }
 
+/// RFC 8489 §14.3: USERNAME is fewer than 509 bytes.
+const MAX_USERNAME_BYTES: usize = 508;
+/// RFC 8489 §14.9, §14.10: REALM and NONCE are fewer than 128 characters.
+const MAX_TEXT_CHARS: usize = 127;
+
 /// Why a request did not authenticate, and so which challenge to answer with.
 pub(super) enum Challenge {
     /// 401 with REALM and NONCE (no or bad credentials).
@@ -30,8 +36,10 @@ pub(super) enum Challenge {
 }
 
 impl Server {
-    /// RFC 8489 §9.2.4, with the key remembered per allocation (§9.2.2: one username per
-    /// allocation). REST expiry is checked on every request so an expired credential cannot
+    /// RFC 8489 §9.2.4. The credential is verified against the current secrets and users on every
+    /// request, so a reload that removes a secret or a user reaches live allocations: the next
+    /// request on an allocation whose credential no longer verifies ends it (its Refresh is
+    /// refused). REST expiry is checked on every request too, so an expired credential cannot
     /// keep refreshing.
     ///
     /// `also_nonce_of`: another client address whose nonce is accepted too (a ConnectionBind on a
@@ -48,17 +56,27 @@ impl Server {
             return Err(Challenge::Unauthorized);
         };
         let text = |typ| msg.get_str(typ).and_then(Result::ok);
-        let (Some(username), Some(_realm), Some(nonce)) =
+        let (Some(username), Some(realm), Some(nonce)) =
             (text(attr::USERNAME), text(attr::REALM), text(attr::NONCE))
         else {
             return Err(Challenge::BadRequest);
         };
+        // Before any work or log line that grows with them.
+        if username.len() > MAX_USERNAME_BYTES
+            || realm.chars().count() > MAX_TEXT_CHARS
+            || nonce.chars().count() > MAX_TEXT_CHARS
+        {
+            self.counters.auth_failures[AuthReason::Oversized.index()] += 1;
+            return Err(Challenge::BadRequest);
+        }
         let unix = self.clock.unix_at(now);
         let stale = self.config.stale_nonce_secs;
         let valid = |client| self.nonces.check(nonce, client, unix, stale) == NonceCheck::Valid;
         if !valid(tuple.client) && !also_nonce_of.is_some_and(valid) {
             return Err(Challenge::StaleNonce);
         }
+        // The allocation on this 5-tuple, if the request names its user.
+        let own = existing.filter(|&i| &*self.allocations[i].username == username);
         let keys = match self.config.auth.keys(username, unix) {
             Ok(keys) => keys,
             Err(error) => {
@@ -68,29 +86,48 @@ impl Server {
                     AuthError::TtlTooLong => AuthReason::TtlTooLong,
                 };
                 self.counters.auth_failures[reason.index()] += 1;
-                info!(client = %tuple.client, user = username, reason = auth_error_text(error), "authentication failed");
+                if let Some(suppressed) = self.log_gate(LogKind::AuthFailure) {
+                    info!(client = %tuple.client, user = username, reason = auth_error_text(error), suppressed, "authentication failed");
+                }
+                // An expired credential only stops refreshing; one the configuration no longer
+                // knows (or no longer accepts) is revoked.
+                if let (Some(index), false) = (own, error == AuthError::Expired) {
+                    self.revoke(index);
+                }
                 return Err(Challenge::Unauthorized);
             }
         };
-        let remembered = existing
-            .map(|i| &self.allocations[i])
-            .filter(|a| &*a.username == username);
-        let candidates = remembered
-            .map(|a| a.key)
-            .into_iter()
-            .chain(keys.iter().copied());
-        for key in candidates {
-            if let IntegrityCheck::Valid(_) = msg.verify_integrity(&key) {
+        // The server's own record decides, not the request: a spoofed request cannot end an
+        // allocation whose credential is still good.
+        if let Some(index) = own {
+            let key = self.allocations[index].key;
+            if !keys.iter().any(|candidate| *candidate == key) {
+                self.counters.auth_failures[AuthReason::UnknownUser.index()] += 1;
+                self.revoke(index);
+                return Err(Challenge::Unauthorized);
+            }
+        }
+        for key in keys.iter() {
+            if let IntegrityCheck::Valid(_) = msg.verify_integrity(key) {
                 return Ok(Authed {
                     username,
-                    key,
+                    key: *key,
                     kind,
                 });
             }
         }
         self.counters.auth_failures[AuthReason::BadIntegrity.index()] += 1;
-        info!(client = %tuple.client, user = username, reason = "bad message integrity", "authentication failed");
+        if let Some(suppressed) = self.log_gate(LogKind::AuthFailure) {
+            info!(client = %tuple.client, user = username, reason = "bad message integrity", suppressed, "authentication failed");
+        }
         Err(Challenge::Unauthorized)
+    }
+
+    /// Ends an allocation whose credential no longer verifies.
+    fn revoke(&mut self, index: usize) {
+        let allocation = &self.allocations[index];
+        info!(client = %allocation.tuple.client, user = %allocation.username, "allocation ended: its credential was removed");
+        self.remove_allocation(index, Removal::Revoked);
     }
 
     /// Answers a request that did not authenticate: 401 or 438 with REALM and a fresh NONCE,

@@ -18,8 +18,25 @@ pub struct CoreConfig {
     pub stale_nonce_secs: u64,
     /// Highest channel number ChannelBind accepts: 0x4FFF (RFC 8656) or 0x7FFF (RFC 5766).
     pub max_channel_number: u16,
+    /// Live allocations per user id, per client address (IPv6 by /64) and in total; 0 = no
+    /// limit. The server crate resolves shares of the port pool into these numbers.
     pub user_quota: u32,
+    pub max_allocations_per_ip: u32,
     pub total_quota: u32,
+    /// Permissions one allocation may hold, XOR-PEER-ADDRESS attributes one CreatePermission
+    /// may carry, channels one allocation may bind; 0 = no limit. Past them: 508.
+    pub max_permissions: u32,
+    pub max_peers_per_request: u32,
+    pub max_channels: u32,
+    /// `max-bps`: relayed bytes per second per allocation, each direction; 0 = no limit.
+    pub max_bps: u64,
+    /// `bps-capacity`: relayed bytes per second of the whole server, each direction; 0 = no
+    /// limit. Each server takes its share ([`super::Server::set_capacity_share`]).
+    pub bps_capacity: u64,
+    /// `unauthenticated-rate-limit`: answers per second to one source address (IPv6 by /64) for
+    /// requests that are not authenticated, over UDP; 0 = no limit.
+    pub unauthenticated_rate_limit: u32,
+    /// SOFTWARE, sent in authenticated responses only (never to a source that proved nothing).
     pub software: Option<String>,
     pub external_ips: Vec<ExternalIp>,
     /// `alternate-server`: where 300 Try Alternate sends clients while draining or over
@@ -37,6 +54,15 @@ pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a nonce stays fresh before 438 Stale Nonce (RFC 8489 §9.2 leaves it open).
 pub const STALE_NONCE_SECS: u64 = 600;
+/// Default `max-permissions`: a WebRTC allocation needs one per remote candidate address, rarely
+/// more than ten.
+pub const DEFAULT_MAX_PERMISSIONS: u32 = 64;
+/// Default `max-peers-per-request`: browsers send one XOR-PEER-ADDRESS per CreatePermission.
+pub const DEFAULT_MAX_PEERS_PER_REQUEST: u32 = 16;
+/// Default `max-channels`: one per peer transport address.
+pub const DEFAULT_MAX_CHANNELS: u32 = 64;
+/// Default `unauthenticated-rate-limit`: answers per second per source address and worker.
+pub const DEFAULT_UNAUTHENTICATED_RATE_LIMIT: u32 = 100;
 /// Highest channel number RFC 8656 §12 allows; RFC 5766 allowed up to 0x7FFF.
 pub const MAX_CHANNEL_NUMBER: u16 = 0x4FFF;
 pub const MAX_CHANNEL_NUMBER_RFC5766: u16 = 0x7FFF;
@@ -50,8 +76,9 @@ pub struct ExternalIp {
 }
 
 impl CoreConfig {
-    /// The RFC's lifetimes, no quotas, no SOFTWARE, no external or alternate addresses; the
-    /// server crate's configuration sets the fields it has keys for.
+    /// The RFC's lifetimes, the default per-allocation limits and unauthenticated rate limit, no
+    /// quotas, no bandwidth limits, no SOFTWARE, no external or alternate addresses; the server
+    /// crate's configuration sets the fields it has keys for.
     pub fn new(auth: Authenticator, policy: PeerPolicy) -> Self {
         CoreConfig {
             auth,
@@ -63,7 +90,14 @@ impl CoreConfig {
             stale_nonce_secs: STALE_NONCE_SECS,
             max_channel_number: MAX_CHANNEL_NUMBER,
             user_quota: 0,
+            max_allocations_per_ip: 0,
             total_quota: 0,
+            max_permissions: DEFAULT_MAX_PERMISSIONS,
+            max_peers_per_request: DEFAULT_MAX_PEERS_PER_REQUEST,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_bps: 0,
+            bps_capacity: 0,
+            unauthenticated_rate_limit: DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
             software: None,
             external_ips: Vec::new(),
             alternate_servers: Vec::new(),

@@ -40,6 +40,31 @@ crate::declare_metrics! {
         redirects: counter
             = "tern_redirects",
               "Allocates answered 300 Try Alternate (draining or at total-quota, with alternate-server)";
+        /// Every refusal by a configured limit, under the key that set it.
+        limit_refusals: counter [Limit]
+            = "tern_limit_refusals",
+              "Requests refused by a limit (486 or 508), by the configuration key that set it";
+        own_address_refusals: counter
+            = "tern_own_address_refusals",
+              "Peers refused or datagrams dropped for being one of tern's own addresses at a port outside the relay range";
+        bandwidth_dropped_packets: counter [Direction, BandwidthLimit]
+            = "tern_bandwidth_dropped_packets",
+              "Relayed datagrams dropped by max-bps or bps-capacity, by direction and limit";
+        bandwidth_dropped_bytes: counter [Direction, BandwidthLimit]
+            = "tern_bandwidth_dropped_bytes",
+              "Payload bytes dropped by max-bps or bps-capacity, by direction and limit";
+        unauthenticated_dropped: counter
+            = "tern_unauthenticated_dropped",
+              "Unauthenticated UDP requests left unanswered: their source exceeded unauthenticated-rate-limit";
+        reload_revocations: counter [Revoked]
+            = "tern_reload_revocations",
+              "Permissions and channels removed because a reloaded configuration denies their peer";
+        allocations_revoked: counter
+            = "tern_allocations_revoked",
+              "Allocations ended because their credential no longer verifies (its secret or user was removed)";
+        log_lines_suppressed: counter [LogKind]
+            = "tern_log_lines_suppressed",
+              "Log lines left out by the log rate limit, by kind";
     }
 }
 
@@ -154,6 +179,47 @@ crate::label_set! {
         Expired = "expired",
         TtlTooLong = "ttl_too_long",
         BadIntegrity = "bad_integrity",
+        /// USERNAME, REALM or NONCE longer than RFC 8489 allows (answered 400).
+        Oversized = "oversized",
+    }
+}
+
+crate::label_set! {
+    /// The limit that refused a request (the `limit` label): the configuration key that sets it.
+    pub enum Limit: "limit" {
+        MaxPermissions = "max-permissions",
+        MaxPeersPerRequest = "max-peers-per-request",
+        MaxChannels = "max-channels",
+        MaxAllocationsPerIp = "max-allocations-per-ip",
+        UserQuota = "user-quota",
+        TotalQuota = "total-quota",
+        /// RFC 6062 peer connections per TCP allocation (`MAX_PEER_CONNECTIONS`, not a key).
+        TcpPeerConnections = "tcp-peer-connections",
+    }
+}
+
+crate::label_set! {
+    /// Which bandwidth limit dropped a datagram (the `limit` label).
+    pub enum BandwidthLimit: "limit" {
+        MaxBps = "max-bps",
+        BpsCapacity = "bps-capacity",
+    }
+}
+
+crate::label_set! {
+    /// What a reload took away (the `kind` label).
+    pub enum Revoked: "kind" {
+        Permission = "permission",
+        Channel = "channel",
+    }
+}
+
+crate::label_set! {
+    /// The kinds of log line that are rate limited (the `kind` label).
+    pub enum LogKind: "kind" {
+        AuthFailure = "auth_failure",
+        PeerDenied = "peer_denied",
+        LimitRefusal = "limit_refusal",
     }
 }
 

@@ -9,8 +9,9 @@
 //! - `request`: requests decoded into typed messages; `auth`: authentication and challenges.
 //! - `allocate`, `requests` (Binding, Refresh, CreatePermission, ChannelBind), `rfc6062`
 //!   (TCP relays), `data` (ChannelData, Send, peer datagrams).
-//! - `reply`: writing and counting responses; `error_code`: the error codes;
-//!   `metrics`: the counters, declared once.
+//! - `reply`: writing and counting responses (and rate limiting unauthenticated ones);
+//!   `error_code`: the error codes; `metrics`: the counters, declared once; `log_gate`: rate
+//!   limiting the log lines clients can provoke.
 
 mod admin;
 mod allocate;
@@ -19,6 +20,7 @@ mod auth;
 mod core_config;
 mod data;
 mod error_code;
+mod log_gate;
 pub mod metrics;
 mod nat_discovery;
 mod reply;
@@ -31,11 +33,14 @@ mod types;
 
 pub use allocation::AllocationInfo;
 pub use core_config::{
-    CoreConfig, ExternalIp, CHANNEL_LIFETIME, DEFAULT_ALLOCATE_LIFETIME, MAX_ALLOCATE_LIFETIME,
-    MAX_CHANNEL_NUMBER, MAX_CHANNEL_NUMBER_RFC5766, PERMISSION_LIFETIME, STALE_NONCE_SECS,
+    CoreConfig, ExternalIp, CHANNEL_LIFETIME, DEFAULT_ALLOCATE_LIFETIME, DEFAULT_MAX_CHANNELS,
+    DEFAULT_MAX_PEERS_PER_REQUEST, DEFAULT_MAX_PERMISSIONS, DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
+    MAX_ALLOCATE_LIFETIME, MAX_CHANNEL_NUMBER, MAX_CHANNEL_NUMBER_RFC5766, PERMISSION_LIFETIME,
+    STALE_NONCE_SECS,
 };
 pub use error_code::ErrorCode;
-pub use metrics::Counters;
+pub use log_gate::LINES_PER_SECOND as LOG_LINES_PER_SECOND;
+pub use metrics::{Counters, Direction};
 pub use nat_discovery::NatDiscovery;
 pub use server::Server;
 pub use types::{

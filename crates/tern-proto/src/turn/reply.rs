@@ -2,7 +2,7 @@
 //! under its method and result. Every response goes through [`Server::respond`].
 
 use super::metrics::Outcome;
-use super::{ErrorCode, FiveTuple, Output, Server};
+use super::{ErrorCode, FiveTuple, Output, Server, Transport};
 use crate::auth::LongTermKey;
 use crate::stun::{attr, Class, IntegrityKind, Message, MessageWriter, Method, TransactionId};
 
@@ -61,6 +61,10 @@ impl<'k> Answer<'k> {
 impl Server {
     /// Writes the response: success, or an error with its ERROR-CODE first; then `body`, then
     /// SOFTWARE, integrity and fingerprint. Counts it under its method and outcome.
+    ///
+    /// A response without integrity answers a request that proved nothing (Binding, challenges,
+    /// errors before authentication). Over UDP its source may be spoofed, so such responses are
+    /// rate limited per source (`unauthenticated-rate-limit`) and kept small: no SOFTWARE.
     pub(super) fn respond<'a>(
         &mut self,
         out: &'a mut [u8],
@@ -68,6 +72,13 @@ impl Server {
         outcome: Outcome,
         body: impl FnOnce(&mut MessageWriter<'a>),
     ) -> Output<'a> {
+        let authenticated = answer.seal.key.is_some();
+        if !authenticated
+            && answer.tuple.transport == Transport::Udp
+            && !self.admit_unauthenticated(answer.tuple.client.ip())
+        {
+            return Output::Nothing;
+        }
         let class = match outcome {
             Outcome::Success => Class::Success,
             Outcome::Error(_) => Class::Error,
@@ -77,7 +88,7 @@ impl Server {
             add_error_code(&mut writer, code);
         }
         body(&mut writer);
-        if let Some(software) = &self.config.software {
+        if let (Some(software), true) = (&self.config.software, authenticated) {
             writer.add_bytes(attr::SOFTWARE, software.as_bytes());
         }
         match (answer.seal.key, answer.seal.sha256) {

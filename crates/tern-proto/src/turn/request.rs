@@ -216,23 +216,29 @@ impl Refresh {
 pub(crate) struct CreatePermission<'m> {
     attributes: AttrIter<'m>,
     tid: &'m TransactionId,
+    count: usize,
 }
 
 impl<'m> CreatePermission<'m> {
     pub fn decode(msg: &Message<'m>) -> Result<CreatePermission<'m>, DecodeError> {
         let attributes = msg.attributes();
-        // A cap on the number of peers per request would be checked here, with this count.
-        let peers = attributes
+        let count = attributes
             .clone()
             .filter(|a| a.typ == attr::XOR_PEER_ADDRESS)
             .count();
-        if peers == 0 {
+        if count == 0 {
             return Err(DecodeError::Missing(attr::XOR_PEER_ADDRESS));
         }
         Ok(CreatePermission {
             attributes,
             tid: msg.transaction_id(),
+            count,
         })
+    }
+
+    /// How many XOR-PEER-ADDRESS attributes the request carries (`max-peers-per-request`).
+    pub fn count(&self) -> usize {
+        self.count
     }
 
     /// Each XOR-PEER-ADDRESS in order, decoded or not.

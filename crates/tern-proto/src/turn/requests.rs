@@ -1,13 +1,16 @@
 //! Binding (RFC 8489, RFC 5780), and the requests on an existing allocation: Refresh,
 //! CreatePermission and ChannelBind (RFC 8656 §8, §9, §11).
 
-use super::metrics::Outcome;
+use super::allocation::Permission;
+use super::metrics::{Limit, LogKind, Outcome};
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute, CreatePermission};
 use super::server::Removal;
 use super::{ErrorCode, FiveTuple, Output, RelayTransport, Server, Transport};
+use crate::metrics::LabelSet;
+use crate::policy::Verdict;
 use crate::stun::{attr, Message};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
@@ -81,7 +84,7 @@ impl Server {
                 let allocation = &mut self.allocations[index];
                 allocation.expires = now + lifetime;
                 debug!(client = %answer.tuple.client, lifetime = lifetime.as_secs(), "allocation refreshed");
-                self.reschedule(index);
+                self.reschedule(index, now + lifetime);
                 lifetime
             }
         };
@@ -98,22 +101,45 @@ impl Server {
         answer: &Answer<'_>,
         out: &'a mut [u8],
     ) -> Output<'a> {
+        let max_peers = self.config.max_peers_per_request;
+        if max_peers != 0 && create.count() > max_peers as usize {
+            return self.refuse_by_limit(out, answer, Limit::MaxPeersPerRequest);
+        }
         // All-or-nothing: every XOR-PEER-ADDRESS is checked before any permission is installed.
         for peer in create.peers() {
             let refusal = match peer {
                 Err(error) => Some(error.code()),
-                Ok(peer) => self.check_peer(index, peer),
+                Ok(peer) => self.check_peer_ip(index, peer.ip()),
             };
             if let Some(code) = refusal {
                 return self.reply_error(out, answer, code);
             }
         }
+        // Each peer not yet permitted counts (one named twice in a request counts twice).
+        let allocation = &self.allocations[index];
+        let new = create
+            .peers()
+            .flatten()
+            .filter(|peer| !allocation.has_permission(peer.ip()))
+            .count();
+        let max = self.config.max_permissions as usize;
+        if max != 0 && new > 0 && allocation.permissions.len() + new > max {
+            return self.refuse_by_limit(out, answer, Limit::MaxPermissions);
+        }
         let expires = now + self.config.permission_lifetime;
+        let policy = &self.config.policy;
         let allocation = &mut self.allocations[index];
         for peer in create.peers().flatten() {
-            allocation.install_permission(peer.ip(), expires);
+            let relay_ports_only = policy.relay_ports_only(peer.ip());
+            allocation.install_permission(
+                peer.ip(),
+                Permission {
+                    expires,
+                    relay_ports_only,
+                },
+            );
         }
-        self.reschedule(index);
+        self.reschedule(index, expires);
         self.reply_success(out, answer)
     }
 
@@ -133,39 +159,91 @@ impl Server {
         if let Some(code) = self.check_peer(index, peer) {
             return self.reply_error(out, answer, code);
         }
-        let allocation = &mut self.allocations[index];
+        let allocation = &self.allocations[index];
         // Re-binding rules (RFC 8656 §11.2): a number stays with its peer and a peer with its number.
-        let number_taken = allocation
-            .channel_by_number(number)
-            .is_some_and(|c| c.peer != peer);
+        let bound = allocation.channel_by_number(number).map(|c| c.peer);
+        let number_taken = bound.is_some_and(|bound| bound != peer);
         let peer_taken = allocation
-            .channel_by_peer(peer)
-            .is_some_and(|c| c.number != number);
+            .channel_number_of(peer)
+            .is_some_and(|bound| bound != number);
         if number_taken || peer_taken {
             debug!(client = %answer.tuple.client, number = format_args!("{number:#06x}"), %peer, "channel bind refused: re-binding conflict");
             return self.reply_error(out, answer, ErrorCode::BadRequest);
         }
-        allocation.bind_channel(number, peer, now + self.config.channel_lifetime);
-        allocation.install_permission(peer.ip(), now + self.config.permission_lifetime);
-        self.reschedule(index);
+        let max = self.config.max_channels as usize;
+        if bound.is_none() && max != 0 && allocation.channels.len() >= max {
+            return self.refuse_by_limit(out, answer, Limit::MaxChannels);
+        }
+        // The channel's permission counts against max-permissions like any other.
+        let max = self.config.max_permissions as usize;
+        if !allocation.has_permission(peer.ip()) && max != 0 && allocation.permissions.len() >= max
+        {
+            return self.refuse_by_limit(out, answer, Limit::MaxPermissions);
+        }
+        let channel_expires = now + self.config.channel_lifetime;
+        let permission = Permission {
+            expires: now + self.config.permission_lifetime,
+            relay_ports_only: self.config.policy.relay_ports_only(peer.ip()),
+        };
+        let allocation = &mut self.allocations[index];
+        allocation.bind_channel(number, peer, channel_expires);
+        allocation.install_permission(peer.ip(), permission);
+        self.reschedule(index, channel_expires.min(permission.expires));
         self.reply_success(out, answer)
     }
 
-    /// The error code a peer address earns, if any: family mismatch (443) or policy (403).
-    pub(super) fn check_peer(&mut self, index: usize, peer: SocketAddr) -> Option<ErrorCode> {
+    /// 508 (Insufficient Capacity) for a request past a per-allocation limit, counted under it.
+    pub(super) fn refuse_by_limit<'a>(
+        &mut self,
+        out: &'a mut [u8],
+        answer: &Answer<'_>,
+        limit: Limit,
+    ) -> Output<'a> {
+        self.counters.limit_refusals[limit.index()] += 1;
+        if let Some(suppressed) = self.log_gate(LogKind::LimitRefusal) {
+            info!(client = %answer.tuple.client, limit = Limit::LABEL.values[limit.index()], suppressed, "request refused: limit reached");
+        }
+        self.reply_error(out, answer, ErrorCode::InsufficientCapacity)
+    }
+
+    /// The error code a peer IP earns for a permission, if any: family mismatch (443) or policy
+    /// (403). One of tern's own addresses may have a permission; its ports are judged where they
+    /// appear ([`Server::check_peer`], and per datagram).
+    pub(super) fn check_peer_ip(&mut self, index: usize, peer: IpAddr) -> Option<ErrorCode> {
         let allocation = &self.allocations[index];
         if !allocation.has_relay() {
             return None; // not reachable: requests wait for the relay to be bound
         }
         // RFC 8656 §9.2/§11.2: the peer's family must be one the allocation relays.
-        if !allocation.serves(peer.ip()) {
+        if !allocation.serves(peer) {
             return Some(ErrorCode::PeerAddressFamilyMismatch);
         }
-        if !self.config.policy.permits(peer.ip()) {
+        if !self.config.policy.permits(peer) {
             self.counters.peers_denied += 1;
-            info!(client = %self.allocations[index].tuple.client, peer = %peer.ip(), "peer denied by policy");
+            if let Some(suppressed) = self.log_gate(LogKind::PeerDenied) {
+                info!(client = %self.allocations[index].tuple.client, %peer, suppressed, "peer denied by policy");
+            }
             return Some(ErrorCode::Forbidden);
         }
         None
+    }
+
+    /// The error code a peer transport address earns (ChannelBind, Connect), if any: family
+    /// mismatch (443), policy (403), or one of tern's own addresses outside the relay port range
+    /// (403).
+    pub(super) fn check_peer(&mut self, index: usize, peer: SocketAddr) -> Option<ErrorCode> {
+        if let Some(code) = self.check_peer_ip(index, peer.ip()) {
+            return Some(code);
+        }
+        if !self.allocations[index].has_relay()
+            || self.config.policy.judge(peer) != Verdict::OwnHost
+        {
+            return None;
+        }
+        self.counters.own_address_refusals += 1;
+        if let Some(suppressed) = self.log_gate(LogKind::PeerDenied) {
+            info!(client = %self.allocations[index].tuple.client, %peer, suppressed, "peer denied: one of tern's own addresses, outside the relay port range");
+        }
+        Some(ErrorCode::Forbidden)
     }
 }

@@ -1,8 +1,8 @@
 //! TURN over TCP relays (RFC 6062): Connect and its deferred answer, peers connecting in
 //! (ConnectionAttempt), ConnectionBind on a data connection, and peer connections ending.
 
-use super::allocation::{PeerConnection, PendingConnect};
-use super::metrics::Outcome;
+use super::allocation::{PeerConnection, PendingConnect, Permission};
+use super::metrics::{Limit, Outcome};
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute};
 use super::server::live;
@@ -38,15 +38,28 @@ impl Server {
             return self.reply_error(out, answer, ErrorCode::ConnectionAlreadyExists);
         }
         if connections.len() >= MAX_PEER_CONNECTIONS {
-            return self.reply_error(out, answer, ErrorCode::InsufficientCapacity);
+            return self.refuse_by_limit(out, answer, Limit::TcpPeerConnections);
         }
         let Some(id) = self.next_connection_id(index) else {
             return self.reply_error(out, answer, ErrorCode::InsufficientCapacity);
         };
+        let allocation = &self.allocations[index];
+        let max = self.config.max_permissions as usize;
+        if !allocation.has_permission(peer.ip()) && max != 0 && allocation.permissions.len() >= max
+        {
+            return self.refuse_by_limit(out, answer, Limit::MaxPermissions);
+        }
         let expires = now + self.config.permission_lifetime;
+        let relay_ports_only = self.config.policy.relay_ports_only(peer.ip());
         let allocation = &mut self.allocations[index];
         // The peer may connect back to the relayed address: Connect installs the permission.
-        allocation.install_permission(peer.ip(), expires);
+        allocation.install_permission(
+            peer.ip(),
+            Permission {
+                expires,
+                relay_ports_only,
+            },
+        );
         allocation.peer_connections.push(PeerConnection {
             id,
             peer,
@@ -60,7 +73,7 @@ impl Server {
             index,
             generation: allocation.generation,
         };
-        self.reschedule(index);
+        self.reschedule(index, expires);
         self.events.push_back(Event::ConnectPeer {
             alloc,
             peer,
@@ -138,6 +151,7 @@ impl Server {
         peer: SocketAddr,
         out: &'a mut [u8],
     ) -> Option<(u32, &'a [u8])> {
+        let policy = &self.config.policy;
         let allocation = live(&mut self.allocations, alloc)?;
         if allocation.relay_transport != RelayTransport::Tcp
             || !allocation.has_permission(peer.ip())
@@ -145,7 +159,11 @@ impl Server {
         {
             return None;
         }
-        if !self.config.policy.permits(peer.ip()) {
+        if !allocation.permits(peer, |port| policy.is_relay_port(port)) {
+            self.counters.own_address_refusals += 1;
+            return None;
+        }
+        if !policy.permits(peer.ip()) {
             self.counters.peers_denied += 1;
             return None;
         }

@@ -3,7 +3,8 @@
 
 use super::allocation::Allocation;
 use super::core_config::CoreConfig;
-use super::metrics::Counters;
+use super::log_gate::LogGate;
+use super::metrics::{Counters, LogKind, Revoked};
 use super::nat_discovery::NatDiscovery;
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute};
@@ -11,12 +12,12 @@ use super::timers::TimerQueue;
 use super::{AllocId, ErrorCode, Event, FiveTuple, Output};
 use crate::auth::NonceMint;
 use crate::metrics::LabelSet;
-use crate::policy::Quotas;
+use crate::policy::{ByteBucket, Quotas, SourceLimiter, Verdict};
 use crate::stun::{self, Class, FrameKind, Message, Method, TransactionId};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,7 @@ pub struct Server {
     pub(super) allocations: Slab<Allocation>,
     /// FxHash: looked up on every ChannelData packet, where SipHash was a visible cost.
     pub(super) by_tuple: FxHashMap<FiveTuple, usize>,
-    timers: TimerQueue,
+    pub(super) timers: TimerQueue,
     pub(super) events: VecDeque<Event>,
     pub(super) clock: WallClock,
     pub(super) next_generation: u32,
@@ -56,7 +57,23 @@ pub struct Server {
     pub(super) nat: Arc<NatDiscovery>,
     /// Round-robin position in `alternate-server`, per client address family.
     pub(super) next_alternate: [usize; 2],
+    /// The latest `now` an input brought: what rate limits and log gates measure against.
+    pub(super) now: Instant,
+    /// Buckets of answers to unauthenticated UDP requests, per source address. Made on first
+    /// use, so stream connections (a server each, and no spoofing) never carry one.
+    source_limiter: Option<SourceLimiter>,
+    pub(super) log_gates: [LogGate; LogKind::COUNT],
+    /// This server's share of `bps-capacity`, as a divisor; 0: the capacity does not apply.
+    capacity_share: u32,
+    /// This server's `bps-capacity` buckets, by [`Direction`](super::metrics::Direction).
+    pub(super) capacity: [ByteBucket; 2],
+    /// After a reload: the slab index from which permissions and channels are judged again.
+    revalidate_from: Option<usize>,
 }
+
+/// Allocations whose permissions and channels a reload re-judges per wake-up: with their caps
+/// (`max-permissions`, `max-channels`) this bounds the work between two batches of packets.
+const REVALIDATE_BATCH: usize = 64;
 
 impl Server {
     /// `now_unix` is the wall-clock time at `now`; see [`Server::sync_wall_clock`].
@@ -85,6 +102,27 @@ impl Server {
             draining: Arc::new(AtomicBool::new(false)),
             nat: Arc::new(NatDiscovery::default()),
             next_alternate: [0; 2],
+            now,
+            source_limiter: None,
+            log_gates: Default::default(),
+            capacity_share: 0,
+            capacity: Default::default(),
+            revalidate_from: None,
+        }
+    }
+
+    /// Takes `1/share` of `bps-capacity` for this server's relayed traffic: each of N UDP workers
+    /// takes one share of N (the kernel spreads clients evenly over them), so no bucket is shared
+    /// across cores. 0, the default, leaves this server out of the capacity.
+    pub fn set_capacity_share(&mut self, share: u32) {
+        self.capacity_share = share;
+    }
+
+    /// This server's `bps-capacity` rate in bytes per second; 0 = no limit.
+    pub(super) fn capacity_rate(&self) -> u64 {
+        match (self.config.bps_capacity, self.capacity_share) {
+            (0, _) | (_, 0) => 0,
+            (capacity, share) => (capacity / u64::from(share)).max(1),
         }
     }
 
@@ -100,9 +138,14 @@ impl Server {
         self.nat = nat;
     }
 
-    /// Swaps in a reloaded configuration; live allocations keep their state.
+    /// Swaps in a reloaded configuration. Live allocations keep their state, except what the new
+    /// configuration denies: their permissions and channels are judged again over the next
+    /// wake-ups ([`Server::poll_timeout`] says when), [`REVALIDATE_BATCH`] allocations at a time.
     pub fn set_config(&mut self, config: Arc<CoreConfig>) {
         self.config = config;
+        if !self.allocations.is_empty() {
+            self.revalidate_from = Some(0);
+        }
     }
 
     pub fn config(&self) -> &Arc<CoreConfig> {
@@ -129,6 +172,7 @@ impl Server {
         input: &'a [u8],
         out: &'a mut [u8],
     ) -> Output<'a> {
+        self.now = now;
         match stun::frame_kind(input) {
             FrameKind::ChannelData => self.channel_data_from_client(tuple, input),
             FrameKind::Stun => match Message::parse(input) {
@@ -149,11 +193,13 @@ impl Server {
     /// [`DATA_INDICATION_MAX_PREFIX`]: crate::stun::DATA_INDICATION_MAX_PREFIX
     pub fn handle_peer<'a>(
         &mut self,
+        now: Instant,
         alloc: AllocId,
         peer: SocketAddr,
         buf: &'a mut [u8],
         len: usize,
     ) -> Output<'a> {
+        self.now = now;
         self.peer_data_to_client(alloc, peer, buf, len)
     }
 
@@ -164,12 +210,20 @@ impl Server {
         }
     }
 
+    /// When [`Server::handle_timeout`] is due next: a timer, or at once while a reload is still
+    /// being applied to live allocations.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        match self.revalidate_from {
+            Some(_) => Some(self.now),
+            None => self.timers.next_deadline(),
+        }
     }
 
-    /// Expires allocations, permissions and channels due at `now`.
+    /// Expires allocations, permissions and channels due at `now`, and applies a reload to the
+    /// next batch of live allocations.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.revalidate_batch();
         while let Some((at, index, generation)) = self.timers.pop_due(now) {
             let Some(allocation) = self.allocations.get_mut(index) else {
                 continue;
@@ -183,8 +237,95 @@ impl Server {
             }
             let next = allocation.sweep(now);
             allocation.next_deadline = next;
-            self.timers.schedule(next, index, generation);
+            self.schedule(next, index, generation);
         }
+    }
+
+    /// Files a timer entry. When stale entries (of ended allocations, or deadlines that moved
+    /// earlier) outnumber live ones, the queue is rebuilt from the live allocations, so its size
+    /// follows live state and not the allocations ever made: a rebuild costs O(live) and comes
+    /// only after that many entries went stale, so O(1) amortised.
+    fn schedule(&mut self, at: Instant, index: usize, generation: u32) {
+        self.timers.schedule(at, index, generation);
+        self.compact_timers();
+    }
+
+    /// Rebuilds the timer queue if stale entries outnumber live allocations (checked when an
+    /// entry is filed and when an allocation ends).
+    fn compact_timers(&mut self) {
+        if self.timers.len() > 2 * self.allocations.len() + 64 {
+            let live = self
+                .allocations
+                .iter()
+                .map(|(index, a)| (a.next_deadline, index, a.generation));
+            self.timers.rebuild(live);
+        }
+    }
+
+    /// Judges the permissions and channels of the next [`REVALIDATE_BATCH`] allocations against
+    /// the configuration a reload brought: a peer it denies loses its permission and channels
+    /// (counted in `tern_reload_revocations_total`), and a permission to one of tern's own
+    /// addresses is marked again.
+    fn revalidate_batch(&mut self) {
+        let Some(from) = self.revalidate_from else {
+            return;
+        };
+        let end = from
+            .saturating_add(REVALIDATE_BATCH)
+            .min(self.allocations.capacity());
+        let policy = &self.config.policy;
+        let mut revoked = [0u64; Revoked::COUNT];
+        for index in from..end {
+            let Some(allocation) = self.allocations.get_mut(index) else {
+                continue;
+            };
+            let before = allocation.permissions.len();
+            allocation.permissions.retain(|ip, permission| {
+                permission.relay_ports_only = policy.relay_ports_only(*ip);
+                policy.permits(*ip)
+            });
+            revoked[Revoked::Permission.index()] += (before - allocation.permissions.len()) as u64;
+            let permissions = &allocation.permissions;
+            let numbers = &mut allocation.channel_numbers;
+            allocation.channels.retain(|_, channel| {
+                let kept = policy.judge(channel.peer) == Verdict::Permitted
+                    && permissions.contains_key(&channel.peer.ip());
+                if !kept {
+                    numbers.remove(&channel.peer);
+                    revoked[Revoked::Channel.index()] += 1;
+                }
+                kept
+            });
+        }
+        for (counter, count) in self.counters.reload_revocations.iter_mut().zip(revoked) {
+            *counter += count;
+        }
+        if revoked.iter().any(|&count| count > 0) {
+            debug!(
+                permissions = revoked[Revoked::Permission.index()],
+                channels = revoked[Revoked::Channel.index()],
+                "reload removed what it denies"
+            );
+        }
+        self.revalidate_from = (end < self.allocations.capacity()).then_some(end);
+    }
+
+    /// Whether an answer to an unauthenticated request from `client` may go out (per-source
+    /// token bucket, `unauthenticated-rate-limit`); counts the ones that may not.
+    pub(super) fn admit_unauthenticated(&mut self, client: IpAddr) -> bool {
+        let rate = self.config.unauthenticated_rate_limit;
+        if rate == 0 {
+            return true;
+        }
+        let now = self.now;
+        let limiter = self
+            .source_limiter
+            .get_or_insert_with(|| SourceLimiter::new(now, rand::random()));
+        if limiter.admit(now, client, rate) {
+            return true;
+        }
+        self.counters.unauthenticated_dropped += 1;
+        false
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -311,31 +452,34 @@ impl Server {
         let index = self.allocations.insert(allocation);
         self.by_tuple.insert(tuple, index);
         self.counters.allocations_by_transport[tuple.transport.index()] += 1;
-        self.timers.schedule(expires, index, generation);
+        self.schedule(expires, index, generation);
         AllocId { index, generation }
     }
 
-    /// Files the allocation under an earlier deadline if one appeared; a later one is picked up
-    /// when the current entry fires.
-    pub(super) fn reschedule(&mut self, index: usize) {
+    /// Files the allocation under `deadline` (a permission's, a channel's, its own expiry) if that
+    /// comes before the one it is filed under; a later one is picked up when the current entry
+    /// fires. O(log n), whatever the allocation holds.
+    pub(super) fn reschedule(&mut self, index: usize, deadline: Instant) {
         let allocation = &mut self.allocations[index];
-        let earliest = allocation.earliest_deadline();
-        if earliest < allocation.next_deadline {
-            allocation.next_deadline = earliest;
-            self.timers.schedule(earliest, index, allocation.generation);
+        if deadline < allocation.next_deadline {
+            allocation.next_deadline = deadline;
+            let generation = allocation.generation;
+            self.schedule(deadline, index, generation);
         }
     }
 
     pub(super) fn remove_allocation(&mut self, index: usize, removal: Removal) {
         let allocation = self.allocations.remove(index);
         self.by_tuple.remove(&allocation.tuple);
-        self.quotas.release(&allocation.quota_id);
+        self.quotas
+            .release(&allocation.quota_id, allocation.tuple.client.ip());
         let by_transport =
             &mut self.counters.allocations_by_transport[allocation.tuple.transport.index()];
         *by_transport = by_transport.saturating_sub(1);
         match removal {
             Removal::Expired => self.counters.allocations_expired += 1,
             Removal::Deleted => self.counters.allocations_deleted += 1,
+            Removal::Revoked => self.counters.allocations_revoked += 1,
             Removal::Failed => {}
         }
         debug!(client = %allocation.tuple.client, user = %allocation.username, reason = removal.as_str(), "allocation ended");
@@ -345,6 +489,7 @@ impl Server {
         };
         let relays = allocation.relays.map(|relay| relay.map(|(local, _)| local));
         self.events.push_back(Event::Released { alloc, relays });
+        self.compact_timers();
     }
 }
 
@@ -353,6 +498,8 @@ impl Server {
 pub(super) enum Removal {
     Expired,
     Deleted,
+    /// Its credential no longer verifies: the secret or user was removed.
+    Revoked,
     Failed,
 }
 
@@ -361,6 +508,7 @@ impl Removal {
         match self {
             Removal::Expired => "expired",
             Removal::Deleted => "deleted",
+            Removal::Revoked => "credential revoked",
             Removal::Failed => "relay bind failed",
         }
     }

@@ -20,7 +20,7 @@ struct Harness {
     now: Instant,
     tuple: FiveTuple,
     out: Vec<u8>,
-    next_tid: u8,
+    next_tid: u32,
     username: String,
     key: [u8; 16],
     nonce: String,
@@ -47,6 +47,8 @@ struct Config {
     total_quota: u32,
     external_ips: Vec<ExternalIp>,
     alternate_servers: Vec<SocketAddr>,
+    /// Anything else, set on the built core configuration.
+    adjust: fn(&mut CoreConfig),
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             total_quota: 0,
             external_ips: Vec::new(),
             alternate_servers: Vec::new(),
+            adjust: |_| {},
         }
     }
 }
@@ -69,7 +72,7 @@ impl Config {
     fn core(&self) -> CoreConfig {
         let auth = Authenticator::new(&self.realm, &self.static_auth_secrets, &self.users, 86400);
         let policy = PeerPolicy::new(&[], &[], self.allow_loopback_peers);
-        CoreConfig {
+        let mut core = CoreConfig {
             max_channel_number: if self.allow_rfc5766_channel_numbers {
                 MAX_CHANNEL_NUMBER_RFC5766
             } else {
@@ -80,7 +83,9 @@ impl Config {
             external_ips: self.external_ips.clone(),
             alternate_servers: self.alternate_servers.clone(),
             ..CoreConfig::new(auth, policy)
-        }
+        };
+        (self.adjust)(&mut core);
+        core
     }
 }
 
@@ -133,7 +138,11 @@ impl Harness {
 
     fn tid(&mut self) -> [u8; 12] {
         self.next_tid += 1;
-        [self.next_tid; 12]
+        let mut tid = [0u8; 12];
+        for chunk in tid.chunks_mut(4) {
+            chunk.copy_from_slice(&self.next_tid.to_be_bytes());
+        }
+        tid
     }
 
     /// Builds a request; `auth` adds USERNAME/REALM/NONCE and MESSAGE-INTEGRITY with the harness key.
@@ -262,7 +271,7 @@ impl Harness {
         };
         match self
             .server
-            .handle_peer(alloc, peer, &mut buf, payload.len())
+            .handle_peer(self.now, alloc, peer, &mut buf, payload.len())
         {
             Output::ToClient { data, .. } => Some(data.to_vec()),
             Output::Nothing => None,
@@ -1673,3 +1682,5 @@ fn connect_and_connection_bind_are_counted_under_their_own_labels() {
     let total: u64 = h.server.counters().requests.iter().flatten().sum();
     assert_eq!(total, 2 + 3 + 1);
 }
+
+mod hardening;
