@@ -35,6 +35,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `log-format`: how each log line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one event per line.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message` and the event's fields).
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 impl Config {
     /// The slice of this configuration the TURN core reads (swapped in whole on reload).
     pub fn core(&self) -> CoreConfig {

@@ -4,6 +4,6 @@ mod peer;
 mod quota;
 mod range;
 
-pub use peer::{default_denied, normalize, PeerPolicy};
+pub use peer::{default_denied, default_denied_range, normalize, Denial, PeerPolicy};
 pub use quota::{QuotaError, Quotas};
 pub use range::{IpRange, RangeParseError};

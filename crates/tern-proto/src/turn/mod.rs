@@ -21,6 +21,7 @@ mod data;
 mod error_code;
 pub mod metrics;
 mod nat_discovery;
+mod refusal;
 mod reply;
 mod request;
 mod requests;

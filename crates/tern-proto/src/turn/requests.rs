@@ -2,6 +2,7 @@
 //! CreatePermission and ChannelBind (RFC 8656 §8, §9, §11).
 
 use super::metrics::Outcome;
+use super::refusal;
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute, CreatePermission};
 use super::server::Removal;
@@ -9,7 +10,7 @@ use super::{ErrorCode, FiveTuple, Output, RelayTransport, Server, Transport};
 use crate::stun::{attr, Message};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::debug;
 
 impl Server {
     pub(super) fn binding<'a>(
@@ -161,9 +162,9 @@ impl Server {
         if !allocation.serves(peer.ip()) {
             return Some(ErrorCode::PeerAddressFamilyMismatch);
         }
-        if !self.config.policy.permits(peer.ip()) {
+        if let Some(denial) = self.config.policy.denial(peer.ip()) {
             self.counters.peers_denied += 1;
-            info!(client = %self.allocations[index].tuple.client, peer = %peer.ip(), "peer denied by policy");
+            refusal::peer(self.allocations[index].tuple.client, peer.ip(), denial);
             return Some(ErrorCode::Forbidden);
         }
         None
