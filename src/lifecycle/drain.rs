@@ -98,8 +98,15 @@ mod tests {
             }
         );
         assert_eq!(drain.step(at(7), 7), Step::Wait, "too soon again");
-        assert_eq!(drain.step(at(11), 8), Step::Wait, "no change since the report");
-        assert!(matches!(drain.step(at(12), 6), Step::Report { live: 6, .. }));
+        assert_eq!(
+            drain.step(at(11), 8),
+            Step::Wait,
+            "no change since the report"
+        );
+        assert!(matches!(
+            drain.step(at(12), 6),
+            Step::Report { live: 6, .. }
+        ));
     }
 
     #[test]
