@@ -6,12 +6,14 @@
 # - clang, libbpf-dev: build crates/tern-xdp's XDP program (clang -target bpf, <bpf/bpf_helpers.h>);
 #   iproute2 and ethtool: its tests' network namespaces and veth settings.
 # - curl, git: tests/readme.rs runs the README's commands as written on a fresh clone.
+# - nftables: tests/nat.rs puts clients behind NATs (masquerading) in network namespaces.
 set -euo pipefail
 
 # package:command it provides. The command is what the tests need; checking it (rather than
 # dpkg's records, which still list a removed package's config files) tells what is really there.
 packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git
-  clang:clang libbpf-dev:/usr/include/bpf/bpf_helpers.h iproute2:ip ethtool:ethtool)
+  clang:clang libbpf-dev:/usr/include/bpf/bpf_helpers.h iproute2:ip ethtool:ethtool
+  nftables:nft)
 missing=()
 for entry in "${packages[@]}"; do
   # A command name, or the path of a file the package installs (headers).
@@ -39,3 +41,4 @@ command -v turnutils_uclient >/dev/null
 command -v chromium >/dev/null
 command -v clang >/dev/null
 test -e /usr/include/bpf/bpf_helpers.h
+command -v nft >/dev/null

@@ -5,6 +5,8 @@
 pub mod config;
 pub mod credentials;
 pub mod http;
+pub mod lifecycle;
+pub mod logging;
 pub mod net;
 
 pub use tern_proto::{auth, metrics, policy, stun, turn};

@@ -10,6 +10,7 @@ use tern::config::{
 };
 use tern::credentials::{ice_server_json, mint};
 use tern::http::{HttpSettings, HttpState};
+use tern::lifecycle::{self, Generated, Running};
 use tern::net::tls::CertStore;
 use tern::net::{PortPool, RelayPorts, StreamDeps, StreamService, UdpService};
 use tern::policy::Quotas;
@@ -35,9 +36,10 @@ fn main() -> ExitCode {
         Ok(certs) => certs,
         Err(error) => return configuration_error(&error),
     };
-    if let Err(error) = init_logging(&config) {
+    if let Err(error) = tern::logging::init(&config) {
         return configuration_error(&error);
     }
+    lifecycle::raise_open_file_limit(&config);
     for warning in &loaded.import.warnings {
         warn!("{warning}");
     }
@@ -196,7 +198,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     let deps = StreamDeps {
         core,
         nonces,
-        quotas,
+        quotas: quotas.clone(),
         ports: ports.clone(),
         draining: draining.clone(),
     };
@@ -264,9 +266,11 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         streams: streams.as_ref(),
         certs: certs.as_deref(),
         http: &http,
+        quotas: &quotas,
         started: &config,
+        generated: &generated,
     };
-    runtime.block_on(wait_for_signals(cli, running, &generated))?;
+    runtime.block_on(lifecycle::run(&cli.serve, running))?;
     info!("shutting down");
     http.ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -283,102 +287,6 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         udp.shutdown();
     }
     Ok(())
-}
-
-/// What the zero-config run made up at start; reloads keep using it while the file still
-/// configures none.
-struct Generated {
-    secret: Option<String>,
-    api_key: Option<String>,
-}
-
-impl Generated {
-    fn apply(&self, config: &mut Config) {
-        if let (Some(secret), true) = (
-            &self.secret,
-            config.static_auth_secrets.is_empty() && config.users.is_empty(),
-        ) {
-            config.static_auth_secrets.push(Secret(secret.clone()));
-            if let (Some(key), true) = (&self.api_key, config.api_keys.is_empty()) {
-                config.api_keys.push(Secret(key.clone()));
-            }
-        }
-    }
-}
-
-/// The services a reload or shutdown reaches.
-#[derive(Clone, Copy)]
-struct Running<'a> {
-    udp: Option<&'a UdpService>,
-    streams: Option<&'a StreamService>,
-    certs: Option<&'a CertStore>,
-    http: &'a HttpState,
-    /// The configuration started with: restart-only keys keep these values.
-    started: &'a Config,
-}
-
-/// Runs until SIGINT/SIGTERM; SIGHUP reloads the config file (a bad file keeps the old config)
-/// and the TLS certificate; SIGUSR2 (coTURN's signal) reloads only the certificate.
-async fn wait_for_signals(
-    cli: &Cli,
-    running: Running<'_>,
-    generated: &Generated,
-) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut user2 = signal(SignalKind::user_defined2())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = user2.recv() => {
-                if let Some(certs) = running.certs {
-                    let _ = certs.reload(); // logs the outcome
-                }
-            }
-            _ = hangup.recv() => {
-                match config::load(&cli.serve) {
-                    Ok(mut config) => {
-                        generated.apply(&mut config);
-                        reload(running, &config).await;
-                        let waiting = config::restart_keys_changed(running.started, &config);
-                        if waiting.is_empty() {
-                            info!("configuration reloaded");
-                        } else {
-                            warn!(keys = %waiting.join(", "), "configuration reloaded; these keys change only on restart and keep their running values");
-                        }
-                    }
-                    Err(error) => warn!(%error, "configuration reload refused; the running configuration stays"),
-                }
-                if let Some(certs) = running.certs {
-                    let _ = certs.reload(); // logs the outcome
-                }
-            }
-        }
-    }
-}
-
-/// Hands a reloaded configuration to every service. Relay workers confirm before the HTTP
-/// endpoint signs with new secrets, so a credential minted right after a rotation verifies.
-async fn reload(running: Running<'_>, config: &Config) {
-    // The host's addresses are read again: an interface may have come or gone.
-    let core = Arc::new(config.core_on_host(&tern::net::host_addresses()));
-    if let Some(streams) = running.streams {
-        streams.reload(core.clone());
-    }
-    if let Some(udp) = running.udp {
-        udp.reload(core);
-        let control = udp.control();
-        let synced =
-            tokio::task::spawn_blocking(move || control.sync(std::time::Duration::from_secs(2)))
-                .await
-                .unwrap_or(false);
-        if !synced {
-            warn!("a relay worker did not confirm the reload within 2 s");
-        }
-    }
-    running.http.reload(HttpSettings::from_config(config));
 }
 
 fn print_first_run_banner(secret: &str, api_key: Option<&str>, config: &Config) {
@@ -424,41 +332,4 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Logs go to standard error (unless `no-stdout-log`) and to `log-file` (appended; `stdout`
-/// means standard output); `RUST_LOG`, when set, overrides `log-level`.
-fn init_logging(config: &Config) -> Result<(), ConfigError> {
-    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let file = match &config.log_file {
-        Some(path) if path.as_os_str() == "stdout" => Some(BoxMakeWriter::new(std::io::stdout)),
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|error| invalid("log-file", path, format!("cannot open: {error}")))?;
-            Some(BoxMakeWriter::new(Mutex::new(file)))
-        }
-        None => None,
-    };
-    let writer = match (file, config.no_stdout_log) {
-        (Some(file), true) => file,
-        (Some(file), false) => BoxMakeWriter::new(std::io::stderr.and(file)),
-        (None, false) => BoxMakeWriter::new(std::io::stderr),
-        (None, true) => BoxMakeWriter::new(std::io::sink),
-    };
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(writer);
-    if config.log_file.is_some() {
-        subscriber.with_ansi(false).init();
-    } else {
-        subscriber.init();
-    }
-    Ok(())
 }

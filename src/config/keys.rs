@@ -6,7 +6,7 @@ use super::shape::{
     int, Accepted, Arity, Count, Input, Limit, List, Optional, Secrets, Shape, Switch, Text, Users,
 };
 use super::values::{self};
-use super::{AllocationLimit, ConfigError, ExternalIp, Secret};
+use super::{AllocationLimit, ConfigError, ExternalIp, LogFormat, Secret};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use crate::turn::{
@@ -194,6 +194,9 @@ config_keys! {
     /// Servers for 300 Try Alternate while draining or at total-quota, IP:PORT or [IPv6]:PORT; unset = 486 instead
     "alternate-server" alternate_servers: Vec<SocketAddr> = Vec::new();
         List(values::server_address), Live, value_name = "ADDR", coturn = &["alternate-server"];
+    /// Seconds SIGTERM drains before stopping (new Allocates refused, live ones relay until they end); 0 = stop at once
+    "drain-timeout" drain_timeout: u32 = 0;
+        int::<u32>(), Live, value_name = "SECONDS";
     /// Addresses relay sockets bind to; unset = the address the client reached
     "relay-ip" relay_ips: Vec<IpAddr> = Vec::new();
         List(values::ip), Restart, value_name = "IP", coturn = &["relay-ip"];
@@ -284,6 +287,9 @@ config_keys! {
     /// Log filter, as for RUST_LOG (e.g. info,tern::auth=debug)
     "log-level" log_level: String = "info".to_string();
         Text(values::text), Restart, value_name = "FILTER";
+    /// Log line format: text (human-readable) or json (one object per line)
+    "log-format" log_format: LogFormat = LogFormat::Text;
+        Text(values::log_format), Restart, value_name = "text|json";
     /// File to append logs to (as well as standard error, unless no-stdout-log), or stdout; unset = none
     "log-file" log_file: Option<PathBuf> = None;
         Optional(values::path), Restart, value_name = "PATH", coturn = &["log-file"];

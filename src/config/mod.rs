@@ -69,6 +69,24 @@ impl fmt::Display for AllocationLimit {
     }
 }
 
+/// `log-format`: how each log line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one event per line.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message` and the event's fields).
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 impl Config {
     /// Relay ports in `min-port..=max-port`.
     pub fn relay_port_count(&self) -> u32 {

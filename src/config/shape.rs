@@ -3,7 +3,7 @@
 //! written back as TOML. The key table ([`super::keys`]) gives each key one shape.
 
 use super::values::{self, invalid, REDACTED};
-use super::{AllocationLimit, ConfigError, ExternalIp, Secret};
+use super::{AllocationLimit, ConfigError, ExternalIp, LogFormat, Secret};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::marker::PhantomData;
@@ -235,6 +235,11 @@ impl Item for IpRange {
         } else {
             format!("{}-{}", self.start, self.end)
         }
+    }
+}
+impl Item for LogFormat {
+    fn render(&self) -> String {
+        self.as_str().to_string()
     }
 }
 impl Item for Secret {

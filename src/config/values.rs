@@ -1,6 +1,6 @@
 //! Parsing single values (addresses, ranges, user keys) shared by the file and the flags.
 
-use super::{AllocationLimit, ConfigError, ExternalIp};
+use super::{AllocationLimit, ConfigError, ExternalIp, LogFormat};
 use crate::auth::StaticKey;
 use crate::policy::IpRange;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +37,14 @@ pub(super) fn text(_key: &str, text: &str) -> Result<String, ConfigError> {
 
 pub(super) fn path(_key: &str, text: &str) -> Result<std::path::PathBuf, ConfigError> {
     Ok(text.into())
+}
+
+pub(super) fn log_format(key: &str, text: &str) -> Result<LogFormat, ConfigError> {
+    match text.trim() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(invalid(key, text, "expected \"text\" or \"json\"")),
+    }
 }
 
 pub(super) fn ip(key: &str, text: &str) -> Result<IpAddr, ConfigError> {

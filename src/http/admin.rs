@@ -42,6 +42,10 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
 fn authorize(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let settings = state.settings.load();
     if settings.admin_api_keys.is_empty() {
+        super::explain_once(
+            super::Refusal::NoAdminKeys,
+            "admin API refused (404): no admin-api-keys configured; set admin-api-keys (at least 16 characters) to use it",
+        );
         return Some(json_error(StatusCode::NOT_FOUND, "not found"));
     }
     match bearer(headers) {

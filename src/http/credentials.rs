@@ -92,6 +92,10 @@ async fn get_credentials(
 fn check_key(state: &HttpState, given: Option<&str>) -> Option<Response> {
     let settings = state.settings.load();
     if settings.api_keys.is_empty() {
+        super::explain_once(
+            super::Refusal::NoApiKeys,
+            "credential endpoint refused (403): no api-keys configured; set api-keys (at least 16 characters) to mint credentials",
+        );
         return Some(json_error(StatusCode::FORBIDDEN, "no api-keys configured"));
     }
     match given {

@@ -111,6 +111,22 @@ impl HttpState {
     }
 }
 
+/// HTTP refusals an operator changes with a key (see `turn::refusal` for the TURN ones).
+#[derive(Clone, Copy)]
+enum Refusal {
+    NoApiKeys = 0,
+    NoAdminKeys = 1,
+}
+
+/// Logs `message` at info the first time `refusal` happens in this process; later ones are not
+/// logged (each answer carries the reason).
+fn explain_once(refusal: Refusal, message: &str) {
+    static EXPLAINED: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
+    if !EXPLAINED[refusal as usize].swap(true, Ordering::Relaxed) {
+        tracing::info!("{message}");
+    }
+}
+
 /// All routes.
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()

@@ -8,19 +8,29 @@
 
 use crate::turn::metrics::{Counters, SharedCounters};
 use crate::turn::{Server, Transport};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// One `turn::Server`'s counters, or many added up.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     counters: SharedCounters,
+    /// How many times the worker's loop has published: it moves while the worker runs (the
+    /// systemd watchdog is pinged only while every worker's moves).
+    heartbeat: AtomicU64,
 }
 
 impl WorkerStats {
-    /// Stores the worker's counters (the worker calls this at most every 500 ms).
+    /// Stores the worker's counters and ticks its heartbeat (the worker calls this every
+    /// 500 ms or so, busy or idle).
     pub fn publish(&self, server: &Server) {
         self.counters.store(server.counters());
+        self.heartbeat.fetch_add(1, Relaxed);
+    }
+
+    /// The heartbeat count: different from the last reading means the worker ran since.
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Relaxed)
     }
 
     /// Adds what changed from `before` to `now` (a stream connection folding its counters).

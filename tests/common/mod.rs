@@ -44,24 +44,32 @@ impl TempFile {
     }
 }
 
-/// A free UDP port on 127.0.0.1 (and, for good measure, TCP on the same number).
-pub fn free_port() -> u16 {
+/// A port below the kernel's ephemeral range (32768 and up), picked per process and call, that
+/// is free right now for `bind`: a port from `bind(:0)` is an ephemeral one, which another test's
+/// outgoing connection can take between this check and tern's own bind.
+fn unused_port(bind: impl Fn(u16) -> bool) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 12_000) as u16;
     loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000);
+        if bind(port) {
             return port;
         }
     }
 }
 
+/// A free UDP port on 127.0.0.1 (and TCP on the same number, for listeners on both).
+pub fn free_port() -> u16 {
+    unused_port(|port| {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    })
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unused_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
 /// A relay port range of its own for each test in this process, so parallel tests never
@@ -108,6 +116,18 @@ impl Tern {
     }
 
     pub fn start_with_config(port: u16, toml: &str) -> Tern {
+        Self::start_command(Self::command(), port, toml)
+    }
+
+    /// The tern binary as a command, to add environment variables to or to run through a
+    /// launcher.
+    pub fn command() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+    }
+
+    /// [`Tern::start_with_config`] with `command` (e.g. [`Tern::command`] with environment
+    /// variables, or a launcher such as `prlimit … tern`).
+    pub fn start_command(command: Command, port: u16, toml: &str) -> Tern {
         // Each tern gets an HTTP port of its own unless the config names one (or none).
         let mut toml = toml.to_string();
         let mut http = None;
@@ -120,8 +140,18 @@ impl Tern {
         } else if let Some(line) = toml.lines().find(|l| l.starts_with("http-listen")) {
             http = line.split('"').nth(1).and_then(|addr| addr.parse().ok());
         }
-        let config = TempFile::new(&format!("{port}.toml"), &toml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let tern = Self::launch(command, port, &toml, http);
+        tern.wait_ready();
+        tern.wait_http();
+        tern
+    }
+
+    /// Spawns `command` (tern, or a launcher that runs it: `prlimit … tern`, `ip netns exec …
+    /// tern`) with `--config` and the config `toml`; does not wait for it to serve. `http` is
+    /// where its HTTP endpoint listens, if anywhere.
+    pub fn launch(mut command: Command, port: u16, toml: &str, http: Option<SocketAddr>) -> Tern {
+        let config = TempFile::new(&format!("{port}.toml"), toml);
+        let mut child = command
             .arg("--config")
             .arg(&config.0)
             .env_remove("RUST_LOG")
@@ -138,20 +168,18 @@ impl Tern {
             }
         });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let tern = Tern {
+        Tern {
             child,
             port,
             addr,
             logs,
             http,
             _config: config,
-        };
-        tern.wait_ready();
-        tern.wait_http();
-        tern
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Waits until tern answers a Binding on 127.0.0.1 (panics after 10 s).
+    pub fn wait_ready(&self) {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -173,7 +201,7 @@ impl Tern {
 
     /// Waits until the HTTP endpoint accepts connections (it is bound before the relay starts,
     /// so this is quick).
-    fn wait_http(&self) {
+    pub fn wait_http(&self) {
         let Some(addr) = self.http else { return };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -196,6 +224,50 @@ impl Tern {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `HUP`, …) to tern.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Tern's exit status if it exits within `limit`; `None` if it is still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether tern is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `limit` for a log line containing `text`; the logs so far.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let logs = self.logs();
+            if logs.contains(text) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?} within {limit:?}; logs:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {

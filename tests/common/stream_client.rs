@@ -194,6 +194,11 @@ impl Datagrams {
     pub fn connect(local: &str, server: SocketAddr) -> Datagrams {
         let socket = std::net::UdpSocket::bind(local).unwrap();
         socket.connect(server).unwrap();
+        Datagrams::new(socket)
+    }
+
+    /// `socket`, already connected to the server; reads wait at most 5 s.
+    pub fn new(socket: std::net::UdpSocket) -> Datagrams {
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -202,6 +207,10 @@ impl Datagrams {
             pending: Vec::new(),
             at: 0,
         }
+    }
+
+    pub fn socket(&self) -> &std::net::UdpSocket {
+        &self.socket
     }
 }
 
@@ -245,4 +254,105 @@ pub fn tcp_client(server: SocketAddr, user: &str) -> StreamTurn<TcpStream> {
         .unwrap();
     stream.set_nodelay(true).unwrap();
     StreamTurn::new(stream, &minted.username, &minted.password, "tern")
+}
+
+/// A TURN client over UDP.
+pub type UdpTurn = StreamTurn<Datagrams>;
+
+impl UdpTurn {
+    /// A client on a new socket bound to `bind` (e.g. "127.0.0.1:0") and connected to `server`.
+    pub fn udp(bind: &str, server: SocketAddr, username: &str, password: &str) -> UdpTurn {
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
+        Self::on_socket(socket, server, username, password)
+    }
+
+    /// A client on `socket` (already bound), connected to `server`.
+    pub fn on_socket(
+        socket: std::net::UdpSocket,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> UdpTurn {
+        socket.connect(server).unwrap();
+        StreamTurn::new(Datagrams::new(socket), username, password, "tern")
+    }
+}
+
+impl<S: Read + Write> StreamTurn<S> {
+    /// An Allocate (UDP relay) that may be redirected: `Ok(relayed address)`, or the error code
+    /// and the ALTERNATE-SERVER it carried.
+    pub fn allocate_or_redirect(&mut self) -> Result<SocketAddr, (u16, Option<SocketAddr>)> {
+        let response = self
+            .exchange(Method::ALLOCATE, |w| {
+                w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .map_err(|_| (0, None))?;
+        let msg = Message::parse(&response).unwrap();
+        match msg.error_code() {
+            None => Ok(stun::decode_xor_address(
+                msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+                msg.transaction_id(),
+            )
+            .unwrap()),
+            Some((code, _)) => {
+                let alternate = msg
+                    .get(attr::ALTERNATE_SERVER)
+                    .map(|value| stun::decode_address(value).unwrap());
+                Err((code, alternate))
+            }
+        }
+    }
+
+    /// A Refresh asking for `lifetime` seconds (0 deletes the allocation).
+    pub fn refresh(&mut self, lifetime: u32) -> Result<(), u16> {
+        self.request(Method::REFRESH, |w| {
+            w.add_u32(attr::LIFETIME, lifetime);
+        })
+        .map(drop)
+    }
+
+    /// The next Data indication: the peer and the data.
+    pub fn receive_data(&mut self) -> io::Result<(SocketAddr, Vec<u8>)> {
+        loop {
+            let frame = read_frame(&mut self.stream)?;
+            let Ok(msg) = Message::parse(&frame) else {
+                continue;
+            };
+            if msg.class() != Class::Indication || msg.method() != Method::DATA {
+                continue;
+            }
+            let peer = stun::decode_xor_address(
+                msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+                msg.transaction_id(),
+            )
+            .unwrap();
+            return Ok((peer, msg.get(attr::DATA).unwrap_or_default().to_vec()));
+        }
+    }
+}
+
+/// A STUN Binding from `socket` to `server`: the XOR-MAPPED-ADDRESS (the socket's address as
+/// the server sees it), or `None` without an answer within 2 s.
+pub fn reflexive_address(socket: &std::net::UdpSocket, server: SocketAddr) -> Option<SocketAddr> {
+    let tid = [0x5a; 12];
+    let mut buf = [0u8; 64];
+    let request = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, &tid)
+        .finish()
+        .unwrap()
+        .to_vec();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    for _ in 0..10 {
+        socket.send_to(&request, server).ok()?;
+        if let Ok((n, from)) = socket.recv_from(&mut answer) {
+            let msg = Message::parse(&answer[..n]).ok()?;
+            if from == server && msg.class() == Class::Success {
+                let value = msg.get(attr::XOR_MAPPED_ADDRESS)?;
+                return stun::decode_xor_address(value, msg.transaction_id()).ok();
+            }
+        }
+    }
+    None
 }

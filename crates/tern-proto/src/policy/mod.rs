@@ -8,7 +8,7 @@ mod range;
 mod source_limit;
 
 pub use bandwidth::ByteBucket;
-pub use peer::{default_denied, normalize, PeerPolicy, Verdict};
+pub use peer::{default_denied, default_denied_range, normalize, Denial, PeerPolicy, Verdict};
 pub use quota::{address_key, QuotaError, QuotaLimits, Quotas};
 pub use range::{IpRange, RangeParseError};
 pub use source_limit::SourceLimiter;

@@ -117,22 +117,33 @@ impl PeerPolicy {
     /// Called per CreatePermission, ChannelBind and Send indication: no allocation, a few binary
     /// searches.
     pub fn permits(&self, peer: IpAddr) -> bool {
+        self.denial(peer).is_none()
+    }
+
+    /// Why `peer` is denied, or `None` when it is permitted (the decision [`Self::permits`]
+    /// takes).
+    pub fn denial(&self, peer: IpAddr) -> Option<Denial> {
         let carried = normalize(peer);
         // The original spelling differs only for IPv6 forms carrying an IPv4 address.
         let embedded = carried != peer;
         if is_never_allowed(carried) {
-            return false;
+            return Some(Denial::NeverAllowed);
         }
         if self.allowed.contains(carried) || (embedded && self.allowed.contains(peer)) {
-            return true;
+            return None;
         }
-        if self.allow_loopback && carried.is_loopback() {
-            return true;
+        if carried.is_loopback() {
+            return (!self.allow_loopback).then_some(Denial::Loopback);
         }
-        if self.denied.contains(carried) || (embedded && self.operator_denied.contains(peer)) {
-            return false;
+        if self.operator_denied.contains(carried)
+            || (embedded && self.operator_denied.contains(peer))
+        {
+            return Some(Denial::Operator);
         }
-        true
+        if self.denied.contains(carried) {
+            return Some(Denial::SpecialPurpose);
+        }
+        None
     }
 }
 
@@ -144,6 +155,30 @@ pub enum Verdict {
     Denied,
     /// One of tern's own addresses at a port outside the relay range.
     OwnHost,
+}
+
+/// Why the peer policy denies an address: what an operator reads to know which key changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// 0.0.0.0/8 or `::`: never a valid destination, whatever the configuration.
+    NeverAllowed,
+    /// 127.0.0.0/8 or ::1, denied unless `allow-loopback-peers`.
+    Loopback,
+    /// In a private, shared, link-local, documentation or other special-purpose range of the
+    /// default denied list ([`default_denied`]), unless `allowed-peer-ip` lists it.
+    SpecialPurpose,
+    /// In the operator's `denied-peer-ip`.
+    Operator,
+}
+
+/// The range of the default denied list (as written there) that holds `ip` after
+/// [`normalize`], to name it in a log line.
+pub fn default_denied_range(ip: IpAddr) -> Option<&'static str> {
+    let carried = normalize(ip);
+    DEFAULT_DENIED.iter().copied().find(|cidr| {
+        cidr.parse::<IpRange>()
+            .is_ok_and(|range| RangeSet::new([&range]).contains(carried))
+    })
 }
 
 /// 0.0.0.0/8 ("this network") and `::` are never valid destinations, whatever the operator allows.
@@ -159,54 +194,55 @@ fn is_never_allowed(ip: IpAddr) -> bool {
 /// and host services (most of which already sit in one of those blocks; listed so the operator
 /// sees them named).
 pub fn default_denied() -> Vec<IpRange> {
-    const DEFAULT_DENIED: [&str; 33] = [
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.0.0.0/24",
-        "192.0.2.0/24",
-        "192.88.99.0/24",
-        "192.168.0.0/16",
-        "198.18.0.0/15",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "255.255.255.255/32",
-        "::/128",
-        "::1/128",
-        "64:ff9b::/96",
-        "100::/64",
-        "2001:db8::/32",
-        "fc00::/7",
-        "fe80::/10",
-        "fec0::/10",
-        "ff00::/8",
-        // Instance metadata (AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack, Hetzner…), in
-        // 169.254/16.
-        "169.254.169.254/32",
-        // AWS: ECS task metadata; IPv6 instance metadata, DNS and time (in fc00::/7).
-        "169.254.170.2/32",
-        "fd00:ec2::/64",
-        // GCP: IPv6 metadata server (in fc00::/7).
-        "fd20:ce::254/128",
-        // Azure: the WireServer (host agent, DNS); public address space, so listed on its own.
-        "168.63.129.16/32",
-        // Alibaba Cloud metadata (in 100.64/10).
-        "100.100.100.200/32",
-        // Oracle Cloud legacy metadata (in 192.0.0.0/24).
-        "192.0.0.192/32",
-        // Tencent Cloud metadata (in 169.254/16).
-        "169.254.0.23/32",
-    ];
     DEFAULT_DENIED
         .iter()
         .map(|s| s.parse().expect("default denied ranges are valid"))
         .collect()
 }
+
+const DEFAULT_DENIED: [&str; 33] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+    // Instance metadata (AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack, Hetzner…), in
+    // 169.254/16.
+    "169.254.169.254/32",
+    // AWS: ECS task metadata; IPv6 instance metadata, DNS and time (in fc00::/7).
+    "169.254.170.2/32",
+    "fd00:ec2::/64",
+    // GCP: IPv6 metadata server (in fc00::/7).
+    "fd20:ce::254/128",
+    // Azure: the WireServer (host agent, DNS); public address space, so listed on its own.
+    "168.63.129.16/32",
+    // Alibaba Cloud metadata (in 100.64/10).
+    "100.100.100.200/32",
+    // Oracle Cloud legacy metadata (in 192.0.0.0/24).
+    "192.0.0.192/32",
+    // Tencent Cloud metadata (in 169.254/16).
+    "169.254.0.23/32",
+];
 
 /// Reduces an IPv6 address that carries an IPv4 address to that IPv4 address; anything else is
 /// returned unchanged:

@@ -23,6 +23,7 @@ mod error_code;
 mod log_gate;
 pub mod metrics;
 mod nat_discovery;
+mod refusal;
 mod reply;
 mod request;
 mod requests;

@@ -3,6 +3,7 @@
 
 use super::allocation::Permission;
 use super::metrics::{Limit, LogKind, Outcome};
+use super::refusal;
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute, CreatePermission};
 use super::server::Removal;
@@ -218,11 +219,9 @@ impl Server {
         if !allocation.serves(peer) {
             return Some(ErrorCode::PeerAddressFamilyMismatch);
         }
-        if !self.config.policy.permits(peer) {
+        if let Some(denial) = self.config.policy.denial(peer) {
             self.counters.peers_denied += 1;
-            if let Some(suppressed) = self.log_gate(LogKind::PeerDenied) {
-                info!(client = %self.allocations[index].tuple.client, %peer, suppressed, "peer denied by policy");
-            }
+            refusal::peer(self.allocations[index].tuple.client, peer, denial);
             return Some(ErrorCode::Forbidden);
         }
         None

@@ -6,6 +6,7 @@ use super::core_config::CoreConfig;
 use super::log_gate::LogGate;
 use super::metrics::{Counters, LogKind, Revoked};
 use super::nat_discovery::NatDiscovery;
+use super::refusal;
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute};
 use super::timers::TimerQueue;
@@ -426,7 +427,11 @@ impl Server {
         answer: &Answer<'_>,
         error: request::DecodeError,
     ) -> Output<'a> {
-        debug!(client = %answer.tuple.client, method = answer.method.0, ?error, "request refused");
+        if let request::DecodeError::ChannelOutOfRange(number) = error {
+            refusal::channel_number(answer.tuple.client, number, self.config.max_channel_number);
+        } else {
+            debug!(client = %answer.tuple.client, method = answer.method.0, ?error, "request refused");
+        }
         self.reply_error(out, answer, error.code())
     }
 
