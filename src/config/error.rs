@@ -60,6 +60,9 @@ pub enum ConfigError {
     Refused { key: String, reason: String },
     #[error("cannot read {path}: {reason}")]
     Io { path: String, reason: String },
+    /// Several config files were named (the first that exists is read) and none exists.
+    #[error("no config file: none of {} exists", candidates.join(", "))]
+    NoConfigFile { candidates: Vec<String> },
     /// The file is not valid TOML; `message` has the line and column.
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
@@ -102,9 +105,13 @@ impl ConfigError {
     /// Adds where the value came from, unless known already (or the error names a file).
     pub(super) fn at(self, origin: Option<&Origin>) -> Self {
         match (origin, &self) {
-            (_, ConfigError::At { .. } | ConfigError::Io { .. } | ConfigError::Syntax { .. }) => {
-                self
-            }
+            (
+                _,
+                ConfigError::At { .. }
+                | ConfigError::Io { .. }
+                | ConfigError::NoConfigFile { .. }
+                | ConfigError::Syntax { .. },
+            ) => self,
             (Some(origin), _) => ConfigError::At {
                 origin: origin.clone(),
                 error: Box::new(self),

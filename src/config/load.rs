@@ -4,7 +4,7 @@ use super::coturn::{self, apply_coturn, Import};
 use super::file::{apply_toml, Sources};
 use super::shape::Input;
 use super::{validate::validate, Config, ConfigError, ServeArgs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What syntax errors of [`from_toml_str`] name as the path.
 const INLINE_ORIGIN: &str = "<string>";
@@ -24,6 +24,8 @@ pub struct Loaded {
     pub config: Config,
     pub format: Format,
     pub import: Import,
+    /// The config file read, if any (of several named, the first that exists).
+    pub path: Option<PathBuf>,
 }
 
 /// Builds the config from (in rising precedence) defaults, the file, the environment and flags.
@@ -39,7 +41,8 @@ pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
 pub fn load_all(args: &ServeArgs) -> Result<Loaded, ConfigError> {
     let mut config = Config::default();
     let mut sources = Sources::new();
-    let (format, mut import) = match &args.config {
+    let path = config_file(&args.config)?;
+    let (format, mut import) = match path {
         Some(path) => {
             let shown = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
@@ -56,13 +59,33 @@ pub fn load_all(args: &ServeArgs) -> Result<Loaded, ConfigError> {
         config: checked(config, &sources)?,
         format,
         import,
+        path: path.map(Path::to_path_buf),
     })
+}
+
+/// The config file to read: the only one named (a missing one is an error naming it), or the
+/// first of several that exists, so one image can look where tern's and coTURN's files are
+/// mounted. A candidate that exists but cannot be read is chosen, and its error shown.
+fn config_file(candidates: &[PathBuf]) -> Result<Option<&Path>, ConfigError> {
+    match candidates {
+        [] => Ok(None),
+        [only] => Ok(Some(only)),
+        several => several
+            .iter()
+            .find(|path| {
+                !matches!(std::fs::metadata(path), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
+            })
+            .map(|path| Some(path.as_path()))
+            .ok_or_else(|| ConfigError::NoConfigFile {
+                candidates: several.iter().map(|p| p.display().to_string()).collect(),
+            }),
+    }
 }
 
 /// The file alone on top of the defaults, either format (no environment, no flags).
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     load_all(&ServeArgs {
-        config: Some(path.to_path_buf()),
+        config: vec![path.to_path_buf()],
         ..ServeArgs::default()
     })
 }
@@ -77,6 +100,7 @@ pub fn from_str(text: &str) -> Result<Loaded, ConfigError> {
         config: checked(config, &sources)?,
         format,
         import,
+        path: None,
     })
 }
 
@@ -468,13 +492,72 @@ mod tests {
     fn missing_file_is_io_error_naming_path() {
         let path = std::env::temp_dir().join("tern-config-test-does-not-exist.toml");
         let args = ServeArgs {
-            config: Some(path.clone()),
+            config: vec![path.clone()],
             ..ServeArgs::default()
         };
         match load(&args) {
             Err(ConfigError::Io { path: named, .. }) => {
                 assert_eq!(named, path.display().to_string())
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn of_several_config_files_the_first_that_exists_is_read() {
+        let missing = std::env::temp_dir().join("tern-config-test-absent.conf");
+        let second = TempFile::new("second", "realm = \"second\"\n");
+        let third = TempFile::new("third", "realm = \"third\"\n");
+        let list = format!("{},{},{}", missing.display(), second.arg(), third.arg());
+        for args in [
+            args(&["--config", &list]),
+            args(&[
+                "-c",
+                missing.to_str().unwrap(),
+                "-c",
+                second.arg(),
+                "-c",
+                third.arg(),
+            ]),
+            args_with_env(&[("TERN_CONFIG", &list)], &[]),
+        ] {
+            let loaded = load_all(&args).unwrap();
+            assert_eq!(loaded.config.realm, "second");
+            assert_eq!(loaded.path.as_deref(), Some(second.0.as_path()));
+        }
+        // A flag replaces the environment's list.
+        let args = args_with_env(&[("TERN_CONFIG", &list)], &["--config", third.arg()]);
+        assert_eq!(load(&args).unwrap().realm, "third");
+    }
+
+    #[test]
+    fn of_several_config_files_none_existing_names_them_all() {
+        let dir = std::env::temp_dir();
+        let (a, b) = (
+            dir.join("tern-absent-a.toml"),
+            dir.join("tern-absent-b.conf"),
+        );
+        let list = format!("{},{}", a.display(), b.display());
+        let err = load(&args(&["--config", &list])).unwrap_err();
+        assert!(
+            matches!(err.inner(), ConfigError::NoConfigFile { candidates } if candidates.len() == 2),
+            "{err:?}"
+        );
+        let shown = err.to_string();
+        assert!(
+            shown.contains(a.to_str().unwrap()) && shown.contains(b.to_str().unwrap()),
+            "{shown}"
+        );
+    }
+
+    /// A candidate that exists but cannot be read is an error, not skipped for the next one.
+    #[test]
+    fn of_several_config_files_an_unreadable_one_is_not_skipped() {
+        let unreadable = std::env::temp_dir(); // a directory: exists, read_to_string fails
+        let good = TempFile::new("after-unreadable", "realm = \"good\"\n");
+        let list = format!("{},{}", unreadable.display(), good.arg());
+        match load(&args(&["--config", &list])) {
+            Err(ConfigError::Io { path, .. }) => assert_eq!(path, unreadable.display().to_string()),
             other => panic!("{other:?}"),
         }
     }

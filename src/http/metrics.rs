@@ -74,6 +74,15 @@ tern_proto::declare_metrics! {
     }
 }
 
+/// Every metric `/metrics` shows, in the order the collector encodes them (for checks of
+/// dashboards and docs against the declarations).
+pub fn declared_metrics() -> impl Iterator<Item = &'static MetricDef> {
+    let turn = <SharedCounters as MetricSet>::METRICS;
+    let streams = <StreamStats as MetricSet>::METRICS;
+    let process = <ProcessGauges as MetricSet>::METRICS;
+    turn.iter().chain(streams).chain(process)
+}
+
 struct TernCollector {
     /// The UDP workers' stats.
     workers: Vec<Arc<WorkerStats>>,
@@ -177,12 +186,8 @@ mod tests {
     use crate::turn::{ErrorCode, Transport};
     use std::collections::BTreeSet;
 
-    /// Every metric `/metrics` shows, in the order the collector encodes them.
     fn declared() -> impl Iterator<Item = &'static MetricDef> {
-        let turn = <SharedCounters as MetricSet>::METRICS;
-        let streams = <StreamStats as MetricSet>::METRICS;
-        let process = <ProcessGauges as MetricSet>::METRICS;
-        turn.iter().chain(streams).chain(process)
+        declared_metrics()
     }
 
     /// The README's `/metrics` paragraph: from its bullet to the next bullet.

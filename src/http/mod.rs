@@ -16,6 +16,7 @@ mod metrics;
 mod page;
 
 pub use credentials::derive_uris;
+pub use metrics::declared_metrics;
 
 use crate::config::{Config, Secret};
 use crate::net::{

@@ -55,6 +55,17 @@ pub fn uclient_totals(output: &str) -> (u64, u64, u64) {
 /// messages between each other (`-y`), plus `extra` flags; its whole output. A failing uclient
 /// fails the test, with tern's logs.
 pub fn run_uclient(tern: &Tern, server: &str, port: u16, extra: &[&str]) -> String {
+    run_uclient_against(|| tern.logs(), server, port, extra)
+}
+
+/// [`run_uclient`] against a tern this process did not start (a container): `logs` fetches its
+/// logs for a failure message.
+pub fn run_uclient_against(
+    logs: impl Fn() -> String,
+    server: &str,
+    port: u16,
+    extra: &[&str],
+) -> String {
     let port = port.to_string();
     let mut args = vec![
         "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "50", "-l", "120", "-m", "4", "-y",
@@ -76,7 +87,7 @@ pub fn run_uclient(tern: &Tern, server: &str, port: u16, extra: &[&str]) -> Stri
         output.status.success(),
         "uclient failed ({:?}):\n{text}\ntern logs:\n{}",
         output.status,
-        tern.logs()
+        logs()
     );
     text
 }
