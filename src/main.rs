@@ -164,11 +164,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     let quotas = Arc::new(Quotas::new());
     let nonces = NonceMint::new();
     // Connection tasks (TCP/TLS), signals and the certificate watcher.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tern-stream")
-        .enable_all()
-        .build()?;
+    let runtime = tern::net::stream_runtime()?;
     // TCP/TLS listeners bind first: if one cannot, nothing has started serving.
     let bound_streams = StreamService::bind(&config, certs.clone())?;
     let udp = if config.no_udp {

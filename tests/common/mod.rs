@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod netns;
 pub mod stream_client;
 pub mod tools;
 pub mod webrtc;
@@ -42,6 +43,16 @@ impl TempFile {
         std::fs::write(&path, contents).unwrap();
         TempFile(path)
     }
+}
+
+/// The configuration every test tern starts from: `listening` (a TOML value), `port`, a relay
+/// range of its own, the test secret, two relay threads, debug logs, then `extra`.
+fn base_config(listening: &str, port: u16, extra: &str) -> String {
+    let (min, max) = relay_range();
+    format!(
+        "listening-ip = {listening}\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
+         static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n{extra}\n"
+    )
 }
 
 /// A free UDP port on 127.0.0.1 (and, for good measure, TCP on the same number).
@@ -91,15 +102,21 @@ impl Tern {
     /// include 127.0.0.1, where readiness is probed), e.g. `["127.0.0.1", "::1"]`.
     pub fn start_listening(listening: &str, extra: &str) -> Tern {
         let port = free_port();
-        let (min, max) = relay_range();
-        let toml = format!(
-            "listening-ip = {listening}\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
-             static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n{extra}\n"
-        );
-        Self::start_with_config(port, &toml)
+        Self::start_with_config(port, &base_config(listening, port, extra))
+    }
+
+    /// Like [`Tern::start`], in a process whose open-file limit (soft and hard) is `fd_limit`.
+    pub fn start_with_fd_limit(fd_limit: u32, extra: &str) -> Tern {
+        let port = free_port();
+        let toml = base_config("\"127.0.0.1\"", port, extra);
+        Self::spawn(port, &toml, Some(fd_limit))
     }
 
     pub fn start_with_config(port: u16, toml: &str) -> Tern {
+        Self::spawn(port, toml, None)
+    }
+
+    fn spawn(port: u16, toml: &str, fd_limit: Option<u32>) -> Tern {
         // Each tern gets an HTTP port of its own unless the config names one (or none).
         let mut toml = toml.to_string();
         let mut http = None;
@@ -113,7 +130,18 @@ impl Tern {
             http = line.split('"').nth(1).and_then(|addr| addr.parse().ok());
         }
         let config = TempFile::new(&format!("{port}.toml"), &toml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let tern = env!("CARGO_BIN_EXE_tern");
+        let mut command = match fd_limit {
+            // The shell sets the limit, then becomes tern.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
+                shell.args(["-c", &script, tern]);
+                shell
+            }
+            None => Command::new(tern),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config.0)
             .env_remove("RUST_LOG")
