@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Listen backlog of TCP listeners.
 const BACKLOG: i32 = 1024;
@@ -148,9 +148,10 @@ impl BoundStreams {
         let registry = Arc::new(StreamRegistry::default());
         let settings = StreamSettings::from_config(config);
         if let Some(ceiling) = settings.limits.fd_ceiling {
-            debug!(
-                ceiling,
-                "TCP/TLS and peer connections keep below this file descriptor"
+            let open_file_limit = limits::open_file_limit().unwrap_or(0);
+            info!(
+                open_file_limit,
+                ceiling, "TCP/TLS and peer connections keep below this file descriptor"
             );
         }
         let shared = Arc::new(Shared {
