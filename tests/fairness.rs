@@ -121,7 +121,8 @@ fn a_flooding_client_does_not_hold_up_other_clients_or_healthz() {
         "every request answered"
     );
     assert!(binding.asked >= 3, "the flood lasted long enough to probe");
-    // Measured on a loaded 2-core machine: before, 1.2 s and 0.7 s; after, 0.09 s and 0.01 s.
+    // Measured on a loaded 2-core machine: before, 1.2 s and 0.7 s; after, 0.09-0.16 s and
+    // 0.01-0.03 s.
     let bound = Duration::from_millis(500);
     assert!(binding.max < bound, "a Binding waited {:?}", binding.max);
     assert!(health.max < bound, "/healthz waited {:?}", health.max);
