@@ -10,7 +10,7 @@ use tern::config::{
     Secret,
 };
 use tern::credentials::{ice_server_json, mint};
-use tern::http::{HttpSettings, HttpState};
+use tern::http::{HttpLimits, HttpServer, HttpSettings, HttpState};
 use tern::lifecycle::{self, Generated, Running};
 use tern::net::tls::CertStore;
 use tern::net::{PortPool, RelayPorts, StreamDeps, StreamService, UdpService};
@@ -231,11 +231,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     let quotas = Arc::new(Quotas::new());
     let nonces = NonceMint::new();
     // Connection tasks (TCP/TLS), signals and the certificate watcher.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tern-stream")
-        .enable_all()
-        .build()?;
+    let runtime = tern::net::stream_runtime()?;
     // TCP/TLS listeners bind first: if one cannot, nothing has started serving.
     let bound_streams = StreamService::bind(&config, certs.clone())?;
     let udp = if config.no_udp {
@@ -297,11 +293,8 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         ports,
         draining,
     );
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = match http_listener {
+    let http_server = match http_listener {
         Some(listener) => {
-            let _guard = runtime.enter();
-            let listener = tokio::net::TcpListener::from_std(listener)?;
             // Validation made sure cert and pkey are set with http-tls, so certs is loaded.
             let tls = certs
                 .as_ref()
@@ -309,19 +302,9 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
                 .map(|certs| certs.server_config(&[b"h2", b"http/1.1"]));
             let scheme = if tls.is_some() { "https" } else { "http" };
             info!(addr = %config.http_listen, scheme, "http listening");
-            let state = http.clone();
-            Some(runtime.spawn(async move {
-                let shutdown = async {
-                    let _ = http_stopped.await;
-                };
-                let served = match tls {
-                    Some(tls) => tern::http::serve_tls(listener, tls, state, shutdown).await,
-                    None => tern::http::serve(listener, state, shutdown).await,
-                };
-                if let Err(error) = served {
-                    error!(%error, "http server failed");
-                }
-            }))
+            // On a thread of its own: TURN load on `runtime` never delays /healthz or /metrics.
+            let limits = HttpLimits::from_config(&config);
+            Some(HttpServer::start(listener, tls, http.clone(), limits)?)
         }
         None => None,
     };
@@ -339,11 +322,8 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     info!("shutting down");
     http.ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let _ = stop_http.send(());
-    if let Some(task) = http_task {
-        let _ = runtime.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(2), task).await
-        });
+    if let Some(server) = http_server {
+        server.stop();
     }
     if let Some(streams) = streams {
         streams.shutdown();

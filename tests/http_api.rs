@@ -675,3 +675,188 @@ fn https_endpoint_uses_the_tls_certificate_and_follows_reloads() {
     }
     assert_eq!(https(port, &cert_b, "GET", "/readyz", None).unwrap().0, 200);
 }
+
+// ----- the endpoint's limits, through raw sockets -----
+
+/// A raw HTTP/1.1 connection to the endpoint.
+fn http_socket(tern: &Tern) -> std::net::TcpStream {
+    tcp_connect(tern.http.expect("HTTP on"))
+}
+
+/// The status line and headers of the next response (up to the blank line).
+fn read_head(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// `tern_http_refused_total{reason="<reason>"}` now.
+fn http_refused(tern: &Tern, reason: &str) -> u64 {
+    let name = format!("tern_http_refused_total{{reason=\"{reason}\"}}");
+    sample(&scrape(tern), &name)
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_cut_by_the_header_timeout() {
+    // Before, the plain HTTP listener had no header-read timeout: a client sending its headers
+    // a byte at a time held its connection for as long as it liked.
+    use std::io::Write;
+    let tern = Tern::start("http-header-timeout = 2");
+    let mut slow = http_socket(&tern);
+    slow.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: tern\r\nX-Slow: {}",
+        "a".repeat(200)
+    );
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in request.bytes() {
+        if slow.write_all(&[byte]).is_err() || closed(&mut slow) {
+            cut = true;
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut");
+    }
+    assert!(cut, "the whole slow request was taken");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "cut early: {took:?}");
+
+    // An idle keep-alive connection is closed after it too.
+    let mut idle = http_socket(&tern);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: tern\r\n\r\n")
+        .unwrap();
+    assert!(read_head(&mut idle).unwrap().starts_with("HTTP/1.1 200"));
+    idle.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let mut body = [0u8; 64];
+    let _ = std::io::Read::read(&mut idle, &mut body); // the JSON body
+    assert!(closed(&mut idle), "idle keep-alive connection left open");
+    assert!(http_refused(&tern, "header_timeout") >= 2);
+}
+
+#[test]
+fn connections_past_http_max_connections_are_closed_at_once() {
+    // Before, the endpoint took any number of connections.
+    let tern = Tern::start("http-max-connections = 3\nhttp-header-timeout = 60");
+    // Three keep-alive connections, each served once and held open.
+    let served = |tern: &Tern| {
+        let mut stream = http_socket(tern);
+        let _ = std::io::Write::write_all(&mut stream, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        let ok = read_head(&mut stream).is_ok_and(|head| head.starts_with("HTTP/1.1 200"));
+        let mut body = [0u8; 15]; // {"status":"ok"}
+        (ok && std::io::Read::read_exact(&mut stream, &mut body).is_ok()).then_some(stream)
+    };
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held.len() < 3 {
+        // (The harness's readiness probe may still hold a slot for a moment.)
+        match served(&tern) {
+            Some(stream) => held.push(stream),
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+        assert!(Instant::now() < deadline, "3 connections not served");
+    }
+    let mut fourth = http_socket(&tern);
+    let _ = std::io::Write::write_all(&mut fourth, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Closed (or reset, its request unread) without an answer.
+    let head = read_head(&mut fourth);
+    assert!(
+        !head.as_ref().is_ok_and(|head| head.starts_with("HTTP/")),
+        "a 4th connection was served: {head:?}"
+    );
+    // Once the others end, a fresh client is served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served(&tern).is_none() {
+        assert!(Instant::now() < deadline, "no slot came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(http_refused(&tern, "max_connections") >= 1);
+}
+
+#[test]
+fn the_api_key_is_checked_before_the_body_and_bodies_are_small() {
+    use std::io::Write;
+    let tern = Tern::start(&format!("api-keys = [\"{API_KEY}\"]"));
+    // A wrong key announcing a 2 MB body: 401 at once, before a byte of it is sent (before,
+    // the endpoint read up to 2 MB and only then looked at the key), and the connection closes.
+    let mut wrong = http_socket(&tern);
+    wrong
+        .write_all(
+            b"POST /api/v1/credentials HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \
+              wrong-key-0123456789\r\nContent-Type: application/json\r\n\
+              Content-Length: 2000000\r\n\r\n",
+        )
+        .unwrap();
+    let head = read_head(&mut wrong).expect("an answer without the body");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    wrong
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(closed(&mut wrong), "the body is not waited for");
+    assert!(http_refused(&tern, "unauthorized") >= 1);
+
+    // The right key with a body over 16 KiB: 413, JSON.
+    let mut large = http_socket(&tern);
+    let body = format!("{{\"user\":\"{}\"}}", "a".repeat(20 * 1024));
+    let request = format!(
+        "POST /api/v1/credentials HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    large.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut large).unwrap();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("application/json"),
+        "{head}"
+    );
+    assert_eq!(http_refused(&tern, "body_too_large"), 1);
+    // A small one still mints.
+    let reply = post_credentials(&tern, Some(API_KEY), Some(r#"{"user":"alice"}"#));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
+fn a_request_slower_than_the_request_timeout_gets_408() {
+    use std::io::Write;
+    let tern = Tern::start(&format!(
+        "api-keys = [\"{API_KEY}\"]\nhttp-request-timeout = 2"
+    ));
+    // The body trickles in a byte at a time: each arrives in time, the whole does not.
+    let mut slow = http_socket(&tern);
+    slow.write_all(
+        format!(
+            "POST /api/v1/credentials HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n\
+             Content-Length: 100\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    slow.set_nonblocking(true).unwrap();
+    let started = Instant::now();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(10) && !head.ends_with(b"\r\n\r\n") {
+        let _ = slow.write_all(b" ");
+        match std::io::Read::read(&mut slow, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(http_refused(&tern, "request_timeout"), 1);
+}

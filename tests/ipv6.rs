@@ -199,3 +199,64 @@ fn relayed(msg: &Message<'_>) -> SocketAddr {
     )
     .unwrap()
 }
+
+/// Whether a TCP connection from `source` to `server` is served: it answers a Binding.
+fn served_from(source: &str, server: SocketAddr) -> Option<std::net::TcpStream> {
+    use std::io::Write;
+    let source: SocketAddr = format!("[{source}]:0").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&server.into()).ok()?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(&common::binding_request()).ok()?;
+    common::stream_client::read_frame(&mut stream).ok()?;
+    Some(stream)
+}
+
+#[test]
+fn max_connections_per_ip_counts_ipv6_clients_per_prefix() {
+    // Before, each IPv6 address counted on its own: one subscriber's /64 could open
+    // max-connections-per-ip connections from each of its 2^64 addresses.
+    if !common::netns::available() {
+        return;
+    }
+    const SERVER: &str = "2001:db8::1";
+    let netns = common::netns::Netns::with_loopback_addresses(&[
+        SERVER,
+        "2001:db8::a",
+        "2001:db8::b",
+        "2001:db8::c",
+        "2001:db8:0:1::a",
+    ]);
+    for (prefix, served_in_the_64) in [(64, 2), (128, 3)] {
+        let (tern, refused) = netns.within(move || {
+            let tern = Tern::start_listening(
+                &format!("[\"127.0.0.1\", \"{SERVER}\"]"),
+                &format!("max-connections-per-ip = 2\nconnection-ipv6-prefix = {prefix}"),
+            );
+            let server = SocketAddr::new(SERVER.parse().unwrap(), tern.port);
+            let same_64: Vec<_> = ["2001:db8::a", "2001:db8::b", "2001:db8::c"]
+                .iter()
+                .filter_map(|source| served_from(source, server))
+                .collect();
+            assert_eq!(same_64.len(), served_in_the_64, "/{prefix}");
+            // Another /64 has places of its own.
+            assert!(
+                served_from("2001:db8:0:1::a", server).is_some(),
+                "/{prefix}"
+            );
+            let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+            let sample = "tern_stream_refused_total{reason=\"max_connections_per_ip\"} ";
+            let refused: u64 = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(sample))
+                .map_or(0, |value| value.trim().parse().unwrap());
+            (tern, refused)
+        });
+        assert_eq!(refused, 3 - served_in_the_64 as u64, "/{prefix}");
+        drop(tern);
+    }
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use common::certs::TestCert;
-use common::stream_client::{closed_within, read_frame, StreamTurn};
+use common::stream_client::{closed_within, read_frame, DatagramStream, StreamTurn};
 use common::{free_port, EchoPeer, TempFile, Tern, SECRET};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -259,12 +259,26 @@ fn a_client_that_stops_reading_keeps_its_expiry_and_its_admin_api() {
     let (mut expiring, expiring_relay) = stalling_client(&tern, peer_addr);
     let allocated = Instant::now();
 
-    // The peer floods both relays (bounded): far more than the clients' and the server's socket
-    // buffers and the connections' queues hold, and neither client reads a byte.
+    // The peer floods both relays (bounded), and neither client reads a byte: first the one
+    // that is to expire, paced so the relay takes it all, until its queue is full (the server
+    // counts datagrams dropped there; a burst at once could mostly be lost before the relay socket
+    // and leave the queue short of full), then the other.
     let payload = [0x5Au8; 1200];
+    let mut full = None;
+    for _ in 0..200 {
+        for _ in 0..100 {
+            let _ = peer.send_to(&payload, expiring_relay);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        if scraped(&tern, "tern_stream_queue_drops_total") > 0 {
+            full = Some(Instant::now());
+            break;
+        }
+    }
+    let full = full.expect("the queue of a client that does not read fills up");
+    assert!(full < allocated + Duration::from_secs(4), "flooded in time");
     for _ in 0..8000 {
         let _ = peer.send_to(&payload, deleted_relay);
-        let _ = peer.send_to(&payload, expiring_relay);
     }
 
     // The admin API still lists both connections' allocations, and deletes one.
@@ -304,9 +318,9 @@ fn a_client_that_stops_reading_keeps_its_expiry_and_its_admin_api() {
 
     // Its queue has stayed full since the flood: the connection is cut after the write-stall
     // timeout (10 s), well before this. (Reading any earlier would have restarted that clock.)
-    let stall = tern::net::WRITE_STALL_TIMEOUT;
+    let stall = Duration::from_secs(tern::config::Config::default().stream_write_timeout.into());
     std::thread::sleep(
-        (allocated + stall + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+        (full + stall + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
     );
     assert!(
         closed_within(&mut expiring.stream, Duration::from_secs(3)),
@@ -583,4 +597,94 @@ fn bad_certificate_at_start_is_a_configuration_error() {
         stderr.contains("cert") && stderr.contains("missing.pem"),
         "{stderr}"
     );
+}
+
+/// The soft open-file limit of process `pid`.
+fn open_file_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// The value of `sample` (name and labels, as printed) in a scrape of `/metrics`, 0 if absent.
+fn scraped(tern: &Tern, sample: &str) -> u64 {
+    let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[test]
+fn under_descriptor_pressure_tcp_is_refused_first_and_udp_and_http_go_on() {
+    // Before, TCP connections took every descriptor under a low limit: then every UDP Allocate
+    // failed with 508 and /healthz could not be accepted.
+    const LIMIT: u32 = 256;
+    let tern = Tern::start_with_fd_limit(
+        LIMIT,
+        "max-connections-per-ip = 0\nallow-loopback-peers = true",
+    );
+    let _logs = DumpLogsOnPanic(&tern);
+    assert_eq!(open_file_limit(tern.pid()), u64::from(LIMIT));
+    // An RFC 6062 allocation made before the pressure.
+    let mut control = raw_turn(connect(tern.addr));
+    control
+        .request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+        .expect("a TCP allocation");
+    let mut open = Vec::new();
+    let _refused = loop {
+        assert!(open.len() < LIMIT as usize, "never refused");
+        let mut stream = connect(tern.addr);
+        if !answers_binding(&mut stream, 1) {
+            break stream;
+        }
+        open.push(stream);
+    };
+    // fd-reserve-percent = 25: TCP keeps below descriptor 192, the rest of the process included.
+    assert!((100..192).contains(&open.len()), "{} served", open.len());
+    // A UDP allocation, and HTTP, still get descriptors.
+    let minted = tern::credentials::mint(SECRET, Some("udp"), 3600, common::unix_now());
+    let udp = DatagramStream::connect(tern.addr).unwrap();
+    let mut udp = StreamTurn::new(udp, &minted.username, &minted.password, REALM);
+    udp.allocate().expect("a UDP allocation under TCP pressure");
+    let health = common::http("GET", &tern.url("/healthz"), None, None);
+    assert_eq!(health.status, 200);
+    assert!(scraped(&tern, "tern_stream_refused_total{reason=\"fd_reserve\"}") >= 1);
+    // A peer connection would take a descriptor of the reserve too: the Connect gets 447.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let connect_peer = control.request(Method::CONNECT, |w| {
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+    });
+    assert_eq!(connect_peer.err(), Some(447));
+    let peers_refused = "tern_tcp_peer_connections_refused_total{reason=\"fd_reserve\"}";
+    assert_eq!(scraped(&tern, peers_refused), 1);
+    // The served connections still are.
+    assert!(answers_binding(&mut open[0], 2));
+}
+
+#[test]
+fn a_connection_that_sent_a_64_kib_frame_gives_the_memory_back() {
+    // Before, a connection that once sent a 64 KiB frame kept ~88 KiB for the rest of its life.
+    let tern = Tern::start("stream-idle-timeout = 60");
+    let buffers = || scraped(&tern, "tern_stream_read_buffer_bytes");
+    let mut stream = connect(tern.addr);
+    assert!(answers_binding(&mut stream, 1));
+    assert_eq!(buffers(), 4096);
+    // A maximal ChannelData frame (no channel: dropped), its first part, then the rest.
+    let large = channel_data(0x4000, &[7u8; 65535]);
+    stream.write_all(&large[..60_000]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while buffers() < 60_000 {
+        assert!(Instant::now() < deadline, "the buffer never grew");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stream.write_all(&large[60_000..]).unwrap();
+    assert!(answers_binding(&mut stream, 2));
+    assert_eq!(buffers(), 4096, "back to one small buffer");
 }

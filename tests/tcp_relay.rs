@@ -265,3 +265,60 @@ fn metric(text: &str, name: &str) -> u64 {
         .map(|value| value.trim().parse().unwrap())
         .unwrap_or_else(|| panic!("{name} missing"))
 }
+
+/// The value of a sample with labels, as Prometheus text prints it (0 when absent).
+fn labelled(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[test]
+fn peer_connections_count_against_max_connections() {
+    // Before, peer connections ignored max-connections: with 8 allowed, 512 were opened.
+    let tern = Tern::start("allow-loopback-peers = true\nmax-connections = 4");
+    let mut control = Client::new(tern.addr);
+    let relayed = control.allocate_tcp();
+    let peers: Vec<SocketAddr> = (0..4).map(|_| echo_peer().0).collect();
+    // The control connection holds one slot, each peer connection one more.
+    for peer in &peers[..3] {
+        control.connect_peer(*peer).unwrap();
+    }
+    assert_eq!(
+        control.connect_peer(peers[3]),
+        Err(447),
+        "a 4th peer connection"
+    );
+    // A peer connecting in is closed, and the client hears nothing of it.
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    let mut inbound = connect(relayed);
+    assert!(closed_within(&mut inbound, Duration::from_secs(5)));
+    // Nor is there room for another client.
+    let mut client = connect(tern.addr);
+    assert!(closed_within(&mut client, Duration::from_secs(5)));
+    let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+    let refused = |name: &str| {
+        labelled(
+            &metrics,
+            &format!("{name}_total{{reason=\"max_connections\"}}"),
+        )
+    };
+    assert_eq!(refused("tern_tcp_peer_connections_refused"), 2, "{metrics}");
+    assert_eq!(refused("tern_stream_refused"), 1, "{metrics}");
+    assert_eq!(metric(&metrics, "tern_stream_admitted"), 4, "{metrics}");
+    // Control still works; when the allocation ends its peer connections give their slots back.
+    let response = control.request(Method::REFRESH, |_| {});
+    assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+    drop(control);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = common::http("GET", &tern.url("/metrics"), None, None).body;
+        if metric(&metrics, "tern_stream_admitted") == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut again = Client::new(tern.addr);
+    again.allocate_tcp();
+}

@@ -311,6 +311,15 @@ config_keys! {
     /// Serve the HTTP endpoint as HTTPS with cert and pkey, which must be set
     "http-tls" http_tls: bool = false;
         Switch, Restart;
+    /// HTTP connections at once (HTTPS handshakes included); more are closed at once; 0 = unlimited
+    "http-max-connections" http_max_connections: u32 = 128;
+        int::<u32>(), Restart, value_name = "N";
+    /// Seconds an HTTP client has to send a request's headers (and first the TLS handshake); an idle keep-alive connection is closed after it
+    "http-header-timeout" http_header_timeout: u32 = 10;
+        int::<u32>(), Restart, value_name = "SECONDS";
+    /// Seconds an HTTP request may take from its headers to its response, and an HTTP connection may stall reading or writing
+    "http-request-timeout" http_request_timeout: u32 = 30;
+        int::<u32>(), Restart, value_name = "SECONDS";
     /// Bearer keys for the credential endpoint, at least 16 characters; unset = the endpoint answers 403
     "api-keys" api_keys: Vec<Secret> = Vec::new();
         Secrets, Live, value_name = "KEY", secret = true;
@@ -341,15 +350,27 @@ config_keys! {
     /// TCP/TLS connections per client address; 0 = unlimited
     "max-connections-per-ip" max_connections_per_ip: u32 = 64;
         int::<u32>(), Restart, value_name = "N";
-    /// TCP/TLS connections in total; 0 = unlimited
+    /// IPv6 prefix length under which client addresses count as one for max-connections-per-ip (128 = each address)
+    "connection-ipv6-prefix" connection_ipv6_prefix: u32 = 64;
+        int::<u32>(), Restart, value_name = "BITS";
+    /// TCP/TLS connections and RFC 6062 peer connections in total; 0 = unlimited
     "max-connections" max_connections: u32 = 10000;
         int::<u32>(), Restart, value_name = "N";
+    /// Percent of the open-file limit kept for UDP allocations and HTTP: TCP/TLS and RFC 6062 peer connections are refused once only this is left; 0 = no reserve
+    "fd-reserve-percent" fd_reserve_percent: u32 = 25;
+        int::<u32>(), Restart, value_name = "PERCENT";
     /// Seconds a TCP/TLS connection without an allocation may go without a valid STUN message
     "stream-idle-timeout" stream_idle_timeout: u32 = 10;
         int::<u32>(), Restart, value_name = "SECONDS";
     /// Seconds a started TCP/TLS frame may take to complete (slowloris)
     "partial-frame-timeout" partial_frame_timeout: u32 = 10;
         int::<u32>(), Restart, value_name = "SECONDS";
+    /// Seconds a TCP/TLS client may leave its queue of bytes full (not reading) before it is cut
+    "stream-write-timeout" stream_write_timeout: u32 = 10;
+        int::<u32>(), Restart, value_name = "SECONDS";
+    /// Bytes that may wait for a TCP/TLS client that does not read; relayed datagrams past it are dropped
+    "stream-queue-size" stream_queue_size: u32 = 131072;
+        int::<u32>(), Restart, value_name = "BYTES";
     /// Static long-term-credential users, NAME:PASSWORD or NAME:0x<32 hex digits> (coTURN's MD5 key)
     "users" users: Vec<(String, StaticKey)> = Vec::new();
         Users, Live, value_name = "NAME:PASSWORD", secret = true, aliases = &["user"], coturn = &["user"];

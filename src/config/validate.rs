@@ -6,12 +6,17 @@ use super::values::{invalid, REDACTED};
 use super::{Config, ConfigError};
 use crate::auth::StaticKey;
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 
 /// RFC 8489: REALM and SOFTWARE are fewer than 128 characters.
 const MAX_TEXT_CHARS: usize = 127;
 const MAX_RELAY_THREADS: usize = 1024;
 /// API keys shorter than this are guessable.
 const MIN_API_KEY_CHARS: usize = 16;
+/// A stream client's queue holds at least a maximal reply and relayed datagram, and at most
+/// what a busy server can afford per connection.
+const MIN_STREAM_QUEUE: u32 = 32 * 1024;
+const MAX_STREAM_QUEUE: u32 = 16 * 1024 * 1024;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.listening_ips.is_empty() {
@@ -121,6 +126,20 @@ fn streams(config: &Config) -> Result<(), ConfigError> {
     nonzero_port("tls-listening-port", config.tls_listening_port)?;
     at_least_one_second("stream-idle-timeout", config.stream_idle_timeout.into())?;
     at_least_one_second("partial-frame-timeout", config.partial_frame_timeout.into())?;
+    at_least_one_second("stream-write-timeout", config.stream_write_timeout.into())?;
+    in_range(
+        "stream-queue-size",
+        config.stream_queue_size,
+        MIN_STREAM_QUEUE..=MAX_STREAM_QUEUE,
+    )?;
+    in_range(
+        "connection-ipv6-prefix",
+        config.connection_ipv6_prefix,
+        0..=128,
+    )?;
+    in_range("fd-reserve-percent", config.fd_reserve_percent, 0..=90)?;
+    at_least_one_second("http-header-timeout", config.http_header_timeout.into())?;
+    at_least_one_second("http-request-timeout", config.http_request_timeout.into())?;
     match (&config.cert, &config.pkey) {
         (Some(cert), None) => {
             let cert = cert.display().to_string();
@@ -146,6 +165,15 @@ fn streams(config: &Config) -> Result<(), ConfigError> {
             "true",
             "no-tcp is set and TLS is off (no-tls, or no cert/pkey): nothing would listen",
         ));
+    }
+    Ok(())
+}
+
+/// `value` lies in `range`.
+fn in_range(key: &str, value: u32, range: RangeInclusive<u32>) -> Result<(), ConfigError> {
+    if !range.contains(&value) {
+        let reason = format!("must be in {}..={}", range.start(), range.end());
+        return Err(invalid(key, &value.to_string(), reason));
     }
     Ok(())
 }
@@ -332,6 +360,33 @@ mod tests {
         ] {
             assert_rejected(&format!("{key} = 0"), key, "0");
         }
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts() {
+        for key in [
+            "stream-write-timeout",
+            "http-header-timeout",
+            "http-request-timeout",
+        ] {
+            assert_rejected(&format!("{key} = 0"), key, "0");
+        }
+        assert_rejected("stream-queue-size = 1000", "stream-queue-size", "1000");
+        assert_rejected(
+            "connection-ipv6-prefix = 129",
+            "connection-ipv6-prefix",
+            "129",
+        );
+        assert_rejected("fd-reserve-percent = 91", "fd-reserve-percent", "91");
+        let config = from_toml_str(
+            "stream-queue-size = 32768\nconnection-ipv6-prefix = 128\nfd-reserve-percent = 0\n\
+             http-max-connections = 0",
+        )
+        .unwrap();
+        assert_eq!(config.stream_queue_size, 32768);
+        assert_eq!(config.connection_ipv6_prefix, 128);
+        assert_eq!(config.fd_reserve_percent, 0);
+        assert_eq!(config.http_max_connections, 0);
     }
 
     #[test]

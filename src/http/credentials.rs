@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::credentials::{ice_server_json, mint};
 use crate::net::expand_listening_ips;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -61,12 +61,19 @@ impl FieldError {
 
 async fn post_credentials(
     State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
-    if let Some(refused) = check_key(&state, bearer(&headers)) {
+    // The key first: without one, not a byte of the body is read.
+    if let Some(refused) = check_key(&state, bearer(request.headers())) {
         return refused;
     }
+    let body = match Bytes::from_request(request, &state).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return json_error(rejection.status(), "body larger than 16 KiB");
+        }
+        Err(rejection) => return json_error(rejection.status(), "cannot read the body"),
+    };
     match parse_body(&body) {
         Ok(request) => answer(&state, request),
         Err(error) => error.response(),

@@ -6,7 +6,7 @@
 //! [`ProcessGauges`]): names, help, kinds and labels. Labels are bounded sets (transport,
 //! method, code, reason, direction): never a user name.
 
-use super::HttpState;
+use super::{HttpState, HttpStats};
 use crate::metrics::{Cell, Kind, MetricDef, MetricSet};
 use crate::net::{RelayPorts, StreamStats, WorkerStats};
 use crate::turn::metrics::SharedCounters;
@@ -49,6 +49,7 @@ impl Metrics {
     pub fn new(
         workers: Vec<Arc<WorkerStats>>,
         streams: Option<Arc<StreamStats>>,
+        http: Arc<HttpStats>,
         ports: Arc<Mutex<RelayPorts>>,
         draining: Arc<AtomicBool>,
     ) -> Metrics {
@@ -56,6 +57,7 @@ impl Metrics {
         registry.register_collector(Box::new(TernCollector {
             workers,
             streams,
+            http,
             ports,
             draining,
         }));
@@ -79,8 +81,9 @@ tern_proto::declare_metrics! {
 pub fn declared_metrics() -> impl Iterator<Item = &'static MetricDef> {
     let turn = <SharedCounters as MetricSet>::METRICS;
     let streams = <StreamStats as MetricSet>::METRICS;
+    let http = <HttpStats as MetricSet>::METRICS;
     let process = <ProcessGauges as MetricSet>::METRICS;
-    turn.iter().chain(streams).chain(process)
+    turn.iter().chain(streams).chain(http).chain(process)
 }
 
 struct TernCollector {
@@ -88,6 +91,8 @@ struct TernCollector {
     workers: Vec<Arc<WorkerStats>>,
     /// `None` when no TCP/TLS listener runs (its metrics then read 0).
     streams: Option<Arc<StreamStats>>,
+    /// The HTTP endpoint's own.
+    http: Arc<HttpStats>,
     ports: Arc<Mutex<RelayPorts>>,
     draining: Arc<AtomicBool>,
 }
@@ -113,6 +118,7 @@ impl Collector for TernCollector {
         encode_set(&mut encoder, &turn)?;
         let streams: Vec<&StreamStats> = self.streams.iter().map(Arc::as_ref).collect();
         encode_set(&mut encoder, &streams)?;
+        encode_set(&mut encoder, &[self.http.as_ref()])?;
         let relay_ports_free = self
             .ports
             .lock()
@@ -257,6 +263,7 @@ mod tests {
         registry.register_collector(Box::new(TernCollector {
             workers: vec![Arc::new(one), Arc::new(two)],
             streams: Some(Arc::new(streams)),
+            http: Arc::new(HttpStats::default()),
             ports: Arc::new(Mutex::new(RelayPorts::new(PortPool::new(50000, 50009), 0))),
             draining: Arc::new(AtomicBool::new(true)),
         }));

@@ -1,33 +1,37 @@
 //! The HTTP endpoint (axum): the credential endpoint for app backends, `/metrics`, `/healthz` and
 //! `/readyz`, the admin API and the Trickle ICE test page.
 //!
-//! It runs on the tokio runtime of `main.rs`, never on a relay worker: what it needs from the
-//! workers it reads from their published atomics ([`crate::net::WorkerStats`]) or asks over
-//! their control channel ([`crate::net::WorkerControl`]) from a blocking task.
+//! It runs on a thread and a runtime of its own ([`HttpServer`]), never on a relay worker nor
+//! on the runtime of the TCP/TLS connections: what it needs from the workers it reads from their
+//! published atomics ([`crate::net::WorkerStats`]) or asks over their control channel
+//! ([`crate::net::WorkerControl`]) from a blocking task.
 //!
 //! Plain HTTP by default, bound to loopback (put a reverse proxy in front to expose it). With
-//! `http-tls` it serves HTTPS ([`serve_tls`]: HTTP/2 and HTTP/1.1 by ALPN) with the TLS
-//! listener's certificate store, so certificate reloads reach it too.
+//! `http-tls` it serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with the TLS listener's certificate
+//! store, so certificate reloads reach it too. Its limits (connections, timeouts, body size) are
+//! in [`server`].
 
 mod admin;
 mod credentials;
 mod health;
 mod metrics;
 mod page;
+mod server;
 
 pub use credentials::derive_uris;
 pub use metrics::declared_metrics;
+pub use server::{serve, HttpLimits, HttpRefusal, HttpServer, HttpStats, MAX_BODY};
 
 use crate::config::{Config, Secret};
 use crate::net::{
     RelayPorts, StreamControl, StreamService, UdpService, WorkerControl, WorkerStats,
 };
 use arc_swap::ArcSwap;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
@@ -70,6 +74,8 @@ pub struct HttpState {
     pub draining: Arc<AtomicBool>,
     /// Listeners bound and serving (false before start-up completes and once shutdown begins).
     pub ready: AtomicBool,
+    /// The endpoint's own connections and refusals.
+    pub http_stats: Arc<HttpStats>,
     metrics: metrics::Metrics,
 }
 
@@ -86,14 +92,17 @@ impl HttpState {
         let stats = udp.map(|udp| udp.stats.clone()).unwrap_or_default();
         let control = udp.map(UdpService::control).unwrap_or_default();
         let stream_stats = streams.map(|streams| streams.stats.clone());
+        let http_stats = Arc::new(HttpStats::default());
         Arc::new(HttpState {
             settings: ArcSwap::from_pointee(settings),
             metrics: metrics::Metrics::new(
                 stats.clone(),
                 stream_stats,
+                http_stats.clone(),
                 ports.clone(),
                 draining.clone(),
             ),
+            http_stats,
             stats,
             ports,
             control,
@@ -137,80 +146,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(admin::routes())
         .merge(page::routes())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-/// Serves until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<HttpState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// How long a client has to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves HTTPS until `shutdown` completes: TLS with `tls` (e.g.
-/// `CertStore::server_config(&[b"h2", b"http/1.1"])`, whose certificate follows reloads), then
-/// HTTP/2 or HTTP/1.1 as negotiated. In-flight requests get a second to finish at shutdown.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    state: Arc<HttpState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::debug!(%error, "https accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "https: TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "https: TLS handshake timed out");
-                    return;
-                }
-            };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // Slow request headers are cut off (hyper's header read timeout needs a timer).
-            builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %error, "https connection ended with an error");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
-    Ok(())
 }
 
 /// `{"error": message}` with `status`. Messages are fixed texts or name a field: never a

@@ -19,10 +19,11 @@ pub use addresses::{expand_listening_ips, host_addresses, RelayPlan};
 pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
+pub use stats::StreamRefusal;
 pub use stats::{StreamStats, WorkerStats};
 pub use stream::{
-    BoundStreams, StreamDeps, StreamService, StreamSettings, CLIENT_QUEUE_LIMIT, MAX_FRAME,
-    WRITE_STALL_TIMEOUT,
+    address_group, fd_ceiling, stream_runtime, BoundStreams, LimitSettings, StreamDeps,
+    StreamService, StreamSettings, FRAMES_PER_TURN, MAX_FRAME,
 };
 pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 

@@ -43,21 +43,31 @@ impl WorkerStats {
     }
 }
 
+tern_proto::label_set! {
+    /// The limit that refused a TCP/TLS connection or an RFC 6062 peer connection (the `reason`
+    /// label).
+    pub enum StreamRefusal: "reason" {
+        MaxConnections = "max_connections",
+        MaxConnectionsPerIp = "max_connections_per_ip",
+        /// The descriptor reserve (`fd-reserve-percent`).
+        FdReserve = "fd_reserve",
+    }
+}
+
 tern_proto::declare_metrics! {
     /// The TCP/TLS listeners' metrics.
     pub struct StreamStats(AtomicU64) {
-        /// Held from accept to close (TLS handshake and PROXY header included): what
-        /// `max-connections` limits.
+        /// Held from accept to close (TLS handshake and PROXY header included), and by RFC 6062
+        /// peer connections from Connect or accept to close: what `max-connections` limits.
         connections: gauge
             = "tern_stream_admitted",
-              "TCP/TLS connections holding a max-connections slot (from accept, handshakes included)";
+              "TCP/TLS client connections (from accept, handshakes included) and RFC 6062 peer connections holding a max-connections slot";
         accepted: counter
             = "tern_stream_accepted",
-              "TCP/TLS connections accepted within max-connections and max-connections-per-ip";
-        /// Refused by `max-connections` / `max-connections-per-ip`.
-        refused: counter
+              "TCP/TLS connections accepted within max-connections, max-connections-per-ip and the fd reserve";
+        refused: counter [StreamRefusal]
             = "tern_stream_refused",
-              "TCP/TLS connections refused by max-connections or max-connections-per-ip";
+              "TCP/TLS connections refused, by the limit that refused them";
         tls_handshake_failures: counter
             = "tern_tls_handshake_failures", "TLS handshakes that failed";
         /// Closed for bytes that are neither STUN, ChannelData nor TLS, or an unaccepted PROXY
@@ -77,6 +87,11 @@ tern_proto::declare_metrics! {
         client_queue_drops: counter
             = "tern_stream_queue_drops",
               "Peer datagrams dropped because the TCP/TLS client's queue toward it was full";
+        /// What the connections' read buffers hold: [`super::stream::MAX_FRAME`] at most each,
+        /// back to 4 KiB once a large frame is handled.
+        read_buffers: gauge
+            = "tern_stream_read_buffer_bytes",
+              "Bytes held by TCP/TLS connections' read buffers (4 KiB each, more only while a large frame arrives)";
         /// Relay sockets held by allocations on streams now.
         allocations: gauge
             = "tern_stream_relays",
@@ -89,6 +104,10 @@ tern_proto::declare_metrics! {
         tcp_peer_connections: counter
             = "tern_tcp_peer_connections",
               "RFC 6062 peer connections opened by Connect or accepted on a relayed address";
+        /// Refused before they were opened or filed (a Connect is answered 447).
+        tcp_peer_refused: counter [StreamRefusal]
+            = "tern_tcp_peer_connections_refused",
+              "RFC 6062 peer connections refused by max-connections or the fd reserve (Connect answered 447, inbound closed)";
         /// RFC 6062 data connections spliced with their peer connection now.
         tcp_spliced: gauge
             = "tern_tcp_relay_spliced", "RFC 6062 data connections spliced with a peer connection now";

@@ -12,7 +12,7 @@
 
 use super::common::lock;
 use super::sockets;
-use super::stream::PeerConnections;
+use super::stream::{PeerConnections, Slot};
 use crate::turn::CONNECTION_BIND_TIMEOUT;
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +53,8 @@ pub(super) struct Pending {
     pub peer: Option<TcpStream>,
     pub peer_addr: SocketAddr,
     pub owner: Owner,
+    /// Its place under `max-connections`, kept through the splice.
+    pub _slot: Slot,
 }
 
 impl Drop for Pending {
@@ -126,7 +128,7 @@ impl PeerConnections for Arc<ConnectionRegistry> {
 pub(super) struct TcpRelay {
     pub listener: TcpListener,
     pub local: SocketAddr,
-    pub connects: JoinSet<(u32, io::Result<TcpStream>)>,
+    pub connects: JoinSet<(u32, io::Result<TcpStream>, Slot)>,
     pub closed: mpsc::UnboundedReceiver<u32>,
     /// Set after a failed accept: accepting resumes when it fires.
     backoff: Option<Pin<Box<Sleep>>>,
@@ -138,7 +140,8 @@ pub(super) struct TcpRelay {
 /// What happened on a TCP relay.
 pub(super) enum RelayEvent {
     Accepted(io::Result<(TcpStream, SocketAddr)>),
-    Connected(u32, io::Result<TcpStream>),
+    /// A Connect's outcome, with the slot its connection holds.
+    Connected(u32, io::Result<TcpStream>, Slot),
     Closed(u32),
 }
 
@@ -164,8 +167,8 @@ impl TcpRelay {
         self.owner.clone()
     }
 
-    /// Opens a connection from the relayed address to `peer`, giving up after 30 s.
-    pub fn connect(&mut self, peer: SocketAddr, id: u32) {
+    /// Opens a connection from the relayed address to `peer` in `slot`, giving up after 30 s.
+    pub fn connect(&mut self, peer: SocketAddr, id: u32, slot: Slot) {
         let local = self.local;
         self.connects.spawn(async move {
             let attempt = async {
@@ -176,7 +179,7 @@ impl TcpRelay {
                 Ok(result) => result,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             };
-            (id, result)
+            (id, result, slot)
         });
     }
 
@@ -196,8 +199,8 @@ impl TcpRelay {
             }
         }
         while let Poll::Ready(Some(joined)) = self.connects.poll_join_next(cx) {
-            if let Ok((id, result)) = joined {
-                return Poll::Ready(RelayEvent::Connected(id, result));
+            if let Ok((id, result, slot)) = joined {
+                return Poll::Ready(RelayEvent::Connected(id, result, slot));
             }
         }
         match self.closed.poll_recv(cx) {
@@ -245,9 +248,18 @@ pub(super) async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::stream::{LimitSettings, Limits};
+    use crate::net::StreamStats;
     use std::time::Duration;
 
     fn pending(id: u32, owner: &Owner, peer: TcpStream) -> Pending {
+        let unlimited = LimitSettings {
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            ipv6_prefix: 64,
+            fd_ceiling: None,
+        };
+        let limits = Limits::new(unlimited, Arc::new(StreamStats::default()));
         Pending {
             id,
             username: "alice".into(),
@@ -255,6 +267,7 @@ mod tests {
             peer_addr: peer.peer_addr().unwrap(),
             peer: Some(peer),
             owner: owner.clone(),
+            _slot: limits.slot().unwrap(),
         }
     }
 

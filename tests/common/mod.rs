@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod netns;
 pub mod stream_client;
 pub mod tools;
 pub mod webrtc;
@@ -113,6 +114,21 @@ impl Tern {
             .map(|line| format!("{line}\n"))
             .collect();
         Self::start_with_config(port, &format!("{base}{extra}\n"))
+    }
+
+    /// Like [`Tern::start`], in a process whose open-file limit (soft and hard) is `fd_limit`.
+    pub fn start_with_fd_limit(fd_limit: u32, extra: &str) -> Tern {
+        let port = free_port();
+        let (min, max) = relay_range();
+        let toml = format!(
+            "listening-ip = \"127.0.0.1\"\nlistening-port = {port}\nmin-port = {min}\nmax-port = {max}\n\
+             static-auth-secret = \"{SECRET}\"\nrelay-threads = 2\nlog-level = \"debug\"\n{extra}\n"
+        );
+        // The shell sets the limit, then becomes tern.
+        let mut shell = Command::new("sh");
+        let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
+        shell.args(["-c", &script, env!("CARGO_BIN_EXE_tern")]);
+        Self::start_command(shell, port, &toml)
     }
 
     pub fn start_with_config(port: u16, toml: &str) -> Tern {

@@ -91,7 +91,6 @@ impl FrameBuffer {
     }
 
     /// Bytes held, used or not.
-    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }

@@ -10,7 +10,7 @@
 //!   valid STUN message for this long (from its start: PROXY header and TLS handshake count in;
 //!   and again from the end of an allocation). One with an allocation lives as long as it.
 //! - `partial-frame-timeout`: a started frame must complete within it (slowloris).
-//! - [`WRITE_STALL_TIMEOUT`]: a client that leaves its queue full this long is cut.
+//! - `stream-write-timeout`: a client that leaves its queue full this long is cut.
 //! - the allocation's own timers, the fold of its counters into the shared metrics, and the
 //!   wall-clock resync.
 //!
@@ -37,16 +37,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The most that waits for a client that does not read: two maximal frames. (To become a
-/// configuration key.)
-pub const CLIENT_QUEUE_LIMIT: usize = 128 * 1024;
 /// The part of the queue that relayed datagrams never take, so that replies (a Refresh!) still
 /// fit while a peer floods.
 const REPLY_RESERVE: usize = 16 * 1024;
-/// A client whose queue stays full this long is cut. (To become a configuration key.)
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a busy connection re-reads wall-clock time (REST expiry, nonces).
 const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Frames a connection handles in one turn (one wake-up of its task) before it gives other
+/// connections theirs: a client writing requests back to back gets its fair share of a runtime
+/// thread, never the whole of it.
+pub const FRAMES_PER_TURN: u32 = 64;
 
 /// What may open a connection on this listener from this source.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +63,10 @@ pub struct Accepts {
 pub struct Settings {
     pub idle_timeout: Duration,
     pub partial_frame_timeout: Duration,
+    /// `stream-write-timeout`: a client whose queue stays full this long is cut.
+    pub write_stall_timeout: Duration,
+    /// `stream-queue-size`: the most that waits for a client that does not read.
+    pub queue_limit: usize,
     pub accepts: Accepts,
     /// Reads wall-clock seconds (injected, so tests control it).
     pub wall_clock: fn() -> u64,
@@ -88,7 +91,7 @@ pub enum CloseReason {
     Protocol(&'static str),
     IdleTimeout,
     PartialFrameTimeout,
-    /// The client left its queue full for [`WRITE_STALL_TIMEOUT`].
+    /// The client left its queue full for `stream-write-timeout`.
     WriteStalled,
     /// The admin API deleted the allocation.
     AdminDeleted,
@@ -245,10 +248,14 @@ pub struct Connection<P: PeerConnections> {
     clock_synced: Instant,
     /// Frames handled since the counters were last offered to the folder.
     worked: bool,
+    /// Frames this turn may still handle (see [`FRAMES_PER_TURN`]).
+    budget: u32,
     folder: Folder,
     stats: Arc<StreamStats>,
     /// Peer datagrams dropped on a full queue, not yet added to `stats`.
     dropped: u64,
+    /// What `input` holds as `stats.read_buffers` counts it.
+    input_held: usize,
     peers: P,
     reply: Box<[u8]>,
 }
@@ -264,6 +271,9 @@ impl<P: PeerConnections> Connection<P> {
         stats: Arc<StreamStats>,
         peers: P,
     ) -> Self {
+        let input = FrameBuffer::new();
+        let input_held = input.capacity();
+        stats.read_buffers.fetch_add(input_held as u64, Relaxed);
         Connection {
             phase: Phase::Prelude { proxy_seen: false },
             server,
@@ -273,7 +283,7 @@ impl<P: PeerConnections> Connection<P> {
                 transport: Transport::Tcp,
             },
             settings,
-            input: FrameBuffer::new(),
+            input,
             lent: None,
             output: ClientQueue::new(),
             effects: Effects {
@@ -288,9 +298,11 @@ impl<P: PeerConnections> Connection<P> {
             stalled_since: None,
             clock_synced: now,
             worked: false,
+            budget: FRAMES_PER_TURN,
             folder: Folder::new(stats.turn.clone()),
             stats,
             dropped: 0,
+            input_held,
             peers,
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
         }
@@ -299,6 +311,19 @@ impl<P: PeerConnections> Connection<P> {
     /// The 5-tuple: the client (a PROXY header's once read) and our address.
     pub fn tuple(&self) -> FiveTuple {
         self.tuple
+    }
+
+    // ----- turns -----
+
+    /// A new turn begins (the task woke up): up to [`FRAMES_PER_TURN`] frames may be handled.
+    pub fn start_turn(&mut self) {
+        self.budget = FRAMES_PER_TURN;
+    }
+
+    /// Whether whole frames wait while this turn's budget is spent: the task should let other
+    /// tasks run, then start a new turn.
+    pub fn yielding(&self) -> bool {
+        self.budget == 0 && self.phase == Phase::Serving && self.input.complete_frame().is_some()
     }
 
     // ----- the client stream -----
@@ -324,6 +349,7 @@ impl<P: PeerConnections> Connection<P> {
     /// between).
     pub fn handle_client_read(&mut self, now: Instant, n: usize) {
         self.input.filled(n);
+        self.track_input_memory();
         if now.saturating_duration_since(self.clock_synced) >= CLOCK_SYNC_INTERVAL {
             self.clock_synced = now;
             self.server
@@ -405,7 +431,7 @@ impl<P: PeerConnections> Connection<P> {
                 &mut self.stalled_since,
                 now,
                 data,
-                CLIENT_QUEUE_LIMIT,
+                self.settings.queue_limit,
             );
         }
         if bound {
@@ -433,7 +459,7 @@ impl<P: PeerConnections> Connection<P> {
         let Some((alloc, RelayTransport::Udp)) = self.effects.relay else {
             return;
         };
-        let limit = CLIENT_QUEUE_LIMIT - REPLY_RESERVE;
+        let limit = self.settings.queue_limit - REPLY_RESERVE;
         if self.output.len() + DATA_INDICATION_MAX_PREFIX + len + 3 > limit {
             self.dropped += 1;
             self.stalled_since.get_or_insert(now);
@@ -475,7 +501,7 @@ impl<P: PeerConnections> Connection<P> {
                 &mut self.stalled_since,
                 now,
                 data,
-                CLIENT_QUEUE_LIMIT,
+                self.settings.queue_limit,
             );
         }
         self.folder.fold_soon(&self.server, now);
@@ -497,7 +523,7 @@ impl<P: PeerConnections> Connection<P> {
                 &mut self.stalled_since,
                 now,
                 data,
-                CLIENT_QUEUE_LIMIT,
+                self.settings.queue_limit,
             );
         }
         self.folder.fold_soon(&self.server, now);
@@ -589,7 +615,7 @@ impl<P: PeerConnections> Connection<P> {
     }
 
     fn stall_deadline(&self) -> Option<Instant> {
-        Some(self.stalled_since? + WRITE_STALL_TIMEOUT)
+        Some(self.stalled_since? + self.settings.write_stall_timeout)
     }
 
     // ----- outputs -----
@@ -617,6 +643,7 @@ impl<P: PeerConnections> Connection<P> {
             };
             match step {
                 Step::Idle => {
+                    self.track_input_memory();
                     if std::mem::take(&mut self.worked) {
                         self.folder.fold_soon(&self.server, now);
                     }
@@ -697,11 +724,15 @@ impl<P: PeerConnections> Connection<P> {
         let Some(len) = self.input.complete_frame() else {
             return Step::Idle;
         };
-        if self.output.len() + REPLY_BUFFER > CLIENT_QUEUE_LIMIT {
+        if self.output.len() + REPLY_BUFFER > self.settings.queue_limit {
             // Its reply might not fit: the frame waits, and so does the client's stream.
             self.stalled_since.get_or_insert(now);
             return Step::Idle;
         }
+        if self.budget == 0 {
+            return Step::Idle; // the rest waits for the next turn
+        }
+        self.budget -= 1;
         self.worked = true;
         let frame = &self.input.pending()[..len];
         let (valid, bind) = match stun::frame_kind(frame) {
@@ -728,7 +759,7 @@ impl<P: PeerConnections> Connection<P> {
             .handle_client(now, tuple, frame, &mut self.reply)
         {
             turn::Output::ToClient { data, .. } => {
-                self.output.push(data, CLIENT_QUEUE_LIMIT);
+                self.output.push(data, self.settings.queue_limit);
             }
             turn::Output::ToPeer { peer, data, .. } => {
                 // The datagram lies inside the frame: lent out, the frame dropped afterwards.
@@ -767,7 +798,7 @@ impl<P: PeerConnections> Connection<P> {
             .server
             .connection_bind(now, tuple, frame, &mut claim, &mut self.reply);
         if let turn::Output::ToClient { data, .. } = output {
-            self.output.push(data, CLIENT_QUEUE_LIMIT);
+            self.output.push(data, self.settings.queue_limit);
         }
         let claimed = claim.claimed;
         self.input.consume(len);
@@ -804,6 +835,19 @@ impl<P: PeerConnections> Connection<P> {
         } else if handled || self.partial_since.is_none() {
             self.partial_since = Some(now);
         }
+    }
+
+    /// Brings `tern_stream_read_buffer_bytes` up to date when the read buffer grew or shrank.
+    fn track_input_memory(&mut self) {
+        let held = self.input.capacity();
+        if held > self.input_held {
+            let grown = (held - self.input_held) as u64;
+            self.stats.read_buffers.fetch_add(grown, Relaxed);
+        } else if held < self.input_held {
+            let shrunk = (self.input_held - held) as u64;
+            self.stats.read_buffers.fetch_sub(shrunk, Relaxed);
+        }
+        self.input_held = held;
     }
 
     fn apply_events(&mut self, now: Instant) {
@@ -843,6 +887,8 @@ impl<P: PeerConnections> Drop for Connection<P> {
     fn drop(&mut self) {
         self.server.close_tuple(&self.tuple);
         self.fold();
+        let held = self.input_held as u64;
+        self.stats.read_buffers.fetch_sub(held, Relaxed);
     }
 }
 

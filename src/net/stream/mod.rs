@@ -12,17 +12,19 @@
 
 mod buffers;
 mod connection;
+mod limits;
 mod task;
 
 pub use buffers::MAX_FRAME;
 pub(super) use connection::PeerConnections;
-pub use connection::{CLIENT_QUEUE_LIMIT, WRITE_STALL_TIMEOUT};
+pub use connection::FRAMES_PER_TURN;
+pub use limits::{address_group, fd_ceiling, LimitSettings};
+pub(super) use limits::{Limits, Refused, Slot};
 
 use super::addresses::{expand_listening_ips, RelayPlan};
-use super::common::lock;
 use super::relay::RelaySockets;
 use super::relay_ports::RelayPorts;
-use super::stats::StreamStats;
+use super::stats::{StreamRefusal, StreamStats};
 use super::stream_admin::{StreamControl, StreamRegistry};
 use super::tcp_relay::ConnectionRegistry;
 use super::tls::{CertStore, ALPN_STUN_TURN};
@@ -31,12 +33,11 @@ use crate::config::Config;
 use crate::policy::{IpRange, Quotas};
 use crate::turn::{CoreConfig, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -45,28 +46,52 @@ use tracing::{debug, info};
 
 /// Listen backlog of TCP listeners.
 const BACKLOG: i32 = 1024;
-/// At most one info line about refused connections per this interval (each one is at debug).
-const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Worker threads of the stream runtime.
+const RUNTIME_THREADS: usize = 2;
+/// Task polls a stream runtime worker makes between two looks at the sockets and timers (tokio's
+/// `event_interval`, 61 by default). A connection's poll does at most [`FRAMES_PER_TURN`] frames,
+/// so while flooding connections keep every worker busy, a socket that turns ready waits for a
+/// few of those polls, not for 61.
+const EVENT_INTERVAL: u32 = 4;
+
+/// The runtime the TCP/TLS connections run on (signals and the certificate watcher too).
+pub fn stream_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS)
+        .event_interval(EVENT_INTERVAL)
+        .thread_name("tern-stream")
+        .enable_all()
+        .build()
+}
 
 /// Limits and timeouts of the stream listeners (restart to change).
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
     pub idle_timeout: Duration,
     pub partial_frame_timeout: Duration,
-    /// 0 = unlimited.
-    pub max_connections: usize,
-    /// 0 = unlimited.
-    pub max_connections_per_ip: usize,
+    pub write_stall_timeout: Duration,
+    pub queue_limit: usize,
+    pub limits: LimitSettings,
     pub proxy_trusted: Vec<IpRange>,
 }
 
 impl StreamSettings {
+    /// The settings `config` asks for; the descriptor reserve is taken off the open-file limit
+    /// in force now.
     pub fn from_config(config: &Config) -> Self {
+        let fd_limit = limits::open_file_limit().unwrap_or(0);
         StreamSettings {
             idle_timeout: Duration::from_secs(config.stream_idle_timeout.into()),
             partial_frame_timeout: Duration::from_secs(config.partial_frame_timeout.into()),
-            max_connections: config.max_connections as usize,
-            max_connections_per_ip: config.max_connections_per_ip as usize,
+            write_stall_timeout: Duration::from_secs(config.stream_write_timeout.into()),
+            queue_limit: config.stream_queue_size as usize,
+            limits: LimitSettings {
+                max_connections: config.max_connections as usize,
+                max_connections_per_ip: config.max_connections_per_ip as usize,
+                ipv6_prefix: config.connection_ipv6_prefix.min(128) as u8,
+                fd_ceiling: fd_ceiling(fd_limit, config.fd_reserve_percent),
+            },
             proxy_trusted: config.proxy_protocol_trusted.clone(),
         }
     }
@@ -121,9 +146,18 @@ impl BoundStreams {
         let (sender, receiver) = watch::channel(deps.core);
         let stats = Arc::new(StreamStats::default());
         let registry = Arc::new(StreamRegistry::default());
+        let settings = StreamSettings::from_config(config);
+        if let Some(ceiling) = settings.limits.fd_ceiling {
+            let open_file_limit = limits::open_file_limit().unwrap_or(0);
+            info!(
+                open_file_limit,
+                ceiling, "TCP/TLS and peer connections keep below this file descriptor"
+            );
+        }
         let shared = Arc::new(Shared {
             registry: registry.clone(),
-            settings: StreamSettings::from_config(config),
+            limits: Limits::new(settings.limits, stats.clone()),
+            settings,
             core: receiver,
             nonces: deps.nonces,
             quotas: deps.quotas,
@@ -137,8 +171,6 @@ impl BoundStreams {
             ),
             tls: self.tls,
             stats: stats.clone(),
-            per_ip: Mutex::new(HashMap::new()),
-            refusals: RefusalLog::default(),
             tcp_connections: Arc::new(ConnectionRegistry::default()),
         });
         let _entered = runtime.enter();
@@ -245,9 +277,8 @@ struct Shared {
     relays: RelaySockets,
     tls: Option<TlsAcceptor>,
     stats: Arc<StreamStats>,
-    /// Open connections per client address (only addresses under a per-IP limit).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    refusals: RefusalLog,
+    /// `max-connections`, `max-connections-per-ip` and the descriptor reserve.
+    limits: Arc<Limits>,
     /// Serving connections, for the admin API.
     registry: Arc<StreamRegistry>,
     /// RFC 6062 peer connections waiting for their ConnectionBind, across connections.
@@ -259,87 +290,8 @@ impl Shared {
         self.settings.proxy_trusted.iter().any(|r| r.contains(ip))
     }
 
-    /// Counts a connection against `max-connections`.
-    fn admit(self: &Arc<Self>) -> Option<Permit> {
-        let max = self.settings.max_connections as u64;
-        let open = self.stats.connections.fetch_add(1, Relaxed);
-        let permit = Permit {
-            shared: self.clone(),
-            ip: None,
-        };
-        // Over the limit: dropping the permit takes the count back.
-        (max == 0 || open < max).then_some(permit)
-    }
-
-    /// Counts the connection against `max-connections-per-ip` for `ip`.
-    fn admit_ip(&self, permit: &mut Permit, ip: IpAddr) -> bool {
-        let max = self.settings.max_connections_per_ip;
-        if max == 0 {
-            return true;
-        }
-        let mut per_ip = lock(&self.per_ip);
-        let open = per_ip.entry(ip).or_insert(0);
-        if *open >= max {
-            if *open == 0 {
-                per_ip.remove(&ip);
-            }
-            return false;
-        }
-        *open += 1;
-        permit.ip = Some(ip);
-        true
-    }
-
-    fn refused(&self, peer: SocketAddr, reason: &'static str) {
-        self.stats.refused.fetch_add(1, Relaxed);
-        debug!(%peer, reason, "connection refused");
-        self.refusals.note(reason);
-    }
-}
-
-/// A connection's place under the limits, given back on drop.
-struct Permit {
-    shared: Arc<Shared>,
-    ip: Option<IpAddr>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.shared.stats.connections.fetch_sub(1, Relaxed);
-        if let Some(ip) = self.ip {
-            let mut per_ip = lock(&self.shared.per_ip);
-            if let Some(open) = per_ip.get_mut(&ip) {
-                *open -= 1;
-                if *open == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
-/// Rate-limits the info line about refused connections, so a flood does not flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    since_report: AtomicU64,
-    last_report: Mutex<Option<Instant>>,
-}
-
-impl RefusalLog {
-    fn note(&self, reason: &'static str) {
-        self.since_report.fetch_add(1, Relaxed);
-        let Ok(mut last) = self.last_report.try_lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if last.is_none_or(|at| now.duration_since(at) >= REFUSAL_REPORT_EVERY) {
-            *last = Some(now);
-            let refused = self.since_report.swap(0, Relaxed);
-            info!(
-                refused,
-                reason, "connections refused by connection limits (reported at most every 10 s)"
-            );
-        }
+    fn refused(&self, peer: SocketAddr, reason: StreamRefusal) {
+        self.limits.refused(Refused::Client, peer, reason);
     }
 }
 
@@ -354,17 +306,48 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Some(mut permit) = shared.admit() else {
-            shared.refused(peer, "max-connections");
-            continue;
+        let mut slot = match shared.limits.admit(&tcp) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.refused(peer, reason);
+                continue;
+            }
         };
         // A trusted proxy's own address is not limited; the client it speaks for is, once known.
         let trusted = shared.is_trusted_proxy(peer.ip());
-        if !trusted && !shared.admit_ip(&mut permit, peer.ip()) {
-            shared.refused(peer, "max-connections-per-ip");
-            continue;
+        if !trusted {
+            if let Err(reason) = shared.limits.admit_ip(&mut slot, peer.ip()) {
+                shared.refused(peer, reason);
+                continue;
+            }
         }
         shared.stats.accepted.fetch_add(1, Relaxed);
-        tokio::spawn(task::run(tcp, peer, kind, trusted, permit, shared.clone()));
+        tokio::spawn(task::run(tcp, peer, kind, trusted, slot, shared.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_follow_their_keys() {
+        let config = crate::config::from_toml_str(
+            "stream-write-timeout = 3\nstream-queue-size = 65536\nconnection-ipv6-prefix = 56\n\
+             max-connections = 7\nmax-connections-per-ip = 2\nfd-reserve-percent = 10",
+        )
+        .unwrap();
+        let settings = StreamSettings::from_config(&config);
+        assert_eq!(settings.write_stall_timeout, Duration::from_secs(3));
+        assert_eq!(settings.queue_limit, 65536);
+        assert_eq!(settings.limits.ipv6_prefix, 56);
+        assert_eq!(settings.limits.max_connections, 7);
+        assert_eq!(settings.limits.max_connections_per_ip, 2);
+        let soft = limits::open_file_limit().unwrap();
+        assert_eq!(settings.limits.fd_ceiling, fd_ceiling(soft, 10));
+        assert!(settings.limits.fd_ceiling.is_some());
+        let none = crate::config::from_toml_str("fd-reserve-percent = 0").unwrap();
+        let none = StreamSettings::from_config(&none);
+        assert_eq!(none.limits.fd_ceiling, None);
     }
 }

@@ -5,7 +5,7 @@
 //! machine's; nothing here waits on one thing while another is due.
 
 use super::connection::{Accepts, CloseReason, Connection, HandOff, Output, Settings};
-use super::{Kind, Permit, Shared};
+use super::{Kind, Refused, Shared, Slot};
 use crate::net::common::unix_now;
 use crate::net::relay::{Leased, DATAGRAM_BUFFER};
 use crate::net::stream_admin::{Registration, StreamCommand};
@@ -60,7 +60,7 @@ pub(super) async fn run(
     peer: SocketAddr,
     kind: Kind,
     trusted: bool,
-    permit: Permit,
+    slot: Slot,
     shared: Arc<Shared>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -79,6 +79,8 @@ pub(super) async fn run(
     let settings = Settings {
         idle_timeout: shared.settings.idle_timeout,
         partial_frame_timeout: shared.settings.partial_frame_timeout,
+        write_stall_timeout: shared.settings.write_stall_timeout,
+        queue_limit: shared.settings.queue_limit,
         accepts: Accepts {
             proxy: trusted,
             tls: shared.tls.is_some(),
@@ -101,7 +103,7 @@ pub(super) async fn run(
         peer,
         client: peer,
         trusted,
-        permit,
+        slot,
         relay: None,
         unflushed: false,
         sleep: Box::pin(tokio::time::sleep_until(now.into())),
@@ -131,7 +133,8 @@ struct Driver {
     peer: SocketAddr,
     client: SocketAddr,
     trusted: bool,
-    permit: Permit,
+    /// The connection's place under the connection limits.
+    slot: Slot,
     relay: Option<HeldRelay>,
     /// Bytes were written since the stream was last flushed (TLS buffers records).
     unflushed: bool,
@@ -235,6 +238,7 @@ impl Driver {
         stream: &mut S,
         conn: &mut Conn,
     ) -> Poll<Exit> {
+        conn.start_turn();
         for _ in 0..ROUNDS_PER_POLL {
             let now = Instant::now();
             if let Some(exit) = self.act(now, conn) {
@@ -263,10 +267,14 @@ impl Driver {
                 busy = true;
             }
             busy |= self.poll_timer(cx, conn);
+            if conn.yielding() {
+                break; // frames wait: they get the next turn, after other tasks had theirs
+            }
             if !busy {
                 return Poll::Pending;
             }
         }
+        // Woken from within its own poll, the task goes to the back of the run queue.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -277,9 +285,12 @@ impl Driver {
             match output {
                 Output::Identified { client, tls_prefix } => {
                     self.client = client;
-                    if self.trusted && !self.shared.admit_ip(&mut self.permit, client.ip()) {
-                        self.shared.refused(client, "max-connections-per-ip");
-                        return Some(Exit::Ended(Ending::Refused));
+                    if self.trusted {
+                        let limits = &self.shared.limits;
+                        if let Err(reason) = limits.admit_ip(&mut self.slot, client.ip()) {
+                            self.shared.refused(client, reason);
+                            return Some(Exit::Ended(Ending::Refused));
+                        }
                     }
                     if client != self.peer {
                         debug!(%client, proxy = %self.peer, "PROXY header accepted");
@@ -319,7 +330,14 @@ impl Driver {
                         ..
                     }) = &mut self.relay
                     {
-                        relay.connect(peer, connection_id);
+                        // The peer connection counts against max-connections from now on.
+                        match self.shared.limits.slot() {
+                            Ok(slot) => relay.connect(peer, connection_id, slot),
+                            Err(reason) => {
+                                self.shared.limits.refused(Refused::Peer, peer, reason);
+                                conn.connect_result(now, connection_id, false);
+                            }
+                        }
                     }
                 }
                 Output::ReleaseRelay => self.relay = None,
@@ -367,16 +385,21 @@ impl Driver {
         request: &RelayRequest,
     ) -> Result<BoundRelay, RelayError> {
         let relays = &self.shared.relays;
+        // A stream client's relay socket stays out of the descriptor reserve too (508).
+        let limits = &self.shared.limits;
+        let reserved = |_| RelayError::NoPorts;
         let (bound, relay) = match request.transport {
             RelayTransport::Udp => {
                 let (bound, socket) =
                     relays.open_udp(now, request, request.family, request.port)?;
+                limits.fd_allowed(&*socket).map_err(reserved)?;
                 let socket = socket.register(UdpSocket::from_std)?;
                 let buf = vec![0u8; DATAGRAM_BUFFER].into_boxed_slice();
                 (bound, StreamRelay::Udp { socket, buf })
             }
             RelayTransport::Tcp => {
                 let (bound, listener) = relays.open_tcp(request)?;
+                limits.fd_allowed(&*listener).map_err(reserved)?;
                 let relay = listener.register(|listener| {
                     let listener = TcpListener::from_std(listener)?;
                     Ok(TcpRelay::new(listener, bound.local))
@@ -430,7 +453,7 @@ impl Driver {
         let control_client = conn.tuple().client;
         let registry = &self.shared.tcp_connections;
         let opened = &self.shared.stats.tcp_peer_connections;
-        let file = |id, peer: TcpStream, peer_addr| {
+        let file = |id, peer: TcpStream, peer_addr, slot| {
             let filed = registry.insert(Pending {
                 id,
                 username: username.clone(),
@@ -438,21 +461,31 @@ impl Driver {
                 peer: Some(peer),
                 peer_addr,
                 owner,
+                _slot: slot,
             });
             if filed {
                 opened.fetch_add(1, Relaxed);
             }
             filed
         };
+        let limits = &self.shared.limits;
         match event {
-            RelayEvent::Accepted(Ok((peer, peer_addr))) => {
+            RelayEvent::Accepted(Ok((peer, peer_addr))) => match limits.admit(&peer) {
                 // Without a permission the peer connection is dropped here, closed.
-                conn.handle_peer_connection(now, peer_addr, |id| file(id, peer, peer_addr));
-            }
+                Ok(slot) => conn
+                    .handle_peer_connection(now, peer_addr, |id| file(id, peer, peer_addr, slot)),
+                Err(reason) => limits.refused(Refused::Peer, peer_addr, reason),
+            },
             RelayEvent::Accepted(Err(error)) => debug!(%error, "TCP relay accept failed"),
-            RelayEvent::Connected(id, result) => {
+            RelayEvent::Connected(id, result, slot) => {
                 let filed = match result.and_then(|peer| Ok((peer.peer_addr()?, peer))) {
-                    Ok((peer_addr, peer)) => file(id, peer, peer_addr),
+                    Ok((peer_addr, peer)) => match limits.fd_allowed(&peer) {
+                        Ok(()) => file(id, peer, peer_addr, slot),
+                        Err(reason) => {
+                            limits.refused(Refused::Peer, peer_addr, reason);
+                            false
+                        }
+                    },
                     Err(error) => {
                         debug!(%error, connection_id = id, "connect to peer failed");
                         false

@@ -18,6 +18,8 @@ const IDLE: Duration = Duration::from_secs(10);
 const PARTIAL: Duration = Duration::from_secs(4);
 const LIFETIME: Duration = Duration::from_secs(60);
 const MS: Duration = Duration::from_millis(1);
+const CLIENT_QUEUE_LIMIT: usize = 128 * 1024;
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -144,6 +146,8 @@ impl Harness {
         let settings = Settings {
             idle_timeout: IDLE,
             partial_frame_timeout: PARTIAL,
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
+            queue_limit: CLIENT_QUEUE_LIMIT,
             accepts,
             wall_clock,
         };
@@ -193,19 +197,25 @@ impl Harness {
     }
 
     /// Acts on every output; whether there was one. Relays bind at [`RELAY`].
+    /// Turn after turn while frames wait for one, as the task's wake-ups would.
     fn act(&mut self, seen: &mut Vec<Seen>) -> bool {
         let mut any = false;
-        while let Some(output) = self.conn.poll_output(self.now) {
-            any = true;
-            if let Output::BindRelay(request) = output {
-                seen.push(Seen::BindRelay(request.transport));
-                self.conn
-                    .relay_bound(self.now, Ok(BoundRelay::from(addr(RELAY))));
-            } else {
-                seen.push(output.into());
+        loop {
+            self.conn.start_turn();
+            while let Some(output) = self.conn.poll_output(self.now) {
+                any = true;
+                if let Output::BindRelay(request) = output {
+                    seen.push(Seen::BindRelay(request.transport));
+                    self.conn
+                        .relay_bound(self.now, Ok(BoundRelay::from(addr(RELAY))));
+                } else {
+                    seen.push(output.into());
+                }
+            }
+            if !self.conn.yielding() {
+                return any;
             }
         }
-        any
     }
 
     /// Time passes by `by`, the harness running the timers as the task would; the outputs.
@@ -774,8 +784,16 @@ fn the_read_buffer_shrinks_back_after_a_64_kib_frame() {
     let large = channel_data(0x4000, &[1u8; 65535]);
     h.send(&large[..60_000]);
     assert!(h.conn.input.capacity() <= MAX_FRAME);
+    // `tern_stream_read_buffer_bytes` follows the buffer up and back down.
+    let gauge = |h: &Harness| h.stats.read_buffers.load(Relaxed) as usize;
+    assert_eq!(gauge(&h), h.conn.input.capacity());
+    assert!(gauge(&h) >= 60_000);
     h.send(&large[60_000..]);
     assert_eq!(h.conn.input.capacity(), INITIAL_BUFFER);
+    assert_eq!(gauge(&h), INITIAL_BUFFER);
+    let stats = h.stats.clone();
+    drop(h);
+    assert_eq!(stats.read_buffers.load(Relaxed), 0);
 }
 
 #[test]
@@ -793,4 +811,32 @@ fn counters_fold_within_the_fold_interval_not_per_packet() {
         h.conn.poll_timeout(),
         Some(h.now - Duration::from_millis(500) + IDLE)
     );
+}
+
+#[test]
+fn a_turn_handles_at_most_its_budget_of_frames_then_the_rest_waits() {
+    let mut h = Harness::plain();
+    h.send(&binding(0));
+    assert_eq!(h.read().len(), 1);
+    // Two turns' worth of requests in one write.
+    let count = 2 * FRAMES_PER_TURN as usize;
+    let burst: Vec<u8> = (0..count).flat_map(|n| binding(n as u8)).collect();
+    assert_eq!(h.conn.handle_client_bytes(h.now, &burst), burst.len());
+    h.conn.start_turn();
+    while h.conn.poll_output(h.now).is_some() {}
+    assert_eq!(
+        h.read().len(),
+        FRAMES_PER_TURN as usize,
+        "one turn's budget"
+    );
+    assert!(h.conn.yielding(), "frames wait for the next turn");
+    assert!(
+        h.conn.read_buffer().is_none(),
+        "and nothing more is read meanwhile"
+    );
+    h.conn.start_turn();
+    while h.conn.poll_output(h.now).is_some() {}
+    assert_eq!(h.read().len(), FRAMES_PER_TURN as usize);
+    assert!(!h.conn.yielding(), "all answered");
+    assert!(h.conn.read_buffer().is_some());
 }
