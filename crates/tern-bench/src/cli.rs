@@ -92,16 +92,23 @@ pub struct FlowArgs {
     /// Drive `tern-bench forwarder` (no STUN: a 4-byte header only).
     #[arg(long)]
     pub raw: bool,
-    /// Echo peer threads, each with its own socket.
+    /// Echo peer threads (the peer sockets are split between them).
     #[arg(long, default_value_t = 1)]
     pub echo_threads: usize,
+    /// Echo peer sockets, i.e. distinct peer addresses, assigned to the allocations in turn;
+    /// default one per allocation in `steady` (every call has its own peer), one in `relay`.
+    #[arg(long)]
+    pub peers: Option<usize>,
     /// Address the echo peer binds; default the loopback address of the server's family.
     #[arg(long)]
     pub peer_ip: Option<std::net::IpAddr>,
-    /// Network namespace (a name under /run/netns) the echo peer's sockets are made in; the
-    /// clients stay in tern-bench's own.
+    /// Network namespace (a name under /run/netns) the echo peer's sockets are made in.
     #[arg(long)]
     pub peer_netns: Option<String>,
+    /// Network namespace the client sockets are made in (tern-bench itself stays where it is,
+    /// so it can still read the server's /proc and the tracepoints).
+    #[arg(long)]
+    pub client_netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

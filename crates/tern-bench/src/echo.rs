@@ -1,5 +1,7 @@
 //! The built-in UDP echo peer: every datagram goes back to its sender, in batches
-//! (recvmmsg/sendmmsg). Bounded in time; stops when asked. While the window is measured it also
+//! (recvmmsg/sendmmsg), from one socket or many (one peer address per allocation, as real
+//! calls have; coTURN's multiplex-peer mode needs that), served by one or more threads with
+//! epoll. Bounded in time; stops when asked. While the window is measured it also
 //! records how datagrams arrive: how many each wake-up finds, and the time between wake-ups —
 //! the evidence that a load is spread out (one datagram per wake-up) or bursty.
 
@@ -108,10 +110,12 @@ impl Arrivals {
 }
 
 impl Echo {
-    /// Starts `threads` echo sockets on `ip` (port chosen by the kernel), created inside network
-    /// namespace `netns` if one is named.
+    /// Starts `sockets` echo sockets on `ip` (ports chosen by the kernel), created inside
+    /// network namespace `netns` if one is named, served by `threads` threads (socket `i` by
+    /// thread `i % threads`).
     pub fn start(
         threads: usize,
+        sockets: usize,
         ip: IpAddr,
         netns: Option<&str>,
         lifetime: Duration,
@@ -120,15 +124,22 @@ impl Echo {
         let measuring = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let sockets = crate::netns::within(netns, || {
-            (0..threads.max(1))
+            (0..sockets.max(1))
                 .map(|_| echo_socket(SocketAddr::new(ip, 0)))
                 .collect::<io::Result<Vec<_>>>()
         })?;
-        let mut addrs = Vec::new();
+        let addrs = sockets
+            .iter()
+            .map(UdpSocket::local_addr)
+            .collect::<io::Result<Vec<_>>>()?;
+        let threads = threads.clamp(1, sockets.len());
+        let mut parts: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            parts[i % threads].push(socket);
+        }
         let mut handles = Vec::new();
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        for (i, socket) in sockets.into_iter().enumerate() {
-            addrs.push(socket.local_addr()?);
+        for (i, socket) in parts.into_iter().enumerate() {
             let (echoed, measuring, stop) = (echoed.clone(), measuring.clone(), stop.clone());
             let tid_tx = tid_tx.clone();
             handles.push(
@@ -137,7 +148,7 @@ impl Echo {
                     .spawn(move || {
                         let _ = tid_tx.send(proc_stats::gettid());
                         drop(tid_tx);
-                        serve(socket, &echoed, &measuring, &stop, lifetime)
+                        serve(&socket, &echoed, &measuring, &stop, lifetime)
                     })?,
             );
         }
@@ -175,64 +186,75 @@ fn echo_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
     // Deep buffers: the echo must not be where packets are lost.
     force_buffers(&socket, 8 << 20);
     socket.bind(&bind.into())?;
-    let socket: UdpSocket = socket.into();
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    Ok(socket)
+    Ok(socket.into())
 }
 
 fn serve(
-    socket: UdpSocket,
+    sockets: &[UdpSocket],
     echoed: &AtomicU64,
     measuring: &AtomicBool,
     stop: &AtomicBool,
     lifetime: Duration,
 ) -> Arrivals {
-    let deadline = Instant::now() + lifetime;
-    let fd = socket.as_raw_fd();
-    let mut batch = RecvBatch::new(SLOT);
     let mut arrivals = Arrivals::default();
-    // The wake-up being served: when it started and what it has read so far.
-    let mut burst: Option<(Instant, u64)> = None;
+    let Ok(mut poll) = mio::Poll::new() else {
+        return arrivals;
+    };
+    for (i, socket) in sockets.iter().enumerate() {
+        let fd = socket.as_raw_fd();
+        let source = &mut mio::unix::SourceFd(&fd);
+        if poll
+            .registry()
+            .register(source, mio::Token(i), mio::Interest::READABLE)
+            .is_err()
+        {
+            return arrivals;
+        }
+    }
+    let deadline = Instant::now() + lifetime;
+    let mut events = mio::Events::with_capacity(1024);
+    let mut batch = RecvBatch::new(SLOT);
     let mut last_wake: Option<Instant> = None;
     while !stop.load(Relaxed) && Instant::now() < deadline {
-        let count = match batch.recv(fd, 0, SLOT, BATCH) {
-            Ok(0) => {
-                if let Some((at, n)) = burst.take() {
-                    if measuring.load(Relaxed) {
-                        let gap = last_wake.map(|l| at.duration_since(l).as_nanos() as u64);
-                        arrivals.record(n, gap);
-                    }
-                    last_wake = Some(at);
-                }
-                wait_readable(fd, 50);
-                continue;
-            }
-            Ok(count) => count,
-            Err(_) => continue,
-        };
-        let started = burst.map_or_else(Instant::now, |(at, _)| at);
-        burst = Some((started, burst.map_or(0, |(_, n)| n) + count as u64));
-        let (slots, meta) = batch.split();
-        let mut out = SendBatch::new();
-        for (i, slot) in slots.take(count).enumerate() {
-            let (name, len) = meta.raw_source(i);
-            out.push_raw(&slot[..meta.len[i]], name, len);
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .is_err()
+        {
+            continue;
         }
-        out.flush(fd);
-        echoed.fetch_add(count as u64, Relaxed);
+        let woke = Instant::now();
+        let mut got = 0u64;
+        for event in events.iter() {
+            let Some(socket) = sockets.get(event.token().0) else {
+                continue;
+            };
+            let fd = socket.as_raw_fd();
+            // Edge-triggered: read until a short batch says the queue is empty.
+            loop {
+                let count = batch.recv(fd, 0, SLOT, BATCH).unwrap_or(0);
+                let (slots, meta) = batch.split();
+                let mut out = SendBatch::new();
+                for (i, slot) in slots.take(count).enumerate() {
+                    let (name, len) = meta.raw_source(i);
+                    out.push_raw(&slot[..meta.len[i]], name, len);
+                }
+                out.flush(fd);
+                got += count as u64;
+                if count < BATCH {
+                    break;
+                }
+            }
+        }
+        if got > 0 {
+            echoed.fetch_add(got, Relaxed);
+            if measuring.load(Relaxed) {
+                let gap = last_wake.map(|l| woke.duration_since(l).as_nanos() as u64);
+                arrivals.record(got, gap);
+            }
+            last_wake = Some(woke);
+        }
     }
     arrivals
-}
-
-/// Blocks until `fd` is readable or `millis` pass.
-pub fn wait_readable(fd: std::os::fd::RawFd, millis: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, millis) };
 }
 
 /// SO_RCVBUF/SO_SNDBUF past `net.core.rmem_max` where allowed (SO_*BUFFORCE needs

@@ -131,6 +131,8 @@ fn open_thread(tid: libc::pid_t, events: &[(&str, u64)]) -> io::Result<(Group, V
             .observe_pid(tid)
             .any_cpu()
             .include_kernel()
+            // Members are on; the disabled leader gates them all.
+            .enabled(true)
             .build_with_group(&mut group)?;
         counters.push(counter);
     }

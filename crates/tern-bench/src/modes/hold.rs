@@ -27,7 +27,7 @@ pub fn run(args: &HoldArgs) -> io::Result<()> {
     } else {
         std::net::Ipv6Addr::LOCALHOST.into()
     };
-    let echo = Echo::start(1, loopback, None, SETUP_BOUND + Duration::from_secs(60))?;
+    let echo = Echo::start(1, 1, loopback, None, SETUP_BOUND + Duration::from_secs(60))?;
     let peer = echo.addrs[0];
     // Warm the server with one full allocation cycle so lazily created state is not counted.
     let mut warm = TurnClient::connect(common.server, rest_credentials(&common.secret, 0))?;

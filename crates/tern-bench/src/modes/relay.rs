@@ -34,8 +34,9 @@ pub struct Flows {
 }
 
 impl Flows {
-    /// Starts the echo peer and sets up `args.allocations` allocations (or raw forwarder flows).
-    pub fn open(common: &Common, args: &FlowArgs) -> io::Result<Flows> {
+    /// Starts the echo peer (`args.peers` sockets, else `default_peers`) and sets up
+    /// `args.allocations` allocations (or raw forwarder flows).
+    pub fn open(common: &Common, args: &FlowArgs, default_peers: usize) -> io::Result<Flows> {
         require_test_address(common.server)?;
         raise_fd_limit();
         let size = args.size.clamp(STAMP, MAX_SIZE);
@@ -47,37 +48,44 @@ impl Flows {
         require_test_address(SocketAddr::new(peer_ip, 0))?;
         let echo = Echo::start(
             args.echo_threads,
+            args.peers
+                .unwrap_or(default_peers)
+                .clamp(1, args.allocations.max(1)),
             peer_ip,
             args.peer_netns.as_deref(),
             SETUP_BOUND + common.warmup() + common.duration() + Duration::from_secs(10),
         )?;
         let setup = Instant::now();
-        let mut sockets = Vec::with_capacity(args.allocations);
-        let mut clients = Vec::with_capacity(args.allocations);
-        let mut peers = Vec::with_capacity(args.allocations);
-        for i in 0..args.allocations.max(1) {
-            if setup.elapsed() > SETUP_BOUND {
-                return Err(io::Error::other("setting up the allocations took too long"));
-            }
-            let peer = echo.addrs[i % echo.addrs.len()];
-            let socket = if args.raw {
-                forwarder::client_setup(common.server, peer)?
-            } else {
-                let mut client =
-                    TurnClient::connect(common.server, rest_credentials(&common.secret, i))?;
-                client.allocate()?;
-                if args.send_indication {
-                    client.create_permission(peer)?;
-                } else {
-                    client.channel_bind(CHANNEL, peer)?;
+        // The client sockets are made in the client namespace, if any; they stay there.
+        let (sockets, clients, peers) = crate::netns::within(args.client_netns.as_deref(), || {
+            let mut sockets = Vec::with_capacity(args.allocations);
+            let mut clients = Vec::with_capacity(args.allocations);
+            let mut peers = Vec::with_capacity(args.allocations);
+            for i in 0..args.allocations.max(1) {
+                if setup.elapsed() > SETUP_BOUND {
+                    return Err(io::Error::other("setting up the allocations took too long"));
                 }
-                let socket = client.socket.try_clone()?;
-                clients.push(client);
-                socket
-            };
-            sockets.push(socket);
-            peers.push(peer);
-        }
+                let peer = echo.addrs[i % echo.addrs.len()];
+                let socket = if args.raw {
+                    forwarder::client_setup(common.server, peer)?
+                } else {
+                    let mut client =
+                        TurnClient::connect(common.server, rest_credentials(&common.secret, i))?;
+                    client.allocate()?;
+                    if args.send_indication {
+                        client.create_permission(peer)?;
+                    } else {
+                        client.channel_bind(CHANNEL, peer)?;
+                    }
+                    let socket = client.socket.try_clone()?;
+                    clients.push(client);
+                    socket
+                };
+                sockets.push(socket);
+                peers.push(peer);
+            }
+            Ok((sockets, clients, peers))
+        })?;
         let framing: Box<dyn Framing> = if args.send_indication && !args.raw {
             Box::new(IndicationFraming::new(&peers, size))
         } else {
@@ -137,12 +145,13 @@ pub fn describe(fields: &mut Map<String, Value>, args: &FlowArgs, flows: &Flows)
         }
         .into(),
     );
+    put("peers", flows.echo.addrs.len().into());
     put("setup_s", report::round(flows.setup_secs, 3));
 }
 
 pub fn run(args: &RelayArgs) -> io::Result<()> {
     let common = &args.common;
-    let mut flows = Flows::open(common, &args.flows)?;
+    let mut flows = Flows::open(common, &args.flows, 1)?;
     let spec = LoadSpec {
         // Each packet sent is relayed twice (to the peer, and its echo back).
         rate: args.rate / 2.0,

@@ -16,7 +16,7 @@ pub fn run(args: &SteadyArgs) -> io::Result<()> {
     let allocations = args.flows.allocations.max(1) as f64;
     // Each packet a client sends is relayed twice: to the peer and, echoed, back.
     let per_flow_rate = args.stream_rate.unwrap_or(args.rate / 2.0 / allocations);
-    let mut flows = Flows::open(common, &args.flows)?;
+    let mut flows = Flows::open(common, &args.flows, args.flows.allocations)?;
     let spec = SteadySpec {
         per_flow_rate,
         jitter: args.jitter,
