@@ -207,6 +207,9 @@ start_server() {
         --multiplex-peer-port $((PORT + 1)) >>"$WORK/coturn17.log" 2>&1 &
       ;;
     raw) "${SRV[@]}" "$BENCH" forwarder --listen "$ip:$PORT" --max-time 600 2>>"$WORK/raw.log" & ;;
+    raw-c*) # prototype: the forwarder with wake-up coalescing of N µs (BENCH_PROTOTYPES=1)
+      "${SRV[@]}" "$BENCH" forwarder --listen "$ip:$PORT" --max-time 600 --coalesce-us "${kind#raw-c}" 2>>"$WORK/raw.log" &
+      ;;
   esac
   SERVER_PID=$!
   wait_bound "$PORT"
@@ -235,7 +238,7 @@ measure() {
   wanted "$scenario" "$tag" || return 0
   if [ "$topology" = relay ] && [ "$TOPOLOGY" = netns ]; then use_topology netns; else use_topology loopback; fi
   local extra=()
-  [ "$kind" = raw ] && extra+=(--raw)
+  [[ "$kind" == raw* ]] && extra+=(--raw)
   [ "$CURRENT_TOPOLOGY" = netns ] && extra+=(--client-netns "$NS_GEN" --peer-ip "$PEER_IP" --peer-netns "$NS_PEER")
   local duration=$DURATION
   [ "$mode" = steady ] && duration=$STEADY_DURATION
@@ -254,6 +257,8 @@ measure() {
 }
 
 STEADY_SERVERS=(tern tern-1w coturn coturn17 coturn17-mux raw)
+# Prototypes of proposed changes, measured next to the baselines when asked for.
+[ "${BENCH_PROTOTYPES:-0}" = 1 ] && STEADY_SERVERS+=(raw-c100 raw-c250)
 steady() { # SCENARIO RUN ALLOCATIONS SIZE [ARGS...]
   local scenario=$1 run=$2 allocations=$3 size=$4
   shift 4

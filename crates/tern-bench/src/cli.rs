@@ -210,6 +210,11 @@ pub struct ForwarderArgs {
     /// Seconds before the forwarder exits by itself.
     #[arg(long, default_value_t = 900.0)]
     pub max_time: f64,
+    /// Prototype of wake-up coalescing (not a baseline): after a wake-up that handled
+    /// datagrams, sleep this many microseconds before polling again, so spread-out arrivals
+    /// are handled in batches (interrupt moderation for a user-space relay). 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_us: u64,
 }
 
 #[derive(Debug, Args)]

@@ -85,6 +85,11 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
     let mut by_client: FxHashMap<SocketAddr, usize> = FxHashMap::default();
     let mut rx = RecvBatch::new(SLOT);
     let mut events = Events::with_capacity(1024);
+    if args.coalesce_us > 0 {
+        // SAFETY: prctl with an integer argument; this thread's timer slack only (the default
+        // 50 µs would stretch every coalescing sleep).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    }
     eprintln!("forwarder listening on {}", args.listen);
     while Instant::now() < deadline {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
@@ -93,7 +98,9 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
             }
             return Err(e);
         }
+        let mut handled = false;
         for event in events.iter() {
+            handled = true;
             if event.token() == LISTENER {
                 loop {
                     let count = rx.recv(listen_fd, 0, SLOT, BATCH).unwrap_or(0);
@@ -152,6 +159,9 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
                     }
                 }
             }
+        }
+        if handled && args.coalesce_us > 0 {
+            std::thread::sleep(Duration::from_micros(args.coalesce_us));
         }
     }
     Ok(())
