@@ -118,7 +118,7 @@ impl Usage {
         let mut put = |k: &str, v: Value| {
             fields.insert(k.to_string(), v);
         };
-        let machine = self.end.machine.busy_secs - self.start.machine.busy_secs;
+        let machine = self.start.machine.busy_until(&self.end.machine);
         let softirq = self.end.machine.softirq_secs - self.start.machine.softirq_secs;
         let generator = self.end.generator.cpu_secs - self.start.generator.cpu_secs;
         let echo = self.end.echo_cpu_secs - self.start.echo_cpu_secs;

@@ -6,6 +6,12 @@
 //! time: on loopback and veth that is usually the *sender* of the packet, so a server's own
 //! utime+stime misses part of the work done for it, and the generator's includes it. Only the
 //! whole machine's busy time (/proc/stat) counts all of it, once.
+//!
+//! A process's utime+stime is exact (the scheduler's runtime, split by ticks). The machine's
+//! user/system/softirq columns are tick samples, which miss much of a load made of many short
+//! wake-ups between idle periods (the tick stops while a CPU idles); its idle column is exact
+//! (NO_HZ idle time). So the machine's busy time is taken as CPUs × wall time − idle − iowait
+//! − steal, and the softirq column only as an indication.
 
 use std::io;
 
@@ -92,20 +98,31 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// The whole machine's CPU time from the first line of /proc/stat, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default)]
+/// The whole machine's CPU time from /proc/stat, summed over CPUs, at one instant.
+#[derive(Clone, Copy, Debug)]
 pub struct MachineSample {
-    /// user + nice + system + irq + softirq (guest time is inside user; steal is not ours).
-    pub busy_secs: f64,
+    pub at: std::time::Instant,
+    pub cpus: usize,
+    /// idle + iowait + steal: time no task of this machine ran (exact under NO_HZ).
+    pub not_busy_secs: f64,
+    /// The softirq column (tick samples).
     pub softirq_secs: f64,
+}
+
+impl MachineSample {
+    /// CPU seconds the machine was busy between `self` and `later`.
+    pub fn busy_until(&self, later: &MachineSample) -> f64 {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        (wall * self.cpus as f64 - (later.not_busy_secs - self.not_busy_secs)).max(0.0)
+    }
 }
 
 pub fn machine() -> io::Result<MachineSample> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    parse_machine(&stat)
+    parse_machine(&stat, std::time::Instant::now())
 }
 
-fn parse_machine(stat: &str) -> io::Result<MachineSample> {
+fn parse_machine(stat: &str, at: std::time::Instant) -> io::Result<MachineSample> {
     let line = stat
         .lines()
         .find(|l| l.starts_with("cpu "))
@@ -115,11 +132,17 @@ fn parse_machine(stat: &str) -> io::Result<MachineSample> {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    let at = |i: usize| v.get(i).copied().unwrap_or(0) as f64 / clock_tick();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0) as f64 / clock_tick();
     // user nice system idle iowait irq softirq steal guest guest_nice
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
     Ok(MachineSample {
-        busy_secs: at(0) + at(1) + at(2) + at(5) + at(6),
-        softirq_secs: at(6),
+        at,
+        cpus: cpus.max(1),
+        not_busy_secs: field(3) + field(4) + field(7),
+        softirq_secs: field(6),
     })
 }
 
@@ -135,12 +158,26 @@ mod tests {
     }
 
     #[test]
-    fn machine_busy_counts_softirq_but_not_idle_or_steal() {
+    fn machine_busy_is_wall_time_less_idle_iowait_and_steal() {
         let hz = super::clock_tick();
-        let m = super::parse_machine("cpu  100 1 20 500 7 3 9 50 0 0\ncpu0 1 1 1 1 1 1 1 1 1 1\n")
-            .unwrap();
-        assert_eq!((m.busy_secs * hz).round(), 133.0);
-        assert_eq!((m.softirq_secs * hz).round(), 9.0);
-        assert!(super::machine().unwrap().busy_secs > 0.0);
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let two_cpus = "cpu0 1 1 1 1 1 1 1 1 1 1\ncpu1 1 1 1 1 1 1 1 1 1 1\nintr 5\n";
+        let parse =
+            |cpu: &str, at| super::parse_machine(&format!("{cpu}\n{two_cpus}"), at).unwrap();
+        let a = parse("cpu  100 1 20 500 7 3 9 50 0 0", t0);
+        // One second later: 0.5 s more idle and 0.25 s more steal, in ticks.
+        let idle = 500.0 + hz / 2.0;
+        let steal = 50.0 + hz / 4.0;
+        let b = parse(&format!("cpu  100 1 20 {idle} 7 3 9 {steal} 0 0"), t1);
+        assert_eq!(a.cpus, 2);
+        assert!(
+            (a.busy_until(&b) - 1.25).abs() < 1e-9,
+            "{}",
+            a.busy_until(&b)
+        );
+        assert_eq!((a.softirq_secs * hz).round(), 9.0);
+        let now = super::machine().unwrap();
+        assert!(now.cpus >= 1);
     }
 }
