@@ -77,6 +77,19 @@ pub fn client_bind(server: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
+/// Raises the open-file limit to its hard maximum (thousands of client sockets).
+pub fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -105,19 +118,6 @@ mod tests {
                 super::require_test_address(bad.parse().unwrap()).is_err(),
                 "{bad}"
             );
-        }
-    }
-}
-
-/// Raises the open-file limit to its hard maximum (thousands of client sockets).
-pub fn raise_fd_limit() {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }
