@@ -5,8 +5,8 @@
 # the bench:begin / bench:end markers). Loopback, or test network namespaces it makes and
 # removes (--netns); every load is bounded in time.
 #
-#   scripts/bench.sh            # full tables: 3 runs per cell (about 25 minutes)
-#   scripts/bench.sh --quick    # 1 short run per cell (about 3 minutes), a smoke test
+#   scripts/bench.sh            # full tables: 3 runs per cell (about 30 minutes)
+#   scripts/bench.sh --quick    # 1 short run per cell (about 3–4 minutes), a smoke test
 #   scripts/bench.sh --runs=5   # more runs
 #   scripts/bench.sh --netns    # relay rows through network namespaces and veth pairs
 #   scripts/bench.sh --no-write # do not touch docs/BENCHMARKS.md
