@@ -79,6 +79,35 @@ fn relay_binding_alloc_and_hold_against_tern() {
         assert!(report["server_rss_kb"].as_u64().unwrap() > 0);
         assert!(num(&report, "loss") < 0.5, "{report}");
     }
+    // Steady streams: every allocation its own jittered stream toward its own peer address.
+    for extra in [
+        &["--allocations", "4", "--rate", "400"][..],
+        &[
+            "--allocations",
+            "3",
+            "--stream-rate",
+            "50",
+            "--size",
+            "1000",
+            "--send-indication",
+        ],
+    ] {
+        let report = with("steady", extra);
+        assert_eq!(report["mode"], "steady");
+        assert!(
+            num(&report, "to_peer") > 0.0 && num(&report, "to_client") > 0.0,
+            "{report}"
+        );
+        assert!(num(&report, "echo_wakes") > 0.0, "{report}");
+        assert!(num(&report, "machine_cpu_s") >= 0.0, "{report}");
+        assert!(report["server_wakeups"].as_u64().is_some(), "{report}");
+        assert_eq!(
+            num(&report, "peers"),
+            num(&report, "allocations"),
+            "{report}"
+        );
+        assert!(num(&report, "loss") < 0.5, "{report}");
+    }
     let report = with("binding", &["--clients", "2", "--count", "2000000"]);
     assert!(num(&report, "packets") > 0.0, "{report}");
     let report = with("alloc", &["--concurrency", "4", "--count", "100000"]);
@@ -126,6 +155,11 @@ fn relay_through_the_raw_forwarder() {
     let report = bench(&args);
     assert!(num(&report, "packets") > 0.0, "{report}");
     assert_eq!(report["framing"], "raw");
+    let mut args = vec!["steady", "--raw", "--server", &listen, "--pid", &pid];
+    args.extend_from_slice(SHORT);
+    args.extend_from_slice(&["--allocations", "4", "--rate", "400"]);
+    let report = bench(&args);
+    assert!(num(&report, "to_client") > 0.0, "{report}");
 }
 
 #[test]
@@ -176,6 +210,7 @@ fn relay_against_coturn_when_installed() {
             "--count",
             "20000",
         ],
+        &["steady", "--allocations", "3", "--rate", "300"],
     ] {
         let mut args = vec![extra[0]];
         args.extend_from_slice(&base);

@@ -21,8 +21,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Mode {
-    /// N allocations, each with a channel (or Send indications) to a built-in UDP echo peer.
+    /// N allocations, each with a channel (or Send indications) to a built-in UDP echo peer;
+    /// saturated, or paced per millisecond tick (bursts).
     Relay(RelayArgs),
+    /// N allocations, each an independent stream at its own jittered packet rate (as calls
+    /// are): arrivals spread out, so a server's wake-ups find one or two datagrams each.
+    Steady(SteadyArgs),
     /// A STUN Binding request flood.
     Binding(BindingArgs),
     /// Allocation churn: 401 challenge, authenticated Allocate, Refresh(0), again.
@@ -56,6 +60,11 @@ pub struct Common {
     /// Free-form tags copied into the report: `--tag server=tern --tag run=1`.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
+    /// Count the server's system calls and context switches over the window (kernel
+    /// tracepoints, as `perf stat -e raw_syscalls:sys_enter`; needs root). Slows every system
+    /// call on the machine a little while on.
+    #[arg(long)]
+    pub count_syscalls: bool,
 }
 
 impl Common {
@@ -68,35 +77,82 @@ impl Common {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct RelayArgs {
-    #[command(flatten)]
-    pub common: Common,
+/// The allocations a relay load runs over, and the echo peer behind them.
+#[derive(Debug, Clone, Args)]
+pub struct FlowArgs {
     /// Allocations (one client socket, one relay, one channel each).
     #[arg(long, default_value_t = 100)]
     pub allocations: usize,
     /// Payload bytes per packet (what reaches the peer; framing comes on top).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Relayed packets per second, both directions together (clients send half of them: each
-    /// echo round trip is relayed twice); 0 = saturated (a window of packets in flight).
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
-    /// Saturated mode: packets in flight per flow.
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
     /// Use Send/Data indications instead of channels.
     #[arg(long)]
     pub send_indication: bool,
     /// Drive `tern-bench forwarder` (no STUN: a 4-byte header only).
     #[arg(long)]
     pub raw: bool,
+    /// Echo peer threads (the peer sockets are split between them).
+    #[arg(long, default_value_t = 1)]
+    pub echo_threads: usize,
+    /// Echo peer sockets, i.e. distinct peer addresses, assigned to the allocations in turn;
+    /// default one per allocation in `steady` (every call has its own peer), one in `relay`.
+    #[arg(long)]
+    pub peers: Option<usize>,
+    /// Address the echo peer binds; default the loopback address of the server's family.
+    #[arg(long)]
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// Network namespace (a name under /run/netns) the echo peer's sockets are made in.
+    #[arg(long)]
+    pub peer_netns: Option<String>,
+    /// Network namespace the client sockets are made in (tern-bench itself stays where it is,
+    /// so it can still read the server's /proc and the tracepoints).
+    #[arg(long)]
+    pub client_netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub flows: FlowArgs,
+    /// Relayed packets per second, both directions together (clients send half of them: each
+    /// echo round trip is relayed twice), sent in a burst every millisecond, round-robin over
+    /// the allocations; 0 = saturated (a window of packets in flight).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Saturated mode: packets in flight per flow.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
     /// Client threads (flows are split between them).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Echo peer threads, each with its own socket.
+    /// Stop after this many packets sent (0: only the time bounds).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SteadyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub flows: FlowArgs,
+    /// Relayed packets per second, both directions together (clients send half: each echo is
+    /// relayed twice), shared equally by the allocations' streams.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Packets per second each allocation's client sends (50 is an audio call); overrides
+    /// --rate, which becomes 2 × this × allocations.
+    #[arg(long)]
+    pub stream_rate: Option<f64>,
+    /// Each gap between a stream's packets is its period × (1 ± jitter), uniformly (0–1).
+    #[arg(long, default_value_t = 0.5)]
+    pub jitter: f64,
+    /// Seed of the phases and gaps (the same seed, the same schedule).
     #[arg(long, default_value_t = 1)]
-    pub echo_threads: usize,
+    pub seed: u64,
     /// Stop after this many packets sent (0: only the time bounds).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
@@ -154,6 +210,11 @@ pub struct ForwarderArgs {
     /// Seconds before the forwarder exits by itself.
     #[arg(long, default_value_t = 900.0)]
     pub max_time: f64,
+    /// Prototype of wake-up coalescing (not a baseline): after a wake-up that handled
+    /// datagrams, sleep this many microseconds before polling again, so spread-out arrivals
+    /// are handled in batches (interrupt moderation for a user-space relay). 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_us: u64,
 }
 
 #[derive(Debug, Args)]

@@ -153,13 +153,8 @@ pub struct TurnClient {
 
 impl TurnClient {
     pub fn connect(server: SocketAddr, creds: Credentials) -> io::Result<TurnClient> {
-        super::require_loopback(server)?;
-        let bind: SocketAddr = if server.is_ipv4() {
-            "127.0.0.1:0".parse().expect("literal")
-        } else {
-            "[::1]:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(bind)?;
+        super::require_test_address(server)?;
+        let socket = UdpSocket::bind(super::client_bind(server))?;
         socket.connect(server)?;
         let seed = u64::from(socket.local_addr()?.port()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ rand::random::<u64>();

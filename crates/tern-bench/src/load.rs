@@ -1,11 +1,13 @@
 //! The load engine shared by `relay` and `binding`: connected client sockets, each sending
 //! framed packets and reading replies in batches, either saturated (a window of packets in
-//! flight per flow, refilled as replies come back) or at a fixed total rate. A controller
-//! thread times the warm-up and the measured window and samples the server's /proc around it.
+//! flight per flow, refilled as replies come back) or at a fixed total rate, sent as a burst
+//! every millisecond tick. A controller thread times the warm-up and the measured window and
+//! meters the server, the machine and itself around it.
 
+use super::echo::Echo;
 use super::framing::Framing;
 use super::histogram::Histogram;
-use super::proc_stats::{self, ProcSample};
+use super::meter::{Meter, Usage};
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::net::UdpSocket;
@@ -36,17 +38,16 @@ pub struct LoadSpec {
 /// Counters at one instant.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Snapshot {
-    pub at: Option<Instant>,
     pub received: u64,
-    /// Whatever else the caller counts (the echo peer's datagrams).
+    /// The echo peer's datagrams.
     pub side: u64,
-    pub server: Option<ProcSample>,
 }
 
 #[derive(Debug)]
 pub struct Outcome {
     pub start: Snapshot,
     pub end: Snapshot,
+    pub usage: Usage,
     pub total_sent: u64,
     pub total_received: u64,
     pub rtt: Histogram,
@@ -54,14 +55,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn window_secs(&self) -> f64 {
-        match (self.start.at, self.end.at) {
-            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
-            _ => 0.0,
-        }
-    }
-
-    pub fn server_cpu(&self) -> Option<f64> {
-        Some(self.end.server?.cpu_secs - self.start.server?.cpu_secs)
+        self.usage.window_secs()
     }
 
     pub fn loss(&self) -> f64 {
@@ -87,14 +81,14 @@ struct Shared {
     done: AtomicBool,
 }
 
-/// Runs the load over `flows` (connected, one per 5-tuple). `side` is sampled with the other
-/// counters; `pid` is the server whose CPU and RSS are read.
+/// Runs the load over `flows` (connected, one per 5-tuple). The echo peer's count is sampled
+/// with the other counters and its arrivals recorded inside the window; `meter` measures it.
 pub fn run(
     flows: Vec<UdpSocket>,
     framing: &dyn Framing,
     spec: &LoadSpec,
-    pid: Option<u32>,
-    side: Option<&AtomicU64>,
+    mut meter: Meter,
+    echo: Option<&Echo>,
 ) -> io::Result<Outcome> {
     if framing.max_len() > SLOT {
         return Err(io::Error::other("packet size too large for tern-bench"));
@@ -107,13 +101,15 @@ pub fn run(
         parts[i % threads].push((i, flow));
     }
     let base = Instant::now();
-    let snapshot = |shared: &Shared| -> io::Result<Snapshot> {
-        Ok(Snapshot {
-            at: Some(Instant::now()),
-            received: shared.received.load(Relaxed),
-            side: side.map_or(0, |s| s.load(Relaxed)),
-            server: proc_stats::maybe(pid)?,
-        })
+    let snapshot = |shared: &Shared| Snapshot {
+        received: shared.received.load(Relaxed),
+        side: echo.map_or(0, |e| e.echoed.load(Relaxed)),
+    };
+    let set_measuring = |shared: &Shared, on: bool| {
+        shared.measuring.store(on, Relaxed);
+        if let Some(echo) = echo {
+            echo.measuring.store(on, Relaxed);
+        }
     };
     std::thread::scope(|scope| {
         let workers: Vec<_> = parts
@@ -125,7 +121,7 @@ pub fn run(
                 scope.spawn(move || worker(part, framing, spec, rate, max, shared, base))
             })
             .collect();
-        let outcome = (|| -> io::Result<(Snapshot, Snapshot)> {
+        let outcome = (|| -> io::Result<(Snapshot, Snapshot, Usage)> {
             let bounded = |shared: &Shared, until: Instant| {
                 while Instant::now() < until {
                     if spec.max_packets > 0 && shared.sent.load(Relaxed) >= spec.max_packets {
@@ -135,12 +131,14 @@ pub fn run(
                 }
             };
             bounded(&shared, Instant::now() + spec.warmup);
-            let start = snapshot(&shared)?;
-            shared.measuring.store(true, Relaxed);
+            let started = meter.start()?;
+            let start = snapshot(&shared);
+            set_measuring(&shared, true);
             bounded(&shared, Instant::now() + spec.duration);
-            shared.measuring.store(false, Relaxed);
-            let end = snapshot(&shared)?;
-            Ok((start, end))
+            set_measuring(&shared, false);
+            let end = snapshot(&shared);
+            let usage = meter.stop(started)?;
+            Ok((start, end, usage))
         })();
         shared.stop_sending.store(true, Relaxed);
         std::thread::sleep(DRAIN);
@@ -153,10 +151,11 @@ pub fn run(
                 Err(_) => return Err(io::Error::other("load thread panicked")),
             }
         }
-        let (start, end) = outcome?;
+        let (start, end, usage) = outcome?;
         Ok(Outcome {
             start,
             end,
+            usage,
             total_sent: shared.sent.load(Relaxed),
             total_received: shared.received.load(Relaxed),
             rtt,

@@ -59,21 +59,5 @@ pub fn add_load(
     put(fields, "rtt_p50_us", us(0.5));
     put(fields, "rtt_p99_us", us(0.99));
     put(fields, "rtt_p999_us", us(0.999));
-    if let Some(cpu) = outcome.server_cpu() {
-        put(fields, "server_cpu_s", round(cpu, 3));
-        put(fields, "server_cpu_util", round(cpu / secs, 3));
-        if counted > 0 {
-            put(
-                fields,
-                "cpu_s_per_million",
-                round(cpu / (counted as f64 / 1e6), 3),
-            );
-            if cpu > 0.0 {
-                put(fields, "per_cpu_s", round(counted as f64 / cpu, 0));
-            }
-        }
-    }
-    if let Some(server) = outcome.end.server {
-        put(fields, "server_rss_kb", Value::from(server.rss_kb));
-    }
+    outcome.usage.report(fields, counted);
 }

@@ -8,7 +8,7 @@ use crate::client::{
     allocate_body, parse_reply, rest_credentials, write_request, Credentials, Reply, Session,
     TidSource,
 };
-use crate::{proc_stats, report, require_loopback};
+use crate::{proc_stats, report};
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::net::SocketAddr;
@@ -136,7 +136,10 @@ fn source(bind: SocketAddr, n: u64) -> SocketAddr {
 
 pub fn run(args: &AllocArgs) -> io::Result<()> {
     let common = &args.common;
-    require_loopback(common.server)?;
+    // Cycles source addresses through 127.0.0.0/8: loopback servers only.
+    if !common.server.ip().is_loopback() {
+        return Err(io::Error::other("alloc drives loopback servers only"));
+    }
     crate::raise_fd_limit();
     let bind: SocketAddr = if common.server.is_ipv4() {
         "127.0.0.1:0".parse().expect("literal")

@@ -3,18 +3,14 @@
 use crate::cli::BindingArgs;
 use crate::framing::BindingFraming;
 use crate::load::{self, LoadSpec};
-use crate::{report, require_loopback};
+use crate::{report, require_test_address};
 use std::io;
 use std::net::UdpSocket;
 
 pub fn run(args: &BindingArgs) -> io::Result<()> {
     let common = &args.common;
-    require_loopback(common.server)?;
-    let bind = if common.server.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    };
+    require_test_address(common.server)?;
+    let bind = crate::client_bind(common.server);
     let mut sockets = Vec::new();
     for _ in 0..args.clients.max(1) {
         let socket = UdpSocket::bind(bind)?;
@@ -29,7 +25,8 @@ pub fn run(args: &BindingArgs) -> io::Result<()> {
         max_packets: args.count,
         threads: args.threads,
     };
-    let outcome = load::run(sockets, &BindingFraming, &spec, common.pid, None)?;
+    let meter = crate::meter::Meter::new(common.pid, Vec::new(), common.count_syscalls)?;
+    let outcome = load::run(sockets, &BindingFraming, &spec, meter, None)?;
     let responses = outcome.end.received - outcome.start.received;
     let mut fields = report::base("binding", &common.tags);
     fields.insert("clients".into(), args.clients.into());

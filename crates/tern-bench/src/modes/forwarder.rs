@@ -5,7 +5,7 @@
 //! `FF FF 00 06 <IPv4 peer> <port>` (IPv4 peers only), which is echoed back as the answer.
 
 use crate::cli::ForwarderArgs;
-use crate::require_loopback;
+use crate::require_test_address;
 use mio::{Events, Interest, Poll, Token};
 use rustc_hash::FxHashMap;
 use std::io;
@@ -49,7 +49,7 @@ pub fn client_setup(forwarder: SocketAddr, peer: SocketAddr) -> io::Result<UdpSo
             "the raw forwarder relays to IPv4 peers only",
         ));
     };
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let socket = UdpSocket::bind(crate::client_bind(forwarder))?;
     socket.connect(forwarder)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let packet = setup_packet(peer);
@@ -69,7 +69,7 @@ pub fn client_setup(forwarder: SocketAddr, peer: SocketAddr) -> io::Result<UdpSo
 }
 
 pub fn run(args: &ForwarderArgs) -> io::Result<()> {
-    require_loopback(args.listen)?;
+    require_test_address(args.listen)?;
     crate::raise_fd_limit();
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_time.clamp(1.0, 3600.0));
     let mut poll = Poll::new()?;
@@ -85,6 +85,11 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
     let mut by_client: FxHashMap<SocketAddr, usize> = FxHashMap::default();
     let mut rx = RecvBatch::new(SLOT);
     let mut events = Events::with_capacity(1024);
+    if args.coalesce_us > 0 {
+        // SAFETY: prctl with an integer argument; this thread's timer slack only (the default
+        // 50 µs would stretch every coalescing sleep).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    }
     eprintln!("forwarder listening on {}", args.listen);
     while Instant::now() < deadline {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
@@ -93,7 +98,9 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
             }
             return Err(e);
         }
+        let mut handled = false;
         for event in events.iter() {
+            handled = true;
             if event.token() == LISTENER {
                 loop {
                     let count = rx.recv(listen_fd, 0, SLOT, BATCH).unwrap_or(0);
@@ -152,6 +159,9 @@ pub fn run(args: &ForwarderArgs) -> io::Result<()> {
                     }
                 }
             }
+        }
+        if handled && args.coalesce_us > 0 {
+            std::thread::sleep(Duration::from_micros(args.coalesce_us));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use crate::client::{rest_credentials, TurnClient};
 use crate::echo::Echo;
 use crate::modes::relay::CHANNEL;
 use crate::proc_stats;
-use crate::{raise_fd_limit, report, require_loopback};
+use crate::{raise_fd_limit, report, require_test_address};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,17 @@ const SETUP_BOUND: Duration = Duration::from_secs(180);
 
 pub fn run(args: &HoldArgs) -> io::Result<()> {
     let common = &args.common;
-    require_loopback(common.server)?;
+    require_test_address(common.server)?;
     raise_fd_limit();
     let pid = common
         .pid
         .ok_or_else(|| io::Error::other("hold needs --pid to read the server's RSS"))?;
-    let echo = Echo::start(1, common.server, SETUP_BOUND + Duration::from_secs(60))?;
+    let loopback: std::net::IpAddr = if common.server.is_ipv4() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    };
+    let echo = Echo::start(1, 1, loopback, None, SETUP_BOUND + Duration::from_secs(60))?;
     let peer = echo.addrs[0];
     // Warm the server with one full allocation cycle so lazily created state is not counted.
     let mut warm = TurnClient::connect(common.server, rest_credentials(&common.secret, 0))?;

@@ -5,4 +5,5 @@ pub mod binding;
 pub mod forwarder;
 pub mod hold;
 pub mod relay;
+pub mod steady;
 pub mod table;

@@ -1,19 +1,65 @@
-//! `table`: the benchmark table from the JSON reports of a `scripts/bench.sh` run. Each report
+//! `table`: the benchmark tables from the JSON reports of a `scripts/bench.sh` run. Each report
 //! carries `scenario` and `server` tags; each cell is the median over runs with its min–max.
+//!
+//! Servers (the `server` tag): `tern` (default relay-threads), `tern-1w` (relay-threads = 1),
+//! `coturn` (Debian's 4.6.1), `coturn17` (4.17.1 with `--udp-gso`), `coturn17-mux` (4.17.1 with
+//! `--udp-gso --multiplex-peer`, non-standard: one relay port shared by all allocations of a
+//! thread) and `raw` (`tern-bench forwarder`).
 
 use crate::cli::TableArgs;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io;
 
-/// How a row's target is judged.
+/// Servers as they are named in the tables, in column order.
+const SERVERS: &[(&str, &str)] = &[
+    ("tern", "tern"),
+    ("tern-1w", "tern 1 worker"),
+    ("coturn", "coTURN 4.6.1"),
+    ("coturn17", "coTURN 4.17.1 udp-gso"),
+    ("coturn17-mux", "coTURN 4.17.1 udp-gso multiplex-peer*"),
+    ("raw", "raw forwarder"),
+    ("raw-c100", "raw forwarder + 100 µs coalescing (prototype)"),
+    ("raw-c250", "raw forwarder + 250 µs coalescing (prototype)"),
+];
+
+fn server_name(tag: &str) -> &str {
+    SERVERS
+        .iter()
+        .find(|(t, _)| *t == tag)
+        .map_or(tag, |(_, name)| name)
+}
+
+/// The steady-load scenarios: (scenario tag, label).
+const STEADY: &[(&str, &str)] = &[
+    ("steady-100a-100b", "100 allocs, 100 B"),
+    ("steady-1000a-100b", "1000 allocs, 100 B"),
+    ("steady-100a-1000b", "100 allocs, 1000 B"),
+    ("steady-1000a-1000b", "1000 allocs, 1000 B"),
+];
+
+/// The steady-load targets: field, baseline server, bound on tern / baseline, what it is.
+const STEADY_TARGETS: &[(&str, &str, f64, &str)] = &[
+    ("cpu_s_per_million", "raw", 1.15, "server CPU"),
+    ("cpu_s_per_million", "coturn", 0.7, "server CPU"),
+    ("machine_cpu_s_per_million", "coturn17", 0.85, "machine CPU"),
+    // The same bound on what the relay path costs, unaffected by unrelated load on the machine.
+    (
+        "server_and_generator_cpu_s_per_million",
+        "coturn17",
+        0.85,
+        "server + generator CPU",
+    ),
+];
+
+/// How a row of the other table is judged.
 #[derive(Clone, Copy)]
 enum Target {
     /// tern / raw forwarder at most this.
     VsRawAtMost(f64),
-    /// tern / coTURN at least this.
+    /// tern / coTURN 4.6.1 at least this.
     VsCoturnAtLeast(f64),
-    /// tern / coTURN at most this.
+    /// tern / coTURN 4.6.1 at most this.
     VsCoturnAtMost(f64),
     /// tern's own value at least this.
     AtLeast(f64),
@@ -26,88 +72,134 @@ struct Row {
     scenario: &'static str,
     field: &'static str,
     label: &'static str,
+    /// Which tern: `tern` (default workers) or `tern-1w`.
+    tern: &'static str,
     target: Target,
 }
 
 const ROWS: &[Row] = &[
     Row {
-        scenario: "relay-sat-100",
+        scenario: "sat-100",
         field: "cpu_s_per_million",
-        label: "CPU s / M relayed pkts, saturated, 100 B, 100 allocs",
+        label: "server CPU s / M relayed pkts, saturated, 100 B, 100 allocs, 1 worker",
+        tern: "tern-1w",
         target: Target::VsRawAtMost(1.15),
     },
     Row {
-        scenario: "relay-sat-1000",
+        scenario: "sat-1000",
         field: "cpu_s_per_million",
-        label: "CPU s / M relayed pkts, saturated, 1000 B, 100 allocs",
+        label: "server CPU s / M relayed pkts, saturated, 1000 B, 100 allocs, 1 worker",
+        tern: "tern-1w",
         target: Target::VsRawAtMost(1.15),
     },
     Row {
-        scenario: "relay-20k-100",
-        field: "cpu_s_per_million",
-        label: "CPU s / M relayed pkts, 20 k pkt/s, 100 B, 100 allocs",
-        target: Target::VsRawAtMost(1.15),
-    },
-    Row {
-        scenario: "relay-20k-1000",
-        field: "cpu_s_per_million",
-        label: "CPU s / M relayed pkts, 20 k pkt/s, 100 B, 1000 allocs",
-        target: Target::VsRawAtMost(1.15),
-    },
-    Row {
-        scenario: "relay-20k-1000b",
-        field: "cpu_s_per_million",
-        label: "CPU s / M relayed pkts, 20 k pkt/s, 1000 B, 100 allocs",
-        target: Target::VsRawAtMost(1.15),
-    },
-    Row {
-        scenario: "relay-sat-100",
+        scenario: "sat-100",
         field: "pps",
         label: "relayed pkt/s, saturated, 100 B, 1 worker",
+        tern: "tern-1w",
         target: Target::None,
     },
     Row {
-        scenario: "relay-sat-100-2w",
+        scenario: "sat-100-2w",
         field: "pps",
         label: "relayed pkt/s, saturated, 100 B, 2 workers",
+        tern: "tern",
+        target: Target::None,
+    },
+    Row {
+        scenario: "tick-20k-100",
+        field: "cpu_s_per_million",
+        label: "server CPU s / M relayed pkts, 20 k pkt/s in 1 ms bursts, 100 B, 100 allocs",
+        tern: "tern",
+        target: Target::None,
+    },
+    Row {
+        scenario: "tick-20k-100",
+        field: "machine_cpu_s_per_million",
+        label: "machine CPU s / M relayed pkts, 20 k pkt/s in 1 ms bursts, 100 B, 100 allocs",
+        tern: "tern",
         target: Target::None,
     },
     Row {
         scenario: "binding",
         field: "per_cpu_s",
-        label: "Binding responses per CPU-second",
+        label: "Binding responses per CPU-second, 1 worker",
+        tern: "tern-1w",
         target: Target::VsCoturnAtLeast(2.0),
     },
     Row {
         scenario: "alloc",
         field: "allocs_per_s",
-        label: "authenticated allocations/s (1 worker)",
+        label: "authenticated allocations/s, 1 worker",
+        tern: "tern-1w",
         target: Target::AtLeast(20_000.0),
     },
     Row {
         scenario: "alloc",
         field: "allocs_per_cpu_s",
-        label: "authenticated allocations per CPU-second",
+        label: "authenticated allocations per CPU-second, 1 worker",
+        tern: "tern-1w",
         target: Target::None,
     },
     Row {
         scenario: "hold-1k",
         field: "rss_per_alloc_bytes",
         label: "RSS bytes per idle allocation, 1 k allocs",
+        tern: "tern-1w",
         target: Target::AtMost(4096.0),
     },
     Row {
         scenario: "hold-5k",
         field: "rss_per_alloc_bytes",
         label: "RSS bytes per idle allocation, 5 k allocs",
+        tern: "tern-1w",
         target: Target::AtMost(4096.0),
     },
     Row {
-        scenario: "relay-20k-100",
+        scenario: "steady-100a-100b",
         field: "rtt_p99_us",
-        label: "RTT p99 µs at 20 k pkt/s (100 B, 100 allocs)",
+        label: "RTT p99 µs, steady 20 k pkt/s, 100 B, 100 allocs",
+        tern: "tern",
         target: Target::VsCoturnAtMost(1.0),
     },
+];
+
+/// The per-packet syscall columns: (report field, column name). `epoll_wait` and
+/// `epoll_pwait` are one column (libevent and mio pick different ones).
+const SYSCALL_COLUMNS: &[(&[&str], &str)] = &[
+    (&["syscall_mix_per_pkt.recvmmsg"], "recvmmsg"),
+    (
+        &[
+            "syscall_mix_per_pkt.recvmsg",
+            "syscall_mix_per_pkt.recvfrom",
+        ],
+        "recvmsg/recvfrom",
+    ),
+    (&["syscall_mix_per_pkt.sendmmsg"], "sendmmsg"),
+    (
+        &["syscall_mix_per_pkt.sendmsg", "syscall_mix_per_pkt.sendto"],
+        "sendmsg/sendto",
+    ),
+    (
+        &[
+            "syscall_mix_per_pkt.epoll_wait",
+            "syscall_mix_per_pkt.epoll_pwait",
+            "syscall_mix_per_pkt.epoll_pwait2",
+        ],
+        "epoll_wait",
+    ),
+    (&["syscall_mix_per_pkt.epoll_ctl"], "epoll_ctl"),
+    (
+        &[
+            "syscall_mix_per_pkt.futex",
+            "syscall_mix_per_pkt.read",
+            "syscall_mix_per_pkt.write",
+            "syscall_mix_per_pkt.poll",
+            "syscall_mix_per_pkt.clock_gettime",
+            "syscall_mix_per_pkt.io_uring_enter",
+        ],
+        "futex/read/write/other",
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -163,94 +255,260 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
     (b.median != 0.0).then(|| a.median / b.median)
 }
 
-/// Builds the markdown table from JSON lines.
-pub fn render(input: &str) -> String {
-    let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
-    for line in input.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let Ok(Value::Object(report)) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let text = |k: &str| {
-            report
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        for (field, value) in &report {
-            if let Some(v) = value.as_f64() {
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("–".into(), |r| format!("{r:.2}×"))
+}
+
+fn met(judged: Option<bool>) -> &'static str {
+    match judged {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "–",
+    }
+}
+
+/// Every numeric field of every report, by (scenario, server, field); nested objects are
+/// flattened to `outer.inner`.
+struct Reports(BTreeMap<(String, String, String), Vec<f64>>);
+
+impl Reports {
+    fn parse(input: &str) -> Reports {
+        let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+        for line in input.lines().filter(|l| l.trim_start().starts_with('{')) {
+            let Ok(Value::Object(report)) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let text = |k: &str| {
+                report
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (scenario, server) = (text("scenario"), text("server"));
+            let mut add = |field: String, v: f64| {
                 values
-                    .entry((text("scenario"), text("server"), field.clone()))
+                    .entry((scenario.clone(), server.clone(), field))
                     .or_default()
                     .push(v);
+            };
+            for (field, value) in &report {
+                match value {
+                    Value::Object(inner) => {
+                        for (k, v) in inner {
+                            if let Some(v) = v.as_f64() {
+                                add(format!("{field}.{k}"), v);
+                            }
+                        }
+                    }
+                    v => {
+                        if let Some(v) = v.as_f64() {
+                            add(field.clone(), v);
+                        }
+                    }
+                }
             }
         }
+        Reports(values)
     }
-    let get = |scenario: &str, server: &str, field: &str| {
-        values
+
+    fn get(&self, scenario: &str, server: &str, field: &str) -> Option<Stat> {
+        self.0
             .get(&(scenario.to_string(), server.to_string(), field.to_string()))
             .cloned()
             .and_then(stat)
-    };
-    let mut out = String::new();
+    }
+
+    /// The sum of several fields' medians (absent ones count 0), if any is present.
+    fn sum(&self, scenario: &str, server: &str, fields: &[&str]) -> Option<f64> {
+        let found: Vec<f64> = fields
+            .iter()
+            .filter_map(|f| self.get(scenario, server, f).map(|s| s.median))
+            .collect();
+        (!found.is_empty()).then(|| found.iter().sum())
+    }
+
+    fn has_server(&self, scenario: &str, server: &str) -> bool {
+        self.0
+            .keys()
+            .any(|(sc, sv, _)| sc == scenario && sv == server)
+    }
+}
+
+fn steady_targets(reports: &Reports, out: &mut String) {
     out.push_str(
-        "| metric | tern | coTURN | raw forwarder | tern/coTURN | tern/raw | target | met |\n",
+        "| steady load, 20 k relayed pkt/s | tern | baseline | tern/baseline | target | met |\n",
     );
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    for (scenario, label) in STEADY {
+        for &(field, baseline, bound, what) in STEADY_TARGETS {
+            let tern = reports.get(scenario, "tern", field);
+            let base = reports.get(scenario, baseline, field);
+            if tern.is_none() && base.is_none() {
+                continue;
+            }
+            let r = ratio(tern, base);
+            out.push_str(&format!(
+                "| {what} s / M relayed pkts, {label} | {} | {}: {} | {} | ≤ {bound} | {} |\n",
+                cell(tern),
+                server_name(baseline),
+                cell(base),
+                fmt_ratio(r),
+                met(r.map(|r| r <= bound)),
+            ));
+        }
+    }
+}
+
+fn steady_detail(reports: &Reports, out: &mut String) {
+    out.push_str(
+        "| scenario | server | server CPU s/M | machine CPU s/M | server + generator s/M | \
+         generator s/M | other s/M | server wake-ups / pkt | loss | RTT p50 / p99 µs | \
+         datagrams per echo wake-up |\n",
+    );
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (scenario, label) in STEADY {
+        for (server, name) in SERVERS {
+            if !reports.has_server(scenario, server) {
+                continue;
+            }
+            let g = |f: &str| reports.get(scenario, server, f);
+            let median = |f: &str, digits: usize| {
+                g(f).map_or("–".into(), |s| format!("{:.*}", digits, s.median))
+            };
+            out.push_str(&format!(
+                "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+                cell(g("cpu_s_per_million")),
+                cell(g("machine_cpu_s_per_million")),
+                cell(g("server_and_generator_cpu_s_per_million")),
+                median("generator_cpu_s_per_million", 2),
+                median("other_cpu_s_per_million", 2),
+                median("server_wakeups_per_pkt", 2),
+                g("loss").map_or("–".into(), |s| format!("{:.3} %", s.median * 100.0)),
+                median("rtt_p50_us", 0),
+                median("rtt_p99_us", 0),
+                median("echo_per_wake", 2),
+            ));
+        }
+    }
+}
+
+fn syscall_table(reports: &Reports, out: &mut String) {
+    let scenarios: Vec<(String, &str)> = STEADY
+        .iter()
+        .map(|(s, label)| (format!("{s}-sys"), *label))
+        .filter(|(s, _)| {
+            SERVERS
+                .iter()
+                .any(|(server, _)| reports.has_server(s, server))
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    out.push_str("\n| scenario | server | syscalls / pkt | context switches / pkt |");
+    for (_, name) in SYSCALL_COLUMNS {
+        out.push_str(&format!(" {name} |"));
+    }
+    out.push_str("\n| --- | --- | --- | --- |");
+    out.push_str(&" --- |".repeat(SYSCALL_COLUMNS.len()));
+    out.push('\n');
+    for (scenario, label) in &scenarios {
+        for (server, name) in SERVERS {
+            if !reports.has_server(scenario, server) {
+                continue;
+            }
+            let g = |f: &str| {
+                reports
+                    .get(scenario, server, f)
+                    .map_or("–".into(), |s| format!("{:.2}", s.median))
+            };
+            out.push_str(&format!(
+                "| {label} | {name} | {} | {} |",
+                g("syscalls_per_pkt"),
+                g("sched_switch_per_pkt"),
+            ));
+            for (fields, _) in SYSCALL_COLUMNS {
+                let v = reports.sum(scenario, server, fields);
+                out.push_str(&format!(
+                    " {} |",
+                    v.map_or("–".into(), |v| format!("{v:.2}"))
+                ));
+            }
+            out.push('\n');
+        }
+    }
+}
+
+fn other_rows(reports: &Reports, out: &mut String) {
+    out.push_str(
+        "| metric | tern | coTURN 4.6.1 | coTURN 4.17.1 udp-gso | raw forwarder | tern/coTURN 4.6.1 | \
+         tern/coTURN 4.17.1 | tern/raw | target | met |\n",
+    );
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for row in ROWS {
-        let tern = get(row.scenario, "tern", row.field);
-        let coturn = get(row.scenario, "coturn", row.field);
-        let raw = get(row.scenario, "raw", row.field);
+        let tern = reports.get(row.scenario, row.tern, row.field);
+        let coturn = reports.get(row.scenario, "coturn", row.field);
+        let coturn17 = reports.get(row.scenario, "coturn17", row.field);
+        let raw = reports.get(row.scenario, "raw", row.field);
+        if [tern, coturn, coturn17, raw].iter().all(Option::is_none) {
+            continue;
+        }
         let vs_coturn = ratio(tern, coturn);
         let vs_raw = ratio(tern, raw);
-        let fmt_ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}×"));
-        let (target, met) = match row.target {
+        let (target, judged) = match row.target {
             Target::VsRawAtMost(x) => (format!("tern/raw ≤ {x}"), vs_raw.map(|r| r <= x)),
-            Target::VsCoturnAtLeast(x) => (format!("tern/coTURN ≥ {x}"), vs_coturn.map(|r| r >= x)),
-            Target::VsCoturnAtMost(x) => (format!("tern/coTURN ≤ {x}"), vs_coturn.map(|r| r <= x)),
+            Target::VsCoturnAtLeast(x) => (
+                format!("tern/coTURN 4.6.1 ≥ {x}"),
+                vs_coturn.map(|r| r >= x),
+            ),
+            Target::VsCoturnAtMost(x) => (
+                format!("tern/coTURN 4.6.1 ≤ {x}"),
+                vs_coturn.map(|r| r <= x),
+            ),
             Target::AtLeast(x) => (format!("≥ {}", number(x)), tern.map(|s| s.median >= x)),
             Target::AtMost(x) => (format!("≤ {}", number(x)), tern.map(|s| s.median <= x)),
             Target::None => ("–".into(), None),
         };
-        let met = match met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "–",
-        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.label,
             cell(tern),
             cell(coturn),
+            cell(coturn17),
             cell(raw),
             fmt_ratio(vs_coturn),
+            fmt_ratio(ratio(tern, coturn17)),
             fmt_ratio(vs_raw),
             target,
-            met
+            met(judged)
         ));
     }
-    let scaling = |server: &str| {
-        ratio(
-            get("relay-sat-100-2w", server, "pps"),
-            get("relay-sat-100", server, "pps"),
-        )
-        .map_or("–".into(), |r| format!("{r:.2}×"))
+    let scaling = |tern: &str, server: &str| {
+        fmt_ratio(ratio(
+            reports.get("sat-100-2w", server, "pps"),
+            reports.get("sat-100", tern, "pps"),
+        ))
     };
     out.push_str(&format!(
-        "\nSaturated packets/s from 1 to 2 workers: tern {}, coTURN {} (relay-threads 1 → 2).\n",
-        scaling("tern"),
-        scaling("coturn")
+        "\nSaturated packets/s from 1 to 2 workers: tern {}, coTURN 4.6.1 {} (relay-threads 1 → 2).\n",
+        scaling("tern-1w", "tern"),
+        scaling("coturn", "coturn")
     ));
-    let loss = |server: &str| {
-        get("relay-20k-100", server, "loss")
-            .map_or("–".into(), |s| format!("{:.3} %", s.median * 100.0))
-    };
-    out.push_str(&format!(
-        "Loss at 20 k pkt/s (median): tern {}, coTURN {}, raw {}.\n",
-        loss("tern"),
-        loss("coturn"),
-        loss("raw")
-    ));
+}
+
+/// Builds the markdown tables from JSON lines.
+pub fn render(input: &str) -> String {
+    let reports = Reports::parse(input);
+    let mut out = String::new();
+    out.push_str("**Steady load: targets** (tern at its default relay-threads)\n\n");
+    steady_targets(&reports, &mut out);
+    out.push_str("\n**Steady load: every server** (CPU per million relayed packets; generator = tern-bench's clients and echo peer; other = the rest of the machine)\n\n");
+    steady_detail(&reports, &mut out);
+    syscall_table(&reports, &mut out);
+    out.push_str("\n**Saturated, bursts, Binding, allocations, memory**\n\n");
+    other_rows(&reports, &mut out);
+    out.push_str("\n\\* non-standard: one relay port per thread shared by all its allocations.\n");
     out
 }
 
@@ -265,11 +523,11 @@ mod tests {
     #[test]
     fn medians_ratios_and_targets() {
         let input = [
-            r#"{"scenario":"relay-sat-100","server":"tern","cpu_s_per_million":4.0}"#,
-            r#"{"scenario":"relay-sat-100","server":"tern","cpu_s_per_million":5.0}"#,
-            r#"{"scenario":"relay-sat-100","server":"tern","cpu_s_per_million":4.4}"#,
-            r#"{"scenario":"relay-sat-100","server":"raw","cpu_s_per_million":4.0}"#,
-            r#"{"scenario":"relay-sat-100","server":"coturn","cpu_s_per_million":6.0}"#,
+            r#"{"scenario":"sat-100","server":"tern-1w","cpu_s_per_million":4.0}"#,
+            r#"{"scenario":"sat-100","server":"tern-1w","cpu_s_per_million":5.0}"#,
+            r#"{"scenario":"sat-100","server":"tern-1w","cpu_s_per_million":4.4}"#,
+            r#"{"scenario":"sat-100","server":"raw","cpu_s_per_million":4.0}"#,
+            r#"{"scenario":"sat-100","server":"coturn","cpu_s_per_million":6.0}"#,
         ]
         .join("\n");
         let table = super::render(&input);
@@ -282,5 +540,30 @@ mod tests {
             row.contains("0.73×") && row.contains("1.10×") && row.ends_with("yes |"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn steady_targets_name_their_baselines() {
+        let input = [
+            r#"{"scenario":"steady-100a-100b","server":"tern","cpu_s_per_million":8.0,"machine_cpu_s_per_million":18.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"raw","cpu_s_per_million":7.0,"machine_cpu_s_per_million":16.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"coturn","cpu_s_per_million":12.0,"machine_cpu_s_per_million":22.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"coturn17","cpu_s_per_million":12.5,"machine_cpu_s_per_million":24.0}"#,
+            r#"{"scenario":"steady-100a-100b-sys","server":"tern","syscalls_per_pkt":2.5,"syscall_mix_per_pkt":{"epoll_wait":0.6,"epoll_pwait":0.1,"recvmmsg":0.9}}"#,
+        ]
+        .join("\n");
+        let table = super::render(&input);
+        let line = |needle: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{table}"))
+        };
+        assert!(line("raw forwarder: 7.00").contains("1.14×"));
+        assert!(line("raw forwarder: 7.00").ends_with("yes |"));
+        assert!(line("coTURN 4.6.1: 12.0").contains("0.67×"));
+        assert!(line("coTURN 4.17.1 udp-gso: 24.0").contains("0.75×"));
+        // epoll_wait and epoll_pwait add up in one column.
+        assert!(line("| 100 allocs, 100 B | tern | 2.50 |").contains("| 0.70 |"));
     }
 }
