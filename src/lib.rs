@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod http;
 pub mod lifecycle;
+pub mod local;
 pub mod logging;
 pub mod net;
 

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use tern::auth::NonceMint;
 use tern::config::{
-    self, Cli, Command, Config, ConfigCommand, ConfigError, CredentialsArgs, Format, HealthArgs,
-    Secret,
+    self, Cli, Command, Config, ConfigCommand, ConfigError, CredentialsArgs, Format, Secret,
 };
 use tern::credentials::{ice_server_json, mint};
 use tern::http::{HttpLimits, HttpServer, HttpSettings, HttpState};
@@ -26,7 +25,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Config(ConfigCommand::Check { file })) => return check(&cli, file),
         Some(Command::Config(ConfigCommand::Convert { file })) => return convert(file),
-        Some(Command::Health(args)) => return health(&cli, args),
+        Some(Command::Health(args)) => return tern::local::health(&cli.serve, args),
+        Some(Command::Drain(args)) => return tern::local::drain(&cli.serve, args),
         None => {}
     }
     let loaded = match config::load_all(&cli.serve) {
@@ -133,64 +133,6 @@ fn convert(file: &std::path::Path) -> ExitCode {
         }
         Err(error) => configuration_error(&error),
     }
-}
-
-/// `tern health [URL]`: GETs URL, or `/healthz` at `http-listen` of the configuration the server
-/// reads (config files, environment, flags), so a container's HEALTHCHECK follows its config.
-/// Exit status 0 on a 2xx answer, 1 on anything else (what Docker's HEALTHCHECK reads).
-fn health(cli: &Cli, args: &HealthArgs) -> ExitCode {
-    let url = match &args.url {
-        Some(url) => url.clone(),
-        None => match config::load(&cli.serve)
-            .map_err(|e| e.to_string())
-            .and_then(|config| health_url(&config))
-        {
-            Ok(url) => url,
-            Err(reason) => {
-                eprintln!("tern health: {reason}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(args.timeout)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    match agent.get(&url).call() {
-        Ok(response) if response.status().is_success() => {
-            println!("{url}: {}", response.status());
-            ExitCode::SUCCESS
-        }
-        Ok(response) => {
-            eprintln!("tern health: {url}: {}", response.status());
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("tern health: {url}: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `http://<http-listen>/healthz`, with an unspecified address (`0.0.0.0`, `::`) replaced by the
-/// loopback address of its family, where a listener on it answers.
-fn health_url(config: &Config) -> Result<String, String> {
-    if config.no_http {
-        return Err("no-http is set: there is no HTTP endpoint to check".into());
-    }
-    if config.http_tls {
-        return Err("http-tls is set: tern health checks plain HTTP only (name an http:// URL, or check the TURN port)".into());
-    }
-    let mut addr = config.http_listen;
-    if addr.ip().is_unspecified() {
-        let loopback: std::net::IpAddr = match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        };
-        addr.set_ip(loopback);
-    }
-    Ok(format!("http://{addr}/healthz"))
 }
 
 fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::io::Result<()> {

@@ -579,11 +579,20 @@ fn kubernetes_manifests_agree_with_tern_and_each_other() {
         );
     }
 
-    // SIGTERM drains for drain-timeout; Kubernetes must wait longer (the preStop pause too).
+    // SIGTERM drains for drain-timeout; Kubernetes must wait longer (the preStop wait too).
     let config = str_at(configmap, &["data", "turnserver.toml"]);
     let drain = toml_u64(config, "drain-timeout");
     let grace = u64_at(pod, &["terminationGracePeriodSeconds"]);
-    let pre_stop = u64_at(container, &["lifecycle", "preStop", "sleep", "seconds"]);
+    // The preStop hook drains through `tern drain`, then waits.
+    let hook: Vec<&str> = at(container, &["lifecycle", "preStop", "exec", "command"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&hook[..2], ["/tern", "drain"], "{hook:?}");
+    let wait = hook.iter().position(|a| *a == "--wait").expect("--wait");
+    let pre_stop: u64 = hook[wait + 1].parse().unwrap();
     assert!(
         grace > drain + pre_stop,
         "grace {grace} s, drain {drain} s + {pre_stop} s"

@@ -1,6 +1,7 @@
 //! What the container image's entry relies on: `tern health [URL]`, its HEALTHCHECK (exit 0 on
 //! a 2xx answer, 1 otherwise, with the address taken from the same config files, environment and
-//! flags the server reads), and a list of config files of which the first that exists is read.
+//! flags the server reads), `tern drain` (the Kubernetes preStop hook), and a list of config
+//! files of which the first that exists is read.
 
 mod common;
 
@@ -156,6 +157,61 @@ fn reload_reads_the_file_chosen_at_start() {
     }
     assert_eq!(mint("key-of-first-0000"), 401, "the first file is not read");
     let _ = std::fs::remove_file(&first);
+}
+
+fn drain(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("drain")
+        .args(args)
+        .env_remove("TERN_CONFIG")
+        .env_remove("TERN_ADMIN_API_KEYS")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// `tern drain`, reading the server's own config (its admin key and http-listen), starts the
+/// drain: /readyz fails and a new Allocate is refused while the allocation made before relays
+/// on; it waits `--wait` seconds before returning.
+#[test]
+fn drain_starts_draining_the_server_it_finds_in_the_config() {
+    let tern = Tern::start("admin-api-keys = [\"drain-test-admin-key\"]");
+    let mut before = common::stream_client::udp_client("127.0.0.1:0", tern.addr, "before");
+    before
+        .allocate_or_redirect()
+        .expect("allocate before the drain");
+    let config = tern.config_path().display().to_string();
+    let started = Instant::now();
+    let output = drain(&[("TERN_CONFIG", &config)], &["--wait", "1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", shown(&output));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "--wait 1 returned early"
+    );
+    assert_eq!(health(&[], &[&tern.url("/readyz")]).status.code(), Some(1));
+    let mut after = common::stream_client::udp_client("127.0.0.1:0", tern.addr, "after");
+    assert_eq!(
+        after.allocate_or_redirect().map_err(|(code, _)| code),
+        Err(486)
+    );
+    before
+        .refresh(600)
+        .expect("the allocation made before still refreshes");
+}
+
+/// Without an admin key the admin API is off: `tern drain` fails and says why.
+#[test]
+fn drain_without_an_admin_key_fails_and_says_why() {
+    let tern = Tern::start("");
+    let config = tern.config_path().display().to_string();
+    let output = drain(&[("TERN_CONFIG", &config)], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", shown(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("admin-api-keys"),
+        "{}",
+        shown(&output)
+    );
+    assert_eq!(health(&[], &[&tern.url("/readyz")]).status.code(), Some(0));
 }
 
 struct KillOnDrop(std::process::Child);

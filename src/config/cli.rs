@@ -34,6 +34,22 @@ pub enum Command {
     /// For container health checks: the address is `http-listen` from the same config files,
     /// environment and flags the server reads.
     Health(HealthArgs),
+    /// Start draining the tern on this host (POST /api/v1/admin/drain with the first of
+    /// `admin-api-keys`, at `http-listen` from the same config files, environment and flags):
+    /// `/readyz` answers 503 and new Allocates go to `alternate-server` (or get 486) while live
+    /// allocations relay on. For a Kubernetes preStop hook: SIGTERM then stops after the drain.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// Seconds to wait after the drain has started before exiting (so load balancers and the
+    /// endpoints controller see /readyz fail before the stop signal comes).
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,7 @@ mod shape;
 mod validate;
 mod values;
 
-pub use cli::{Cli, Command, ConfigCommand, CredentialsArgs, HealthArgs, ServeArgs};
+pub use cli::{Cli, Command, ConfigCommand, CredentialsArgs, DrainArgs, HealthArgs, ServeArgs};
 pub use error::{ConfigError, Origin};
 pub use keys::{find as find_key, restart_keys_changed, Config, Key, Reload, KEYS};
 pub use load::{from_str, from_toml_str, load, load_all, load_file, Format, Loaded};
