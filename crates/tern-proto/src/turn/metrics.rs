@@ -58,7 +58,7 @@ crate::declare_metrics! {
               "Unauthenticated UDP requests left unanswered: their source exceeded unauthenticated-rate-limit";
         reload_revocations: counter [Revoked]
             = "tern_reload_revocations",
-              "Permissions and channels removed because a reloaded configuration denies their peer";
+              "Permissions, channels and RFC 6062 peer connections removed or closed because a reloaded configuration denies their peer";
         allocations_revoked: counter
             = "tern_allocations_revoked",
               "Allocations ended because their credential no longer verifies (its secret or user was removed)";
@@ -211,6 +211,8 @@ crate::label_set! {
     pub enum Revoked: "kind" {
         Permission = "permission",
         Channel = "channel",
+        /// An RFC 6062 peer connection, waiting for its ConnectionBind, spliced or connecting.
+        TcpPeerConnection = "tcp_peer_connection",
     }
 }
 
