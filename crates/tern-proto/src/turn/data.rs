@@ -236,6 +236,9 @@ impl Server {
         bytes: usize,
     ) -> Option<(Duration, BandwidthLimit)> {
         let (max_bps, capacity) = (self.config.max_bps, self.config.bps_capacity);
+        if max_bps == 0 && self.capacity.rate(capacity) == 0 {
+            return None;
+        }
         let d = direction.index();
         let allocation = live(&mut self.allocations, alloc)?;
         let own = allocation.bandwidth[d].delay(now, max_bps, bytes);
