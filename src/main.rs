@@ -176,10 +176,18 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
     let runtime = tern::net::stream_runtime()?;
     // TCP/TLS listeners bind first: if one cannot, nothing has started serving.
     let bound_streams = StreamService::bind(&config, certs.clone())?;
+    // bps-capacity: a share per UDP relay thread and one for the TCP/TLS connections together.
+    let capacity_shares = tern::net::capacity_shares(&config, bound_streams.is_some());
     let udp = if config.no_udp {
         None
     } else {
-        let udp = UdpService::start(&config, core.clone(), nonces.clone(), quotas.clone())?;
+        let udp = UdpService::start(
+            &config,
+            core.clone(),
+            nonces.clone(),
+            quotas.clone(),
+            capacity_shares,
+        )?;
         for addr in &udp.listening {
             info!(%addr, transport = "udp", "listening");
         }
@@ -204,6 +212,7 @@ fn serve(cli: &Cli, mut config: Config, certs: Option<Arc<CertStore>>) -> std::i
         quotas: quotas.clone(),
         ports: ports.clone(),
         draining: draining.clone(),
+        capacity_shares,
     };
     let streams = match bound_streams {
         Some(bound) => Some(bound.serve(&config, runtime.handle(), deps)?),

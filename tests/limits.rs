@@ -1,13 +1,14 @@
 //! Limits through real sockets against the real binary: one client filling every
 //! per-allocation and per-client limit gets the RFC codes while another client's Binding keeps
 //! answering; the default quotas leave most of the port pool to others; max-bps and
-//! bps-capacity drop UDP past the rate both ways; and memory follows live allocations, not
-//! the allocations ever made.
+//! bps-capacity drop UDP past the rate both ways, and slow TCP clients down without dropping
+//! (tern stops reading); and memory follows live allocations, not the allocations ever made.
 
 mod common;
 
-use common::stream_client::{udp_client, Datagrams, StreamTurn};
+use common::stream_client::{tcp_client, udp_client, Datagrams, StreamTurn};
 use common::{rss_kib, sample, scrape_until, Tern};
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -325,6 +326,125 @@ fn bps_capacity_caps_the_server_over_all_allocations() {
     scrape_until(&tern, "capacity drops counted", |m| {
         sample(m, series) as usize == 400 - reached
     });
+}
+
+/// Counts the datagrams that reach `peer` until `expected` came or none for 3 s: how many, and
+/// when the last came after `start`.
+fn arrivals(
+    peer: &UdpSocket,
+    expected: usize,
+    start: Instant,
+) -> std::thread::JoinHandle<(usize, Duration)> {
+    let peer = peer.try_clone().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (mut arrived, mut last) = (0, Duration::ZERO);
+        while arrived < expected && peer.recv(&mut buf).is_ok() {
+            arrived += 1;
+            last = start.elapsed();
+        }
+        (arrived, last)
+    })
+}
+
+/// `count` ChannelData frames of 1000 bytes on channel 0x4000 (a multiple of 4: no padding on a
+/// stream).
+fn frames(count: usize) -> Vec<u8> {
+    (0..count)
+        .flat_map(|_| channel_data(&[7u8; 1000]))
+        .collect()
+}
+
+#[test]
+fn max_bps_slows_a_tcp_client_down_without_dropping_while_udp_drops() {
+    const RATE: u64 = 50_000;
+    const FRAMES: usize = 200;
+    let tern = Tern::start(&format!(
+        "allow-loopback-peers = true\nmax-bps = {RATE}\nlog-level = \"info\""
+    ));
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut tcp = tcp_client(tern.addr, "tcp-streamer");
+    tcp.allocate().unwrap();
+    tcp.channel_bind(0x4000, peer_addr).unwrap();
+
+    // 200 KB as fast as the client can write: a burst (64 KiB) passes at once, the rest at
+    // 50 KB/s, about 2.7 s. tern stops reading meanwhile, so the writes wait; none is lost.
+    let start = Instant::now();
+    let counter = arrivals(&peer, FRAMES, start);
+    tcp.stream.write_all(&frames(FRAMES)).unwrap();
+    let (arrived, last) = counter.join().unwrap();
+    assert_eq!(arrived, FRAMES, "every frame relayed, in {last:?}");
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(30)).contains(&last),
+        "200 KB at 50 KB/s after a 64 KiB burst took {last:?}"
+    );
+    let paused = "tern_bandwidth_paused_total{direction=\"to_peer\",limit=\"max-bps\"}";
+    let dropped = "tern_bandwidth_dropped_packets_total{direction=\"to_peer\",limit=\"max-bps\"}";
+    let metrics = scrape_until(&tern, "the TCP frames counted", |m| {
+        sample(m, "tern_relayed_packets_total{direction=\"to_peer\"}") == FRAMES as u64
+    });
+    assert!(sample(&metrics, paused) > 0, "{metrics}");
+    assert_eq!(sample(&metrics, dropped), 0, "{metrics}");
+
+    // A UDP client over the same limit cannot be paused: its datagrams past it are dropped.
+    let mut udp = udp_client("127.0.0.1:0", tern.addr, "udp-streamer");
+    allocate_with_channel(&mut udp, peer_addr);
+    let socket = udp.stream.socket.try_clone().unwrap();
+    let (reached, elapsed) = offer(FRAMES, &peer, |payload| {
+        socket.send(&channel_data(payload)).unwrap();
+    });
+    assert!(
+        (20..=bound(RATE, elapsed)).contains(&reached),
+        "{reached} of {FRAMES} datagrams reached the peer in {elapsed:?}"
+    );
+    scrape_until(&tern, "the UDP drops counted", |m| {
+        sample(m, dropped) as usize == FRAMES - reached
+    });
+}
+
+#[test]
+fn bps_capacity_gives_tcp_clients_one_share_together_and_drops_nothing() {
+    const CAPACITY: u64 = 100_000;
+    const FRAMES: usize = 100;
+    // One relay thread: two shares, the thread's and the TCP/TLS connections' (50 KB/s).
+    let tern = Tern::start(&format!(
+        "allow-loopback-peers = true\nbps-capacity = {CAPACITY}\nrelay-threads = 1\nlog-level = \"info\""
+    ));
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let clients: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|user| {
+            let mut client = tcp_client(tern.addr, user);
+            client.allocate().unwrap();
+            client.channel_bind(0x4000, peer_addr).unwrap();
+            client
+        })
+        .collect();
+    // 100 KB each at once, 200 KB together: a 64 KiB burst, then 50 KB/s for both, about 2.7 s
+    // (the whole capacity would take 1 s, a share per connection less still).
+    let start = Instant::now();
+    let counter = arrivals(&peer, 2 * FRAMES, start);
+    let writers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| std::thread::spawn(move || client.stream.write_all(&frames(FRAMES))))
+        .collect();
+    for writer in writers {
+        writer.join().unwrap().unwrap();
+    }
+    let (arrived, last) = counter.join().unwrap();
+    assert_eq!(arrived, 2 * FRAMES, "every frame relayed, in {last:?}");
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(30)).contains(&last),
+        "200 KB at 50 KB/s after a 64 KiB burst took {last:?}"
+    );
+    let paused = "tern_bandwidth_paused_total{direction=\"to_peer\",limit=\"bps-capacity\"}";
+    let metrics = scrape_until(&tern, "pauses counted", |m| sample(m, paused) > 0);
+    let dropped =
+        "tern_bandwidth_dropped_packets_total{direction=\"to_peer\",limit=\"bps-capacity\"}";
+    assert_eq!(sample(&metrics, dropped), 0, "{metrics}");
 }
 
 /// One allocation's life from a fresh source port: Allocate (after its 401), a permission, and

@@ -322,3 +322,155 @@ fn peer_connections_count_against_max_connections() {
     let mut again = Client::new(tern.addr);
     again.allocate_tcp();
 }
+
+#[test]
+fn spliced_bytes_pass_max_bps_both_ways_and_count_as_relayed() {
+    const RATE: u64 = 50_000;
+    const SIZE: usize = 200_000;
+    let tern = Tern::start(&format!("allow-loopback-peers = true\nmax-bps = {RATE}"));
+    let from_client: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let from_peer: Vec<u8> = (0..SIZE).map(|i| (i % 241) as u8).collect();
+    // A TCP peer that, once told to, sends 200 KB and reads 200 KB at the same time; what it
+    // read, and how long that took.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = listener.local_addr().unwrap();
+    let (go, started) = std::sync::mpsc::channel::<std::time::Instant>();
+    let peer_side = {
+        let from_peer = from_peer.clone();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let start = started.recv().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let sending = std::thread::spawn(move || writer.write_all(&from_peer));
+            let mut heard = vec![0u8; SIZE];
+            stream.read_exact(&mut heard).unwrap();
+            let took = start.elapsed();
+            sending.join().unwrap().unwrap();
+            (heard, took)
+        })
+    };
+    let mut control = Client::new(tern.addr);
+    control.allocate_tcp();
+    let id = control.connect_peer(peer).unwrap();
+    let mut data = control.data_connection(tern.addr, id).unwrap();
+    data.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    // Both ways at once, as fast as either side writes: each way has its own bucket, so each
+    // takes a 64 KiB burst and then 50 KB/s, about 2.7 s; tern reads no faster, nothing is lost.
+    let start = std::time::Instant::now();
+    go.send(start).unwrap();
+    let mut writer = data.try_clone().unwrap();
+    let sending = {
+        let from_client = from_client.clone();
+        std::thread::spawn(move || writer.write_all(&from_client))
+    };
+    let mut heard = vec![0u8; SIZE];
+    data.read_exact(&mut heard).unwrap();
+    let took = start.elapsed();
+    sending.join().unwrap().unwrap();
+    let (peer_heard, peer_took) = peer_side.join().unwrap();
+    assert!(heard == from_peer, "the client got the peer's bytes");
+    assert!(peer_heard == from_client, "the peer got the client's bytes");
+    for (way, took) in [("to the client", took), ("to the peer", peer_took)] {
+        assert!(
+            (Duration::from_secs(2)..Duration::from_secs(30)).contains(&took),
+            "200 KB {way} at 50 KB/s after a 64 KiB burst took {took:?}"
+        );
+    }
+    // Relayed traffic in /metrics (a read is a packet), and the pauses both ways.
+    let relayed = |m: &str, what: &str, direction: &str| {
+        common::sample(
+            m,
+            &format!("tern_relayed_{what}_total{{direction=\"{direction}\"}}"),
+        )
+    };
+    let metrics = common::scrape_until(&tern, "the spliced bytes counted", |m| {
+        relayed(m, "bytes", "to_peer") == SIZE as u64
+            && relayed(m, "bytes", "to_client") == SIZE as u64
+    });
+    assert!(relayed(&metrics, "packets", "to_peer") > 0, "{metrics}");
+    assert!(relayed(&metrics, "packets", "to_client") > 0, "{metrics}");
+    for direction in ["to_peer", "to_client"] {
+        let paused =
+            format!("tern_bandwidth_paused_total{{direction=\"{direction}\",limit=\"max-bps\"}}");
+        assert!(common::sample(&metrics, &paused) > 0, "{metrics}");
+    }
+}
+
+/// A TCP peer that accepts one connection and reports what reaches it: each read, then `None`
+/// when the connection ends.
+fn recording_peer() -> (SocketAddr, std::sync::mpsc::Receiver<Option<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heard, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = heard.send(Some(buf[..n].to_vec()));
+                }
+            }
+        }
+        let _ = heard.send(None);
+    });
+    (addr, receiver)
+}
+
+#[test]
+fn a_reload_that_denies_the_peer_cuts_its_peer_connections() {
+    let tern = Tern::start("allow-loopback-peers = true\nlog-level = \"info\"");
+    let (spliced_peer, spliced_heard) = recording_peer();
+    let (pending_peer, pending_heard) = recording_peer();
+    let mut control = Client::new(tern.addr);
+    control.allocate_tcp();
+    let id = control.connect_peer(spliced_peer).unwrap();
+    let mut data = control.data_connection(tern.addr, id).unwrap();
+    data.write_all(b"before").unwrap();
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        spliced_heard.recv_timeout(wait).unwrap(),
+        Some(b"before".to_vec())
+    );
+    // Another peer connection waits for its ConnectionBind.
+    let pending_id = control.connect_peer(pending_peer).unwrap();
+
+    // The operator stops allowing loopback peers (an operator's denied-peer-ip does not
+    // override allow-loopback-peers for loopback addresses).
+    common::reload_with(&tern, |text| {
+        text.replace(
+            "allow-loopback-peers = true",
+            "allow-loopback-peers = false",
+        )
+    });
+    // Both peer connections are closed: the peers see their end, the client its data
+    // connection closed, and nothing more reaches the peer.
+    assert_eq!(spliced_heard.recv_timeout(wait).unwrap(), None);
+    assert_eq!(pending_heard.recv_timeout(wait).unwrap(), None);
+    assert!(closed_within(&mut data, wait));
+    let _ = data.write_all(b"after");
+    assert!(spliced_heard
+        .recv_timeout(Duration::from_millis(300))
+        .is_err());
+    let revoked = "tern_reload_revocations_total{kind=\"tcp_peer_connection\"}";
+    common::scrape_until(&tern, "the peer connections revoked", |m| {
+        common::sample(m, revoked) == 2
+    });
+    // The pending one can no longer be bound; the allocation lives on, and a new Connect to
+    // the peer is refused by the policy now in force.
+    assert_eq!(
+        control.data_connection(tern.addr, pending_id).err(),
+        Some(400)
+    );
+    let response = control.request(Method::REFRESH, |_| {});
+    assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+    assert_eq!(control.connect_peer(spliced_peer), Err(403));
+}

@@ -263,10 +263,10 @@ config_keys! {
     /// Channels one allocation may bind; 0 = unlimited (past it: 508)
     "max-channels" max_channels: u32 = DEFAULT_MAX_CHANNELS;
         int::<u32>(), Live, value_name = "N";
-    /// Relayed bytes per second per allocation, each direction; 0 = unlimited (past it, UDP datagrams are dropped)
+    /// Relayed bytes per second per allocation, each direction; 0 = unlimited (past it, UDP datagrams are dropped; TCP/TLS and RFC 6062 streams are not read until it lets them pass)
     "max-bps" max_bps: u64 = 0;
         int::<u64>(), Live, value_name = "BYTES", coturn = &["max-bps"];
-    /// Relayed bytes per second of the whole server, each direction, split evenly over the UDP relay threads; 0 = unlimited
+    /// Relayed bytes per second of the whole server, each direction, split evenly over the UDP relay threads and the TCP/TLS connections (one share for all of them); 0 = unlimited
     "bps-capacity" bps_capacity: u64 = 0;
         int::<u64>(), Live, value_name = "BYTES", coturn = &["bps-capacity"];
     /// Answers per second to one source address (IPv6: per /64) and relay thread for UDP requests that are not authenticated; 0 = unlimited

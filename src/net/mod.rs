@@ -61,6 +61,17 @@ pub struct UdpService {
 }
 
 /// Workers to run: `relay-threads`, or one per core.
+/// How many even shares `bps-capacity` is split into: one per UDP relay thread, and one for the
+/// TCP/TLS connections together when they serve (`streams`).
+pub fn capacity_shares(config: &Config, streams: bool) -> u32 {
+    let udp = if config.no_udp {
+        0
+    } else {
+        worker_count(config)
+    };
+    (udp + usize::from(streams)).max(1) as u32
+}
+
 pub fn worker_count(config: &Config) -> usize {
     match config.relay_threads {
         0 => std::thread::available_parallelism()
@@ -72,12 +83,14 @@ pub fn worker_count(config: &Config) -> usize {
 
 impl UdpService {
     /// Binds every listener of every worker, then starts the workers. Nothing serves if any
-    /// bind fails.
+    /// bind fails. Each worker takes one of `capacity_shares` of `bps-capacity` (see
+    /// [`capacity_shares`]).
     pub fn start(
         config: &Config,
         core: Arc<CoreConfig>,
         nonces: NonceMint,
         quotas: Arc<Quotas>,
+        capacity_shares: u32,
     ) -> io::Result<UdpService> {
         let listening_ips = expand_listening_ips(&config.listening_ips)?;
         if listening_ips.is_empty() {
@@ -137,7 +150,7 @@ impl UdpService {
             server.set_nat_discovery(nat.clone());
             server.set_drain_flag(draining.clone());
             // bps-capacity: each worker's buckets take an even share (no bucket across cores).
-            server.set_capacity_share(workers as u32);
+            server.set_capacity_share(capacity_shares);
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),

@@ -163,6 +163,9 @@ pub(super) trait RelayOwner {
     fn release(&mut self, alloc: AllocId);
     /// RFC 6062 Connect: open a TCP connection from the allocation's relayed address to `peer`.
     fn connect_peer(&mut self, alloc: AllocId, peer: SocketAddr, connection_id: u32);
+    /// A reload denies the peer of an RFC 6062 peer connection: close it (see
+    /// [`Event::ClosePeerConnection`]). Only stream connections have TCP allocations.
+    fn close_peer_connection(&mut self, _alloc: AllocId, _connection_id: u32) {}
 }
 
 /// Carries out every event `server` has pending.
@@ -175,6 +178,10 @@ pub(super) fn apply_events(server: &mut Server, owner: &mut impl RelayOwner) {
                 peer,
                 connection_id,
             } => owner.connect_peer(alloc, peer, connection_id),
+            Event::ClosePeerConnection {
+                alloc,
+                connection_id,
+            } => owner.close_peer_connection(alloc, connection_id),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - [`StreamStats`]: what only the TCP/TLS listeners count, bumped directly (relaxed atomics)
 //!   by connection code, never per packet.
 
-use crate::turn::metrics::{Counters, SharedCounters};
+use crate::turn::metrics::{BandwidthLimit, Counters, Direction, SharedCounters};
 use crate::turn::{Server, Transport};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -111,6 +111,12 @@ tern_proto::declare_metrics! {
         /// RFC 6062 data connections spliced with their peer connection now.
         tcp_spliced: gauge
             = "tern_tcp_relay_spliced", "RFC 6062 data connections spliced with a peer connection now";
+        /// A stream that would pass `max-bps` or `bps-capacity` is not read until it may: each
+        /// such wait (a TCP/TLS client's data for a peer, either side of a spliced RFC 6062
+        /// connection). Nothing is dropped; the sender is slowed by TCP flow control.
+        bandwidth_paused: counter [Direction, BandwidthLimit]
+            = "tern_bandwidth_paused",
+              "Times a TCP/TLS client connection or a side of a spliced RFC 6062 connection stopped reading until max-bps or bps-capacity let its data pass, by direction and limit";
     }
     extra {
         /// Every connection's TURN counters added up (see `stream_admin::Folder`).

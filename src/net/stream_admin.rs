@@ -1,7 +1,8 @@
 //! What the rest of the process sees of TCP/TLS connections, each of which owns its own
 //! `turn::Server`:
 //!
-//! - **Metrics.** [`Folder`] adds the changes of a connection's TURN counters into one shared
+//! - **Metrics.** [`Folder`] adds the changes of a connection's TURN counters (or of what a
+//!   spliced RFC 6062 connection relayed) into one shared
 //!   [`WorkerStats`] (`StreamStats::turn`): at most every [`FOLD_INTERVAL`] while packets flow
 //!   (the shared cells are written by every core, so never per packet), and at once on timers,
 //!   admin calls and the end of the connection. Relaxed `fetch_add`s, only for the counters that
@@ -64,7 +65,8 @@ impl Folder {
         self.fold_counters(*server.counters());
     }
 
-    fn fold_counters(&mut self, counters: Counters) {
+    /// Folds `counters`, a server's or what a spliced connection relayed (see `tcp_relay`).
+    pub fn fold_counters(&mut self, counters: Counters) {
         self.into.add_changes(&counters, &self.last);
         self.last = counters;
     }

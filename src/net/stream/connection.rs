@@ -11,24 +11,29 @@
 //!   and again from the end of an allocation). One with an allocation lives as long as it.
 //! - `partial-frame-timeout`: a started frame must complete within it (slowloris).
 //! - `stream-write-timeout`: a client that leaves its queue full this long is cut.
+//! - `max-bps` and `bps-capacity` toward peers: client data past them waits, unread, until the
+//!   limits let it pass (TCP flow control pushes back on the client); none is dropped.
 //! - the allocation's own timers, the fold of its counters into the shared metrics, and the
 //!   wall-clock resync.
 //!
 //! The queue toward the client never blocks anything: datagrams from peers that find it full
-//! are dropped (as UDP would) and counted, and requests wait in the framing buffer until their
-//! replies fit, so a client that stops reading still has its timers run and its admin calls
-//! answered.
+//! (or that are past `max-bps` or `bps-capacity`: a UDP peer cannot be paused) are dropped, as
+//! UDP would, and counted, and requests wait in the framing buffer until their replies fit, so
+//! a client that stops reading still has its timers run and its admin calls answered.
 
 use super::buffers::{ClientQueue, FrameBuffer};
+use crate::metrics::LabelSet;
 use crate::net::common::REPLY_BUFFER;
 use crate::net::proxy_protocol::{self, Parsed};
 use crate::net::relay::{self, RelayOwner};
 use crate::net::stream_admin::Folder;
 use crate::net::StreamStats;
-use crate::stun::{self, Class, FrameKind, Message, Method, DATA_INDICATION_MAX_PREFIX};
+use crate::stun::{
+    self, attr, ChannelData, Class, FrameKind, Message, Method, DATA_INDICATION_MAX_PREFIX,
+};
 use crate::turn::{
-    self, AllocId, AllocationInfo, BoundRelay, ConnectionLookup, CoreConfig, FiveTuple, RelayError,
-    RelayRequest, RelayTransport, Server, Transport,
+    self, AllocId, AllocationInfo, BoundRelay, ConnectionLookup, CoreConfig, Direction, FiveTuple,
+    RelayError, RelayRequest, RelayTransport, Server, Transport,
 };
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -128,6 +133,9 @@ pub enum Output<'a, C> {
     },
     /// The allocation ended: close its relay socket.
     ReleaseRelay,
+    /// A reload denies this RFC 6062 peer connection's peer: close it, pending or spliced (one
+    /// still connecting: give it up and report it to [`Connection::connect_result`] as failed).
+    ClosePeerConnection { connection_id: u32 },
     /// Splice the client with its claimed peer connection.
     HandOff(HandOff<C>),
     /// Close the connection.
@@ -146,6 +154,7 @@ enum Action {
         connection_id: u32,
     },
     ReleaseRelay,
+    ClosePeerConnection(u32),
     Close(CloseReason),
 }
 
@@ -162,6 +171,9 @@ impl Action {
                 connection_id,
             },
             Action::ReleaseRelay => Output::ReleaseRelay,
+            Action::ClosePeerConnection(connection_id) => {
+                Output::ClosePeerConnection { connection_id }
+            }
             Action::Close(reason) => Output::Close(reason),
         }
     }
@@ -208,6 +220,13 @@ impl RelayOwner for Effects {
             });
         }
     }
+
+    fn close_peer_connection(&mut self, alloc: AllocId, connection_id: u32) {
+        if self.relay == Some((alloc, RelayTransport::Tcp)) {
+            self.actions
+                .push_back(Action::ClosePeerConnection(connection_id));
+        }
+    }
 }
 
 /// What handling the next piece of input came to.
@@ -245,6 +264,9 @@ pub struct Connection<P: PeerConnections> {
     partial_since: Option<Instant>,
     /// Since when the queue has been refusing output, with no byte taken by the client since.
     stalled_since: Option<Instant>,
+    /// The frame at the front carries data past `max-bps` or `bps-capacity`: it waits, and
+    /// nothing more is read, until then.
+    paused_until: Option<Instant>,
     clock_synced: Instant,
     /// Frames handled since the counters were last offered to the folder.
     worked: bool,
@@ -296,6 +318,7 @@ impl<P: PeerConnections> Connection<P> {
             active_at: now,
             partial_since: None,
             stalled_since: None,
+            paused_until: None,
             clock_synced: now,
             worked: false,
             budget: FRAMES_PER_TURN,
@@ -323,14 +346,18 @@ impl<P: PeerConnections> Connection<P> {
     /// Whether whole frames wait while this turn's budget is spent: the task should let other
     /// tasks run, then start a new turn.
     pub fn yielding(&self) -> bool {
-        self.budget == 0 && self.phase == Phase::Serving && self.input.complete_frame().is_some()
+        self.budget == 0
+            && self.phase == Phase::Serving
+            && self.paused_until.is_none()
+            && self.input.complete_frame().is_some()
     }
 
     // ----- the client stream -----
 
     /// Where to read the client's next bytes; `None` while the connection takes no input (TLS
-    /// handshake, hand-off, closed) or holds a whole frame back because its reply would not fit
-    /// the queue. Then call [`Connection::handle_client_read`].
+    /// handshake, hand-off, closed) or holds a whole frame back (its reply would not fit the
+    /// queue, or its data waits for the bandwidth limits). Then call
+    /// [`Connection::handle_client_read`].
     pub fn read_buffer(&mut self) -> Option<&mut [u8]> {
         self.settle();
         let reading = match self.phase {
@@ -572,6 +599,7 @@ impl<P: PeerConnections> Connection<P> {
             self.idle_deadline(),
             self.partial_deadline(),
             self.stall_deadline(),
+            self.paused_until,
             self.folder.due(),
         ]
         .into_iter()
@@ -594,6 +622,9 @@ impl<P: PeerConnections> Connection<P> {
         }
         if passed(self.stall_deadline()) {
             return self.close(CloseReason::WriteStalled);
+        }
+        if passed(self.paused_until) {
+            self.paused_until = None; // the frame gets its turn at the next poll_output
         }
         self.server.handle_timeout(now);
         self.apply_events(now);
@@ -732,19 +763,29 @@ impl<P: PeerConnections> Connection<P> {
         if self.budget == 0 {
             return Step::Idle; // the rest waits for the next turn
         }
-        self.budget -= 1;
-        self.worked = true;
         let frame = &self.input.pending()[..len];
-        let (valid, bind) = match stun::frame_kind(frame) {
+        let (valid, bind, relayed) = match stun::frame_kind(frame) {
             FrameKind::Stun => match Message::parse(frame) {
                 Ok(m) if m.fingerprint_ok() != Some(false) => (
                     true,
                     m.method() == Method::CONNECTION_BIND && m.class() == Class::Request,
+                    send_indication_data(&m),
                 ),
-                _ => (false, false),
+                _ => (false, false, None),
             },
-            _ => (false, false),
+            _ => (
+                false,
+                false,
+                ChannelData::parse(frame).map(|c| c.data.len()),
+            ),
         };
+        if let Some(bytes) = relayed {
+            if self.paused(now, bytes) {
+                return Step::Idle;
+            }
+        }
+        self.budget -= 1;
+        self.worked = true;
         if valid {
             self.active_at = now;
         }
@@ -783,6 +824,26 @@ impl<P: PeerConnections> Connection<P> {
         self.apply_events(now);
         self.track_partial(now, true);
         Step::Again
+    }
+
+    /// Whether client data of `bytes` for the peer must wait for `max-bps` or `bps-capacity`:
+    /// then it stays at the front, nothing more is read, and the connection wakes up when it may
+    /// pass (each such pause counted in `tern_bandwidth_paused_total`).
+    fn paused(&mut self, now: Instant, bytes: usize) -> bool {
+        if self.paused_until.is_some_and(|until| now < until) {
+            return true;
+        }
+        self.paused_until = None;
+        let Some((alloc, RelayTransport::Udp)) = self.effects.relay else {
+            return false;
+        };
+        let to_peer = Direction::ToPeer;
+        let Some((delay, limit)) = self.server.bandwidth_wait(now, alloc, to_peer, bytes) else {
+            return false;
+        };
+        self.paused_until = Some(now + delay);
+        self.stats.bandwidth_paused[to_peer.index()][limit.index()].fetch_add(1, Relaxed);
+        true
     }
 
     /// A ConnectionBind request (RFC 6062 §5.4): on success the connection is handed off to
@@ -903,6 +964,14 @@ fn push_or_stall(
     if !queue.push(data, limit) {
         stalled_since.get_or_insert(now);
     }
+}
+
+/// The payload length of a Send indication (what it would relay), `None` for other messages.
+fn send_indication_data(message: &Message<'_>) -> Option<usize> {
+    if message.method() != Method::SEND || message.class() != Class::Indication {
+        return None;
+    }
+    message.get(attr::DATA).map(<[u8]>::len)
 }
 
 /// Where `part`, a slice the core returned from `whole`, lies in it.

@@ -7,8 +7,11 @@
 //! ([`task`]) that moves bytes between its sockets and it. A stream 5-tuple has at most one
 //! allocation, so the per-connection state is small and needs no lock. Connections share the
 //! quotas, the nonce key, the relay sockets' port pool (locked only when an allocation starts or
-//! ends) and the configuration snapshot (a `watch` channel, so a reload reaches every
-//! connection). Closing the connection ends its allocation.
+//! ends), the configuration snapshot (a `watch` channel, so a reload reaches every connection)
+//! and their part of `bps-capacity`: one even share among the UDP relay threads' (N + 1 shares
+//! for N threads), as one pool every connection draws batches from (a few milliseconds of the
+//! rate, one atomic operation each: never per packet; see `policy::bandwidth`). Closing the
+//! connection ends its allocation.
 
 mod buffers;
 mod connection;
@@ -30,7 +33,7 @@ use super::tcp_relay::ConnectionRegistry;
 use super::tls::{CertStore, ALPN_STUN_TURN};
 use crate::auth::NonceMint;
 use crate::config::Config;
-use crate::policy::{IpRange, Quotas};
+use crate::policy::{CapacityPool, IpRange, Quotas};
 use crate::turn::{CoreConfig, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -106,6 +109,9 @@ pub struct StreamDeps {
     pub ports: Arc<Mutex<RelayPorts>>,
     /// The process-wide drain switch (admin API), shared with the UDP workers.
     pub draining: Arc<AtomicBool>,
+    /// How many even shares `bps-capacity` is split into; the stream connections together take
+    /// one (see `net::capacity_shares`).
+    pub capacity_shares: u32,
 }
 
 /// Which listener a connection came through.
@@ -172,6 +178,10 @@ impl BoundStreams {
             tls: self.tls,
             stats: stats.clone(),
             tcp_connections: Arc::new(ConnectionRegistry::default()),
+            capacity: Arc::new(CapacityPool::new(
+                deps.capacity_shares,
+                std::time::Instant::now(),
+            )),
         });
         let _entered = runtime.enter();
         let mut listening = Vec::new();
@@ -283,6 +293,8 @@ struct Shared {
     registry: Arc<StreamRegistry>,
     /// RFC 6062 peer connections waiting for their ConnectionBind, across connections.
     tcp_connections: Arc<ConnectionRegistry>,
+    /// The stream side's share of `bps-capacity`, for connections and splices alike.
+    capacity: Arc<CapacityPool>,
 }
 
 impl Shared {

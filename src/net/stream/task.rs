@@ -9,7 +9,7 @@ use super::{Kind, Refused, Shared, Slot};
 use crate::net::common::unix_now;
 use crate::net::relay::{Leased, DATAGRAM_BUFFER};
 use crate::net::stream_admin::{Registration, StreamCommand};
-use crate::net::tcp_relay::{self, ConnectionRegistry, Pending, RelayEvent, TcpRelay};
+use crate::net::tcp_relay::{self, ConnectionRegistry, Meter, Pending, RelayEvent, TcpRelay};
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
     BoundRelay, CoreConfig, RelayError, RelayRequest, RelayTransport, Server, Transport,
@@ -76,6 +76,7 @@ pub(super) async fn run(
         unix_now(),
     );
     server.set_drain_flag(shared.draining.clone());
+    server.set_capacity_pool(shared.capacity.clone());
     let settings = Settings {
         idle_timeout: shared.settings.idle_timeout,
         partial_frame_timeout: shared.settings.partial_frame_timeout,
@@ -218,7 +219,12 @@ impl Driver {
         self.commands = None;
         let stats = &self.shared.stats;
         stats.tcp_spliced.fetch_add(1, Relaxed);
-        tcp_relay::splice(stream, handoff.leftover, handoff.claimed).await;
+        let meter = Meter {
+            config: self.shared.core.clone(),
+            capacity: self.shared.capacity.clone(),
+            stats: stats.clone(),
+        };
+        tcp_relay::splice(stream, handoff.leftover, handoff.claimed, meter).await;
         stats.tcp_spliced.fetch_sub(1, Relaxed);
         Ending::Spliced
     }
@@ -340,6 +346,15 @@ impl Driver {
                         }
                     }
                 }
+                Output::ClosePeerConnection { connection_id } => {
+                    if let Some(HeldRelay {
+                        relay: StreamRelay::Tcp { relay, .. },
+                        ..
+                    }) = &mut self.relay
+                    {
+                        relay.cut(connection_id);
+                    }
+                }
                 Output::ReleaseRelay => self.relay = None,
                 Output::HandOff(handoff) => return Some(Exit::HandOff(handoff)),
                 Output::Close(reason) => return Some(Exit::Ended(Ending::Closed(reason))),
@@ -445,7 +460,7 @@ impl Driver {
         let Some(HeldRelay {
             relay: StreamRelay::Tcp { relay, username },
             ..
-        }) = &self.relay
+        }) = &mut self.relay
         else {
             return;
         };
@@ -453,7 +468,7 @@ impl Driver {
         let control_client = conn.tuple().client;
         let registry = &self.shared.tcp_connections;
         let opened = &self.shared.stats.tcp_peer_connections;
-        let file = |id, peer: TcpStream, peer_addr, slot| {
+        let file = |id, peer: TcpStream, peer_addr, slot, cut| {
             let filed = registry.insert(Pending {
                 id,
                 username: username.clone(),
@@ -461,6 +476,7 @@ impl Driver {
                 peer: Some(peer),
                 peer_addr,
                 owner,
+                cut,
                 _slot: slot,
             });
             if filed {
@@ -472,16 +488,21 @@ impl Driver {
         match event {
             RelayEvent::Accepted(Ok((peer, peer_addr))) => match limits.admit(&peer) {
                 // Without a permission the peer connection is dropped here, closed.
-                Ok(slot) => conn
-                    .handle_peer_connection(now, peer_addr, |id| file(id, peer, peer_addr, slot)),
+                Ok(slot) => conn.handle_peer_connection(now, peer_addr, |id| {
+                    let cut = relay.new_cut(id);
+                    file(id, peer, peer_addr, slot, cut)
+                }),
                 Err(reason) => limits.refused(Refused::Peer, peer_addr, reason),
             },
             RelayEvent::Accepted(Err(error)) => debug!(%error, "TCP relay accept failed"),
             RelayEvent::Connected(id, result, slot) => {
+                // Cut while connecting (a reload denies the peer): not filed, whatever the result.
+                let cut = relay.cut_of(id);
                 let filed = match result.and_then(|peer| Ok((peer.peer_addr()?, peer))) {
-                    Ok((peer_addr, peer)) => match limits.fd_allowed(&peer) {
-                        Ok(()) => file(id, peer, peer_addr, slot),
-                        Err(reason) => {
+                    Ok((peer_addr, peer)) => match (limits.fd_allowed(&peer), cut) {
+                        (Ok(()), Some(cut)) => file(id, peer, peer_addr, slot, cut),
+                        (Ok(()), None) => false,
+                        (Err(reason), _) => {
                             limits.refused(Refused::Peer, peer_addr, reason);
                             false
                         }
@@ -491,6 +512,9 @@ impl Driver {
                         false
                     }
                 };
+                if !filed {
+                    relay.forget(id);
+                }
                 conn.connect_result(now, id, filed);
             }
             RelayEvent::Closed(id) => conn.peer_connection_closed(id),

@@ -3,9 +3,16 @@
 //!
 //! A bucket holds at most one second of its rate, and never less than [`MIN_BURST`] so that any
 //! single datagram can pass. It starts full. The rate is passed on every call (it comes from the
-//! configuration, which a reload may change); the bucket itself is 24 bytes, kept by its owner
-//! (an allocation, a worker), with no lock and no allocation.
+//! configuration, which a reload may change).
+//!
+//! - [`ByteBucket`]: 24 bytes kept by one owner (an allocation, a worker), no lock, no atomic.
+//! - [`SharedByteBucket`]: the same bucket for owners on several threads, one atomic, drawn from
+//!   in batches ([`SharedByteBucket::draw`]) that the owner then spends on its own, so the shared
+//!   cache line is touched once per batch, not per packet.
+//! - [`CapacityPool`]: the `bps-capacity` share that servers without one of their own (the
+//!   TCP/TLS connections, a `turn::Server` each) draw batches from.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// The smallest burst: one datagram of the largest size a relay carries.
@@ -90,6 +97,118 @@ impl ByteBucket {
     }
 }
 
+/// How many bytes an owner of a [`SharedByteBucket`] draws at once when it can: 5 ms of the rate,
+/// at most 64 KiB. What an owner holds and has not spent is lost to the others until it spends
+/// it: one batch per owner at most, and a few milliseconds of the rate.
+pub fn batch(rate: u64) -> u64 {
+    (rate / 200).clamp(1, 65_536)
+}
+
+/// Nanoseconds `bytes` take at `rate`, rounded up.
+fn cost(bytes: u64, rate: u64) -> u64 {
+    let nanos = (u128::from(bytes) * NANOS).div_ceil(u128::from(rate));
+    nanos.min(u128::from(u64::MAX)) as u64
+}
+
+/// A token bucket of bytes that owners on several threads draw from, as the generic cell rate
+/// algorithm keeps it: one atomic, the moment (in nanoseconds after `base`) at which the bucket
+/// would be full again. Same burst and start as [`ByteBucket`].
+#[derive(Debug)]
+pub struct SharedByteBucket {
+    base: Instant,
+    full_at: AtomicU64,
+}
+
+impl SharedByteBucket {
+    /// A full bucket; `base` is any moment no later than the first `now` it will see.
+    pub fn new(base: Instant) -> Self {
+        SharedByteBucket {
+            base,
+            full_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes as many bytes as the bucket holds at `now`, up to `want`, if it holds at least
+    /// `need` (at most a burst); how many. Otherwise takes nothing and says how long until it
+    /// holds `need`. At rate 0 (no limit), `want` at once.
+    pub fn draw(&self, now: Instant, rate: u64, need: u64, want: u64) -> Result<u64, Duration> {
+        if rate == 0 {
+            return Ok(want);
+        }
+        let need = need.min(burst(rate));
+        let want = want.max(need);
+        let now = now.saturating_duration_since(self.base).as_nanos();
+        let now = now.min(u128::from(u64::MAX / 2)) as u64;
+        let horizon = now + cost(burst(rate), rate);
+        let mut full_at = self.full_at.load(Relaxed);
+        loop {
+            // What the bucket holds is the time from when it would be full to a burst from now.
+            let from = full_at.max(now);
+            let room = horizon.saturating_sub(from);
+            let held = (u128::from(room) * u128::from(rate) / NANOS) as u64;
+            if held < need {
+                return Err(Duration::from_nanos(cost(need, rate) - room));
+            }
+            let taken = held.min(want);
+            let next = from + cost(taken, rate);
+            match self
+                .full_at
+                .compare_exchange_weak(full_at, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(taken),
+                Err(current) => full_at = current,
+            }
+        }
+    }
+}
+
+/// `bps-capacity` for the servers that take no share of their own (see
+/// `turn::Server::set_capacity_pool`): together they get `1/shares` of it, one
+/// [`SharedByteBucket`] per direction that each draws [`batch`]es from.
+#[derive(Debug)]
+pub struct CapacityPool {
+    shares: u32,
+    /// By direction; each on its own cache line, as the two are drawn from independently.
+    buckets: [Padded; 2],
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(SharedByteBucket);
+
+impl CapacityPool {
+    /// A pool of `1/shares` of the capacity (`shares` at least 1).
+    pub fn new(shares: u32, now: Instant) -> Self {
+        CapacityPool {
+            shares: shares.max(1),
+            buckets: [
+                Padded(SharedByteBucket::new(now)),
+                Padded(SharedByteBucket::new(now)),
+            ],
+        }
+    }
+
+    /// The pool's rate under a `bps-capacity` of `capacity` (0: no limit).
+    pub fn rate(&self, capacity: u64) -> u64 {
+        match capacity {
+            0 => 0,
+            capacity => (capacity / u64::from(self.shares)).max(1),
+        }
+    }
+
+    /// [`SharedByteBucket::draw`] from the bucket of `direction` (an index, 0 or 1).
+    pub fn draw(
+        &self,
+        now: Instant,
+        rate: u64,
+        direction: usize,
+        need: u64,
+        want: u64,
+    ) -> Result<u64, Duration> {
+        self.buckets[direction].0.draw(now, rate, need, want)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +271,73 @@ mod tests {
         let mut bucket = ByteBucket::default();
         assert!((0..1000).all(|_| bucket.try_take(start, 0, 65_535)));
         assert_eq!(bucket.delay(start, 0, 1 << 30), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_shared_bucket_passes_the_rate_in_batches() {
+        let start = Instant::now();
+        let bucket = SharedByteBucket::new(start);
+        // Full at first: a burst, in batches of at most `want`.
+        assert_eq!(bucket.draw(start, RATE, 1000, 60_000), Ok(60_000));
+        assert_eq!(bucket.draw(start, RATE, 1000, 60_000), Ok(40_000));
+        assert_eq!(
+            bucket.draw(start, RATE, 1000, 60_000),
+            Err(Duration::from_millis(10))
+        );
+        // 4 ms later 400 bytes are there: not the 1000 needed, 6 ms more.
+        let later = start + Duration::from_millis(4);
+        assert_eq!(
+            bucket.draw(later, RATE, 1000, 5000),
+            Err(Duration::from_millis(6))
+        );
+        assert_eq!(bucket.draw(later, RATE, 100, 5000), Ok(400));
+        // Drawn every millisecond for two seconds: the rate, nothing lost to rounding.
+        let mut drawn = 0;
+        for ms in 5..=2004 {
+            let now = start + Duration::from_millis(ms);
+            drawn += bucket.draw(now, RATE, 1, 1_000_000).unwrap_or(0);
+        }
+        assert_eq!(drawn, 2 * RATE);
+        // Left alone it fills up to a burst, no more.
+        let idle = start + Duration::from_secs(10);
+        assert_eq!(bucket.draw(idle, RATE, 1, u64::MAX), Ok(RATE));
+        // At rate 0, anything.
+        assert_eq!(bucket.draw(idle, 0, 1, 1 << 40), Ok(1 << 40));
+    }
+
+    #[test]
+    fn threads_drawing_from_a_shared_bucket_share_its_rate() {
+        use std::sync::{Arc, Barrier};
+        let start = Instant::now();
+        let bucket = Arc::new(SharedByteBucket::new(start));
+        let barrier = Arc::new(Barrier::new(4));
+        // Four threads draw every simulated millisecond for a second: a burst and a second's
+        // rate between them, whoever wins each race.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (bucket, barrier) = (bucket.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut drawn = 0;
+                    for ms in 0..=1000 {
+                        barrier.wait();
+                        let now = start + Duration::from_millis(ms);
+                        drawn += bucket.draw(now, RATE, 500, batch(RATE)).unwrap_or(0);
+                    }
+                    drawn
+                })
+            })
+            .collect();
+        let drawn: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!((2 * RATE - 500..=2 * RATE).contains(&drawn), "{drawn}");
+    }
+
+    #[test]
+    fn a_pool_takes_its_share_and_batches_stay_small() {
+        let pool = CapacityPool::new(3, Instant::now());
+        assert_eq!(pool.rate(300_000), 100_000);
+        assert_eq!(pool.rate(0), 0);
+        assert_eq!(batch(100_000), 500);
+        assert_eq!(batch(1_000_000_000), 65_536);
+        assert_eq!(batch(10), 1);
     }
 }

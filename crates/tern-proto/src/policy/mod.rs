@@ -7,7 +7,7 @@ mod quota;
 mod range;
 mod source_limit;
 
-pub use bandwidth::ByteBucket;
+pub use bandwidth::{ByteBucket, CapacityPool, SharedByteBucket};
 pub use peer::{default_denied, default_denied_range, normalize, Denial, PeerPolicy, Verdict};
 pub use quota::{address_key, QuotaError, QuotaLimits, Quotas};
 pub use range::{IpRange, RangeParseError};

@@ -40,6 +40,8 @@ pub(crate) struct PendingConnect {
     pub tid: [u8; 12],
     pub sha256: bool,
     pub fingerprint: bool,
+    /// A reload denied the peer while connecting: the answer is 403, whatever the outcome.
+    pub revoked: bool,
 }
 
 /// A peer TCP connection of a TCP allocation (RFC 6062): outbound (Connect) or inbound

@@ -168,12 +168,11 @@ impl Server {
     }
 
     /// Whether `bytes` of relayed data may pass `direction` for allocation `index` now, under
-    /// `max-bps` and this server's share of `bps-capacity`; takes them if so, counts the drop
+    /// `max-bps` and this server's part of `bps-capacity`; takes them if so, counts the drop
     /// if not. Two integer comparisons when no limit is set.
     fn pass_bandwidth(&mut self, index: usize, direction: Direction, bytes: usize) -> bool {
         let max_bps = self.config.max_bps;
-        let capacity = self.capacity_rate();
-        if max_bps == 0 && capacity == 0 {
+        if max_bps == 0 && self.capacity.rate(self.config.bps_capacity) == 0 {
             return true;
         }
         match self.bandwidth_verdict(index, direction, bytes) {
@@ -187,7 +186,7 @@ impl Server {
         }
     }
 
-    /// Takes `bytes` from both buckets if both have them; otherwise the limit that has not.
+    /// Takes `bytes` from both limits if both have them; otherwise the limit that has not.
     fn bandwidth_verdict(
         &mut self,
         index: usize,
@@ -195,28 +194,27 @@ impl Server {
         bytes: usize,
     ) -> Option<BandwidthLimit> {
         let (now, d) = (self.now, direction.index());
-        let (max_bps, capacity) = (self.config.max_bps, self.capacity_rate());
+        let (max_bps, capacity) = (self.config.max_bps, self.config.bps_capacity);
         let own = &mut self.allocations[index].bandwidth[d];
         if !own.has(now, max_bps, bytes) {
             return Some(BandwidthLimit::MaxBps);
         }
-        if !self.capacity[d].has(now, capacity, bytes) {
+        if !self.capacity.has(now, capacity, d, bytes) {
             return Some(BandwidthLimit::BpsCapacity);
         }
         self.allocations[index].bandwidth[d].take(max_bps, bytes);
-        self.capacity[d].take(capacity, bytes);
+        self.capacity.take(capacity, d, bytes);
         None
     }
 
     /// How long from `now` until `bytes` of relayed data may pass `direction` for `alloc`, under
-    /// `max-bps` and this server's share of `bps-capacity`: zero if they may pass now, and for
+    /// `max-bps` and this server's part of `bps-capacity`: zero if they may pass now, and for
     /// an allocation that does not exist. Nothing is taken: handing the data to
     /// [`Server::handle_client`] or [`Server::handle_peer`] takes it.
     ///
     /// For a stream connection, which can stop reading instead of dropping: wait this long before
     /// handing over the next frame, and it will not be dropped. Data that does not pass through
-    /// the server (RFC 6062 spliced connections) takes its share with
-    /// [`Server::take_bandwidth`].
+    /// the server takes its share with [`Server::take_bandwidth`].
     pub fn bandwidth_delay(
         &mut self,
         now: Instant,
@@ -224,13 +222,32 @@ impl Server {
         direction: Direction,
         bytes: usize,
     ) -> Duration {
-        let (max_bps, capacity) = (self.config.max_bps, self.capacity_rate());
+        self.bandwidth_wait(now, alloc, direction, bytes)
+            .map_or(Duration::ZERO, |(delay, _)| delay)
+    }
+
+    /// [`Server::bandwidth_delay`], with the limit that makes the wait (the longer one when
+    /// both do); `None` when the bytes may pass now.
+    pub fn bandwidth_wait(
+        &mut self,
+        now: Instant,
+        alloc: AllocId,
+        direction: Direction,
+        bytes: usize,
+    ) -> Option<(Duration, BandwidthLimit)> {
+        let (max_bps, capacity) = (self.config.max_bps, self.config.bps_capacity);
+        if max_bps == 0 && self.capacity.rate(capacity) == 0 {
+            return None;
+        }
         let d = direction.index();
-        let Some(allocation) = live(&mut self.allocations, alloc) else {
-            return Duration::ZERO;
-        };
+        let allocation = live(&mut self.allocations, alloc)?;
         let own = allocation.bandwidth[d].delay(now, max_bps, bytes);
-        own.max(self.capacity[d].delay(now, capacity, bytes))
+        let shared = self.capacity.delay(now, capacity, d, bytes);
+        match (own, shared) {
+            (own, shared) if own.is_zero() && shared.is_zero() => None,
+            (own, shared) if own >= shared => Some((own, BandwidthLimit::MaxBps)),
+            (_, shared) => Some((shared, BandwidthLimit::BpsCapacity)),
+        }
     }
 
     /// Takes `bytes` of relayed data in `direction` for `alloc` if they may pass at `now`
@@ -244,9 +261,10 @@ impl Server {
     ) -> Duration {
         let delay = self.bandwidth_delay(now, alloc, direction, bytes);
         if delay.is_zero() && live(&mut self.allocations, alloc).is_some() {
-            let (max_bps, capacity) = (self.config.max_bps, self.capacity_rate());
-            self.allocations[alloc.index].bandwidth[direction.index()].take(max_bps, bytes);
-            self.capacity[direction.index()].take(capacity, bytes);
+            let (max_bps, capacity) = (self.config.max_bps, self.config.bps_capacity);
+            let d = direction.index();
+            self.allocations[alloc.index].bandwidth[d].take(max_bps, bytes);
+            self.capacity.take(capacity, d, bytes);
         }
         delay
     }

@@ -27,10 +27,14 @@ crate::declare_metrics! {
               "STUN/TURN requests answered, by method and result code (200 = success)";
         auth_failures: counter [AuthReason]
             = "tern_auth_failures", "Requests that failed authentication, by reason";
+        /// For RFC 6062 TCP relays, a read from a spliced connection is a packet (the I/O layer
+        /// adds those; the core never sees spliced bytes).
         relayed_packets: counter [Direction]
-            = "tern_relayed_packets", "Datagrams relayed, by direction";
+            = "tern_relayed_packets",
+              "Packets relayed, by direction: datagrams and ChannelData frames, and for RFC 6062 TCP relays reads from a spliced connection";
         relayed_bytes: counter [Direction]
-            = "tern_relayed_bytes", "Payload bytes relayed, by direction";
+            = "tern_relayed_bytes",
+              "Payload bytes relayed, by direction (RFC 6062 spliced connections included)";
         peers_denied: counter
             = "tern_peers_denied", "Peer addresses refused by the peer policy";
         quota_rejections: counter
@@ -49,7 +53,7 @@ crate::declare_metrics! {
               "Peers refused or datagrams dropped for being one of tern's own addresses at a port outside the relay range";
         bandwidth_dropped_packets: counter [Direction, BandwidthLimit]
             = "tern_bandwidth_dropped_packets",
-              "Relayed datagrams dropped by max-bps or bps-capacity, by direction and limit";
+              "Relayed datagrams dropped by max-bps or bps-capacity, by direction and limit (streams are paused instead: tern_bandwidth_paused)";
         bandwidth_dropped_bytes: counter [Direction, BandwidthLimit]
             = "tern_bandwidth_dropped_bytes",
               "Payload bytes dropped by max-bps or bps-capacity, by direction and limit";
@@ -58,7 +62,7 @@ crate::declare_metrics! {
               "Unauthenticated UDP requests left unanswered: their source exceeded unauthenticated-rate-limit";
         reload_revocations: counter [Revoked]
             = "tern_reload_revocations",
-              "Permissions and channels removed because a reloaded configuration denies their peer";
+              "Permissions, channels and RFC 6062 peer connections removed or closed because a reloaded configuration denies their peer";
         allocations_revoked: counter
             = "tern_allocations_revoked",
               "Allocations ended because their credential no longer verifies (its secret or user was removed)";
@@ -211,6 +215,8 @@ crate::label_set! {
     pub enum Revoked: "kind" {
         Permission = "permission",
         Channel = "channel",
+        /// An RFC 6062 peer connection, waiting for its ConnectionBind, spliced or connecting.
+        TcpPeerConnection = "tcp_peer_connection",
     }
 }
 

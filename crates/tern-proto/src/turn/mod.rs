@@ -17,6 +17,7 @@ mod admin;
 mod allocate;
 mod allocation;
 mod auth;
+mod capacity;
 mod core_config;
 mod data;
 mod error_code;
@@ -41,7 +42,7 @@ pub use core_config::{
 };
 pub use error_code::ErrorCode;
 pub use log_gate::LINES_PER_SECOND as LOG_LINES_PER_SECOND;
-pub use metrics::{Counters, Direction};
+pub use metrics::{BandwidthLimit, Counters, Direction};
 pub use nat_discovery::NatDiscovery;
 pub use server::Server;
 pub use types::{

@@ -67,6 +67,7 @@ impl Server {
                 tid: answer.tid,
                 sha256: answer.seal.sha256,
                 fingerprint: answer.seal.fingerprint,
+                revoked: false,
             }),
         });
         let alloc = AllocId {
@@ -83,8 +84,9 @@ impl Server {
     }
 
     /// Answers the Connect request behind [`Event::ConnectPeer`] once the I/O layer has opened
-    /// the peer connection (`connected`) or given up on it (447). On success the connection waits
-    /// for its ConnectionBind under `connection_id`; on failure it is forgotten.
+    /// the peer connection (`connected`) or given up on it (447; 403 if a reload denied the peer
+    /// meanwhile, see [`Event::ClosePeerConnection`]). On success the connection waits for its
+    /// ConnectionBind under `connection_id`; otherwise it is forgotten.
     pub fn connect_result<'a>(
         &mut self,
         alloc: AllocId,
@@ -106,7 +108,7 @@ impl Server {
             return Output::Nothing;
         };
         let peer = allocation.peer_connections[position].peer;
-        if !connected {
+        if !connected || pending.revoked {
             allocation.peer_connections.swap_remove(position);
         }
         let key = allocation.key;
@@ -120,7 +122,10 @@ impl Server {
                 fingerprint: pending.fingerprint,
             },
         };
-        if connected {
+        if pending.revoked {
+            debug!(client = %answer.tuple.client, %peer, "connect given up: a reload denies the peer");
+            self.reply_error(out, &answer, ErrorCode::Forbidden)
+        } else if connected {
             debug!(client = %answer.tuple.client, %peer, connection_id, "peer connection opened");
             self.respond(out, &answer, Outcome::Success, |w| {
                 w.add_u32(attr::CONNECTION_ID, connection_id);

@@ -2,6 +2,7 @@
 //! and the end of allocations. What each request does lives in the sibling modules.
 
 use super::allocation::Allocation;
+use super::capacity::Capacity;
 use super::core_config::CoreConfig;
 use super::log_gate::LogGate;
 use super::metrics::{Counters, LogKind, Revoked};
@@ -13,7 +14,7 @@ use super::timers::TimerQueue;
 use super::{AllocId, ErrorCode, Event, FiveTuple, Output};
 use crate::auth::NonceMint;
 use crate::metrics::LabelSet;
-use crate::policy::{ByteBucket, Quotas, SourceLimiter, Verdict};
+use crate::policy::{CapacityPool, Quotas, SourceLimiter, Verdict};
 use crate::stun::{self, Class, FrameKind, Message, Method, TransactionId};
 use rustc_hash::FxHashMap;
 use slab::Slab;
@@ -64,10 +65,8 @@ pub struct Server {
     /// use, so stream connections (a server each, and no spoofing) never carry one.
     source_limiter: Option<SourceLimiter>,
     pub(super) log_gates: [LogGate; LogKind::COUNT],
-    /// This server's share of `bps-capacity`, as a divisor; 0: the capacity does not apply.
-    capacity_share: u32,
-    /// This server's `bps-capacity` buckets, by [`Direction`](super::metrics::Direction).
-    pub(super) capacity: [ByteBucket; 2],
+    /// This server's part of `bps-capacity`, by [`Direction`](super::metrics::Direction).
+    pub(super) capacity: Capacity,
     /// After a reload: the slab index from which permissions and channels are judged again.
     revalidate_from: Option<usize>,
 }
@@ -106,8 +105,7 @@ impl Server {
             now,
             source_limiter: None,
             log_gates: Default::default(),
-            capacity_share: 0,
-            capacity: Default::default(),
+            capacity: Capacity::default(),
             revalidate_from: None,
         }
     }
@@ -116,15 +114,14 @@ impl Server {
     /// takes one share of N (the kernel spreads clients evenly over them), so no bucket is shared
     /// across cores. 0, the default, leaves this server out of the capacity.
     pub fn set_capacity_share(&mut self, share: u32) {
-        self.capacity_share = share;
+        self.capacity = Capacity::share(share);
     }
 
-    /// This server's `bps-capacity` rate in bytes per second; 0 = no limit.
-    pub(super) fn capacity_rate(&self) -> u64 {
-        match (self.config.bps_capacity, self.capacity_share) {
-            (0, _) | (_, 0) => 0,
-            (capacity, share) => (capacity / u64::from(share)).max(1),
-        }
+    /// Draws this server's part of `bps-capacity` from `pool`, which other servers share, in
+    /// batches of a few milliseconds of its rate: for servers too many and too short-lived for
+    /// a share each (a TCP/TLS connection), without a shared cache line per packet.
+    pub fn set_capacity_pool(&mut self, pool: Arc<CapacityPool>) {
+        self.capacity = Capacity::pooled(pool);
     }
 
     /// Shares the process-wide drain switch (admin API); while it is set, new Allocates get
@@ -263,10 +260,11 @@ impl Server {
         }
     }
 
-    /// Judges the permissions and channels of the next [`REVALIDATE_BATCH`] allocations against
-    /// the configuration a reload brought: a peer it denies loses its permission and channels
-    /// (counted in `tern_reload_revocations_total`), and a permission to one of tern's own
-    /// addresses is marked again.
+    /// Judges the permissions, channels and RFC 6062 peer connections of the next
+    /// [`REVALIDATE_BATCH`] allocations against the configuration a reload brought: a peer it
+    /// denies loses its permission and channels, and its peer connections are closed
+    /// ([`Event::ClosePeerConnection`]); all counted in `tern_reload_revocations_total`. A
+    /// permission to one of tern's own addresses is marked again.
     fn revalidate_batch(&mut self) {
         let Some(from) = self.revalidate_from else {
             return;
@@ -297,6 +295,29 @@ impl Server {
                 }
                 kept
             });
+            let alloc = AllocId {
+                index,
+                generation: allocation.generation,
+            };
+            let events = &mut self.events;
+            allocation.peer_connections.retain_mut(|connection| {
+                let denied = policy.judge(connection.peer) != Verdict::Permitted;
+                // One still connecting stays until the I/O layer reports it given up (answered
+                // 403); it is revoked once, whatever the reloads meanwhile.
+                let revoked_now = denied
+                    && match &mut connection.connect {
+                        Some(pending) => !std::mem::replace(&mut pending.revoked, true),
+                        None => true,
+                    };
+                if revoked_now {
+                    revoked[Revoked::TcpPeerConnection.index()] += 1;
+                    events.push_back(Event::ClosePeerConnection {
+                        alloc,
+                        connection_id: connection.id,
+                    });
+                }
+                !denied || connection.connect.is_some()
+            });
         }
         for (counter, count) in self.counters.reload_revocations.iter_mut().zip(revoked) {
             *counter += count;
@@ -305,6 +326,7 @@ impl Server {
             debug!(
                 permissions = revoked[Revoked::Permission.index()],
                 channels = revoked[Revoked::Channel.index()],
+                tcp_peer_connections = revoked[Revoked::TcpPeerConnection.index()],
                 "reload removed what it denies"
             );
         }

@@ -188,6 +188,12 @@ pub enum Event {
         peer: SocketAddr,
         connection_id: u32,
     },
+    /// A reloaded configuration denies the peer of RFC 6062 peer connection `connection_id`:
+    /// close it, waiting for its ConnectionBind or spliced with its data connection (then the
+    /// data connection too). One still connecting is given up: report it to
+    /// [`Server::connect_result`](super::Server::connect_result) as not connected, and the
+    /// Connect is answered 403.
+    ClosePeerConnection { alloc: AllocId, connection_id: u32 },
 }
 
 /// The I/O layer's registry of peer TCP connections waiting for their ConnectionBind (RFC 6062

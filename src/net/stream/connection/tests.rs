@@ -71,6 +71,7 @@ enum Seen {
         connection_id: u32,
     },
     ReleaseRelay,
+    ClosePeerConnection(u32),
     HandOff {
         claimed: u32,
         leftover: Vec<u8>,
@@ -95,6 +96,9 @@ impl From<Output<'_, u32>> for Seen {
                 connection_id,
             },
             Output::ReleaseRelay => Seen::ReleaseRelay,
+            Output::ClosePeerConnection { connection_id } => {
+                Seen::ClosePeerConnection(connection_id)
+            }
             Output::HandOff(handoff) => Seen::HandOff {
                 claimed: handoff.claimed,
                 leftover: handoff.leftover,
@@ -118,13 +122,19 @@ struct Harness {
 }
 
 fn core(lifetime: Duration) -> Arc<CoreConfig> {
+    Arc::new(core_with(lifetime, |_| {}))
+}
+
+/// The test configuration, with `adjust` applied.
+fn core_with(lifetime: Duration, adjust: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
     let auth = Authenticator::new(REALM, &[SECRET.to_string()], &[], 86400);
     // The test peers live in a documentation range, denied unless allowed.
     let allowed = ["198.51.100.0/24".parse().unwrap()];
     let mut core = CoreConfig::new(auth, PeerPolicy::new(&[], &allowed, true));
     core.default_lifetime = lifetime;
     core.max_lifetime = lifetime.max(core.max_lifetime);
-    Arc::new(core)
+    adjust(&mut core);
+    core
 }
 
 const PLAIN: Accepts = Accepts {
@@ -135,14 +145,12 @@ const PLAIN: Accepts = Accepts {
 
 impl Harness {
     fn new(accepts: Accepts, lifetime: Duration) -> Self {
+        Harness::with_core(accepts, core(lifetime))
+    }
+
+    fn with_core(accepts: Accepts, core: Arc<CoreConfig>) -> Self {
         let now = Instant::now();
-        let server = Server::new(
-            core(lifetime),
-            NonceMint::new(),
-            Arc::new(Quotas::new()),
-            now,
-            UNIX,
-        );
+        let server = Server::new(core, NonceMint::new(), Arc::new(Quotas::new()), now, UNIX);
         let settings = Settings {
             idle_timeout: IDLE,
             partial_frame_timeout: PARTIAL,
@@ -839,4 +847,270 @@ fn a_turn_handles_at_most_its_budget_of_frames_then_the_rest_waits() {
     assert_eq!(h.read().len(), FRAMES_PER_TURN as usize);
     assert!(!h.conn.yielding(), "all answered");
     assert!(h.conn.read_buffer().is_some());
+}
+
+// ----- bandwidth -----
+
+const MAX_BPS: u64 = 10_000;
+
+fn max_bps() -> Arc<CoreConfig> {
+    Arc::new(core_with(LIFETIME, |core| core.max_bps = MAX_BPS))
+}
+
+/// A client with an allocation and channel 0x4001 to [`PEER`].
+fn with_channel(core: Arc<CoreConfig>) -> Harness {
+    let mut h = Harness::with_core(PLAIN, core);
+    h.allocate();
+    h.succeeds(Method::CHANNEL_BIND, &|w| {
+        w.add_u32(attr::CHANNEL_NUMBER, 0x4001 << 16);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    h
+}
+
+/// `count` ChannelData frames of 1000 bytes on channel 0x4001, each filled with its number.
+fn numbered_frames(count: u8) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| channel_data(0x4001, &[i; 1000]))
+        .collect()
+}
+
+/// The client writes `rest` as fast as the connection reads it (what it takes is cut off
+/// `rest`); the numbers of the frames relayed to the peer meanwhile.
+fn feed(h: &mut Harness, rest: &mut &[u8]) -> Vec<u8> {
+    let mut seen = Vec::new();
+    loop {
+        let taken = h.conn.handle_client_bytes(h.now, rest);
+        *rest = &rest[taken..];
+        if !h.act(&mut seen) && taken == 0 {
+            break;
+        }
+    }
+    seen.into_iter()
+        .map(|output| match output {
+            Seen::ToPeer { peer, data } if peer == addr(PEER) => data[0],
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Runs the connection's timers deadline after deadline, feeding `rest` after each, until
+/// `count` frames in all went to the peer; their numbers in order.
+fn feed_until(h: &mut Harness, rest: &mut &[u8], mut relayed: Vec<u8>, count: usize) -> Vec<u8> {
+    for _ in 0..100_000 {
+        if relayed.len() >= count {
+            return relayed;
+        }
+        let at = h.conn.poll_timeout().expect("a wake-up while data waits");
+        h.now = h.now.max(at);
+        h.conn.handle_timeout(h.now);
+        relayed.extend(feed(h, rest));
+    }
+    panic!("{} of {count} relayed", relayed.len());
+}
+
+fn dropped(h: &Harness, direction: Direction, limit: crate::turn::BandwidthLimit) -> u64 {
+    h.conn.server.counters().bandwidth_dropped_packets[direction.index()][limit.index()]
+}
+
+fn paused(h: &Harness, direction: Direction, limit: crate::turn::BandwidthLimit) -> u64 {
+    h.stats.bandwidth_paused[direction.index()][limit.index()].load(Relaxed)
+}
+
+#[test]
+fn client_data_past_max_bps_waits_unread_and_none_is_dropped() {
+    use crate::turn::BandwidthLimit::MaxBps;
+    let mut h = with_channel(max_bps());
+    // 100 KB where a burst is 64 KiB: 65 frames pass at once.
+    let frames = numbered_frames(100);
+    let mut rest = &frames[..];
+    let start = h.now;
+    let first = feed(&mut h, &mut rest);
+    assert_eq!(first, (0..65).collect::<Vec<u8>>());
+    // The 66th waits at the front, and nothing more is read: the client's stream stops.
+    assert!(h.conn.read_buffer().is_none());
+    assert!(!rest.is_empty());
+    assert!(!h.conn.yielding());
+    // It wakes up when 1000 bytes are there: 536 were left, 464 more at 10 000 per second.
+    assert_eq!(
+        h.conn.poll_timeout(),
+        Some(start + Duration::from_micros(46_400))
+    );
+    // The rest follows at the rate, in order, none dropped.
+    let relayed = feed_until(&mut h, &mut rest, first, 100);
+    assert_eq!(relayed, (0..100).collect::<Vec<u8>>());
+    assert!(rest.is_empty());
+    let elapsed = h.now - start;
+    let expected = Duration::from_secs_f64((100_000.0 - 65_536.0) / MAX_BPS as f64);
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_millis(5),
+        "{elapsed:?}"
+    );
+    assert_eq!(dropped(&h, Direction::ToPeer, MaxBps), 0);
+    // Each of the 35 frames past the burst made the connection stop reading once.
+    assert_eq!(paused(&h, Direction::ToPeer, MaxBps), 35);
+    // Requests behind waiting data keep their order, and are answered.
+    let mut h = with_channel(max_bps());
+    let mut bytes = numbered_frames(70);
+    bytes.extend(binding(9));
+    let mut rest = &bytes[..];
+    let relayed = feed(&mut h, &mut rest);
+    assert_eq!(relayed.len(), 65);
+    assert!(h.read().is_empty(), "the Binding waits behind the data");
+    feed_until(&mut h, &mut rest, relayed, 70);
+    h.wait(Duration::ZERO);
+    assert!(is_success(&h.read().pop().expect("the Binding answered")));
+}
+
+#[test]
+fn a_send_indication_past_max_bps_waits_too() {
+    let mut h = Harness::with_core(PLAIN, max_bps());
+    h.allocate();
+    let send = |h: &mut Harness, n: u8| {
+        let tid = h.tid();
+        let mut buf = vec![0u8; 1200];
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, &tid);
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+        w.add_bytes(attr::DATA, &[n; 1000]);
+        w.finish().unwrap().to_vec()
+    };
+    let bytes: Vec<u8> = (0..70).flat_map(|n| send(&mut h, n)).collect();
+    let mut rest = &bytes[..];
+    let relayed = feed(&mut h, &mut rest);
+    assert_eq!(relayed.len(), 65);
+    let relayed = feed_until(&mut h, &mut rest, relayed, 70);
+    assert_eq!(relayed, (0..70).collect::<Vec<u8>>());
+    assert_eq!(
+        dropped(&h, Direction::ToPeer, crate::turn::BandwidthLimit::MaxBps),
+        0
+    );
+}
+
+#[test]
+fn peer_datagrams_past_max_bps_are_dropped_and_counted() {
+    use crate::turn::BandwidthLimit::MaxBps;
+    let mut h = with_channel(max_bps());
+    let mut delivered = 0;
+    for _ in 0..100 {
+        h.peer_sends(1000);
+        delivered += h.read().len();
+    }
+    // A UDP peer cannot be paused: past the burst, its datagrams are dropped, as over UDP.
+    assert_eq!(delivered, 65);
+    assert_eq!(dropped(&h, Direction::ToClient, MaxBps), 35);
+    assert_eq!(paused(&h, Direction::ToClient, MaxBps), 0);
+    assert_eq!(h.stats.client_queue_drops.load(Relaxed), 0);
+    h.wait(Duration::from_millis(100));
+    h.peer_sends(1000);
+    assert_eq!(h.read().len(), 1, "1000 bytes later");
+}
+
+#[test]
+fn stream_connections_share_one_capacity_pool_and_wait_for_it() {
+    use crate::turn::BandwidthLimit::BpsCapacity;
+    const CAPACITY: u64 = 20_000;
+    let core = Arc::new(core_with(LIFETIME, |core| core.bps_capacity = CAPACITY));
+    let mut one = with_channel(core.clone());
+    let mut two = with_channel(core);
+    two.now = one.now;
+    let pool = Arc::new(crate::policy::CapacityPool::new(1, one.now));
+    one.conn.server.set_capacity_pool(pool.clone());
+    two.conn.server.set_capacity_pool(pool);
+    // One burst (64 KiB) between them: the first takes 40 frames, the second what is left.
+    let (frames_one, frames_two) = (numbered_frames(40), numbered_frames(60));
+    let (mut rest_one, mut rest_two) = (&frames_one[..], &frames_two[..]);
+    assert_eq!(feed(&mut one, &mut rest_one).len(), 40);
+    let start = two.now;
+    let relayed = feed(&mut two, &mut rest_two);
+    assert_eq!(relayed.len(), 25);
+    assert!(two.conn.read_buffer().is_none(), "the second stops reading");
+    // Then the pool's rate: 35 frames more take 35 000 bytes at 20 000 per second.
+    let relayed = feed_until(&mut two, &mut rest_two, relayed, 60);
+    assert_eq!(relayed, (0..60).collect::<Vec<u8>>());
+    let elapsed = two.now - start;
+    assert!(
+        elapsed >= Duration::from_millis(1700) && elapsed < Duration::from_millis(1800),
+        "{elapsed:?}"
+    );
+    assert_eq!(dropped(&two, Direction::ToPeer, BpsCapacity), 0);
+    assert_eq!(paused(&two, Direction::ToPeer, BpsCapacity), 35);
+    // The first shares the same pool: it has to wait now too.
+    one.now = two.now;
+    let more = numbered_frames(1);
+    let mut rest = &more[..];
+    assert!(feed(&mut one, &mut rest).is_empty());
+    assert_eq!(paused(&one, Direction::ToPeer, BpsCapacity), 1);
+}
+
+// ----- RFC 6062 and reloads -----
+
+/// A TCP allocation (RFC 6062) with a Connect to [`PEER`] reported open; its connection id.
+fn tcp_allocation_with_peer_connection(h: &mut Harness) -> u32 {
+    h.send(&binding(0));
+    h.read();
+    let request = h.request_bytes(Method::ALLOCATE, &|_| {});
+    h.send(&request);
+    let challenge = h.read().pop().unwrap();
+    h.nonce = Message::parse(&challenge)
+        .unwrap()
+        .get(attr::NONCE)
+        .unwrap()
+        .to_vec();
+    h.succeeds(Method::ALLOCATE, &|w| {
+        w.add_bytes(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    let id = connect(h, addr(PEER));
+    h.conn.connect_result(h.now, id, true);
+    assert!(is_success(&h.read().pop().unwrap()));
+    id
+}
+
+/// Sends a Connect to `peer`; the connection id the connection asks the task to connect with.
+fn connect(h: &mut Harness, peer: SocketAddr) -> u32 {
+    let request = h.request_bytes(Method::CONNECT, &|w| {
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    match h.send(&request)[..] {
+        [Seen::ConnectPeer {
+            peer: asked,
+            connection_id,
+        }] if asked == peer => connection_id,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_reload_that_denies_a_tcp_peer_closes_its_peer_connections() {
+    let mut h = Harness::plain();
+    let open = tcp_allocation_with_peer_connection(&mut h);
+    let other = addr("198.51.100.10:7000");
+    let connecting = connect(&mut h, other);
+    // The operator no longer allows the peers' range.
+    let denying = core_with(LIFETIME, |core| {
+        core.policy = PeerPolicy::new(&[], &[], true);
+    });
+    h.conn.set_config(Arc::new(denying));
+    let mut seen = h.wait(Duration::ZERO);
+    seen.sort_by_key(|s| format!("{s:?}"));
+    let mut expected = vec![
+        Seen::ClosePeerConnection(open),
+        Seen::ClosePeerConnection(connecting),
+    ];
+    expected.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(seen, expected);
+    let revoked = h.conn.server.counters().reload_revocations
+        [crate::turn::metrics::Revoked::TcpPeerConnection.index()];
+    assert_eq!(revoked, 2);
+    // The task gives the connecting one up: its Connect is answered 403.
+    h.conn.connect_result(h.now, connecting, false);
+    let answer = h.read().pop().unwrap();
+    assert_eq!(
+        Message::parse(&answer)
+            .unwrap()
+            .error_code()
+            .map(|(c, _)| c),
+        Some(403)
+    );
+    // Nothing more to close, however often the connection wakes.
+    assert_eq!(h.wait(Duration::from_secs(1)), vec![]);
 }

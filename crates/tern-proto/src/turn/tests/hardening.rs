@@ -591,6 +591,118 @@ fn bps_capacity_is_shared_by_the_servers_allocations() {
 }
 
 #[test]
+fn pooled_servers_draw_the_capacity_in_batches_and_share_it() {
+    use crate::policy::CapacityPool;
+    use crate::turn::capacity::Capacity;
+    let held = |h: &Harness| match &h.server.capacity {
+        Capacity::Pooled { held, .. } => held[Direction::ToPeer.index()],
+        other => panic!("{other:?}"),
+    };
+    // 100 MB per second: a batch is 64 KiB (5 ms would be 500 KB).
+    let fast = Config {
+        adjust: |core| core.bps_capacity = 100_000_000,
+        ..config()
+    };
+    let mut h = Harness::new(fast);
+    h.server
+        .set_capacity_pool(Arc::new(CapacityPool::new(1, h.now)));
+    h.allocate();
+    assert_eq!(h.channel_bind(0x4000, addr(PEER)), None);
+    let frame = channel_frame(1000);
+    assert!(h.client_sends(&frame).is_some());
+    // The first frame drew a batch; the next 64 pass on it without touching the pool.
+    assert_eq!(held(&h), 65_536 - 1000);
+    for _ in 0..64 {
+        assert!(h.client_sends(&frame).is_some());
+    }
+    assert_eq!(held(&h), 536);
+    assert!(h.client_sends(&frame).is_some());
+    assert_eq!(held(&h), 536 + 65_536 - 1000, "the next batch");
+
+    // Servers on one pool share its rate: what one took, another does not get.
+    let slow = || Config {
+        adjust: |core| core.bps_capacity = 100_000,
+        ..config()
+    };
+    let mut one = Harness::new(slow());
+    let pool = Arc::new(CapacityPool::new(1, one.now));
+    one.server.set_capacity_pool(pool.clone());
+    one.allocate();
+    assert_eq!(one.channel_bind(0x4000, addr(PEER)), None);
+    let mut two = Harness::new(slow());
+    two.now = one.now;
+    two.server.set_capacity_pool(pool);
+    two.allocate();
+    assert_eq!(two.channel_bind(0x4000, addr(PEER)), None);
+    let passed = (0..150)
+        .filter(|_| one.client_sends(&frame).is_some())
+        .count();
+    assert_eq!(passed, 100, "a burst of the pool");
+    assert!(two.client_sends(&frame).is_none());
+    let (to_peer, capacity) = (
+        Direction::ToPeer.index(),
+        BandwidthLimit::BpsCapacity.index(),
+    );
+    assert_eq!(
+        two.server.counters().bandwidth_dropped_packets[to_peer][capacity],
+        1
+    );
+    let alloc = super::alloc_id(&two);
+    assert_eq!(
+        two.server
+            .bandwidth_wait(two.now, alloc, Direction::ToPeer, 1000),
+        Some((Duration::from_millis(10), BandwidthLimit::BpsCapacity))
+    );
+}
+
+#[test]
+fn reload_closes_tcp_peer_connections_to_a_newly_denied_peer() {
+    let mut h = super::tcp_harness();
+    let (denied, other_denied, kept) = (
+        addr("203.0.114.9:80"),
+        addr("203.0.114.10:80"),
+        addr("203.0.115.9:80"),
+    );
+    let open = h.connect(denied).unwrap();
+    assert_eq!(code(&h.connect_result(open, true)), None);
+    let kept_id = h.connect(kept).unwrap();
+    assert_eq!(code(&h.connect_result(kept_id, true)), None);
+    let connecting = h.connect(other_denied).unwrap();
+    // The operator denies 203.0.114.0/24.
+    let denying = || {
+        let mut core = config().core();
+        core.policy = PeerPolicy::new(&[range("203.0.114.0/24")], &[], false);
+        Arc::new(core)
+    };
+    h.server.set_config(denying());
+    h.server.handle_timeout(h.now);
+    let mut closed: Vec<u32> = std::iter::from_fn(|| h.server.poll_event())
+        .map(|event| match event {
+            Event::ClosePeerConnection { connection_id, .. } => connection_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    closed.sort_unstable();
+    let mut expected = vec![open, connecting];
+    expected.sort_unstable();
+    assert_eq!(closed, expected);
+    let revoked =
+        |h: &Harness| h.server.counters().reload_revocations[Revoked::TcpPeerConnection.index()];
+    assert_eq!(revoked(&h), 2);
+    // Once: another reload finds nothing more to close.
+    h.server.set_config(denying());
+    h.server.handle_timeout(h.now);
+    assert_eq!(h.server.poll_event(), None);
+    assert_eq!(revoked(&h), 2);
+    // The Connect in progress is answered 403 once the I/O layer gives it up.
+    assert_eq!(code(&h.connect_result(connecting, false)), Some(403));
+    // The closed connection is forgotten (a new Connect to its peer is judged afresh: 403),
+    // the kept one stays (a second to its peer: 446).
+    assert_eq!(h.connect(denied), Err(403));
+    assert_eq!(h.connect(kept), Err(446));
+}
+
+#[test]
 fn the_timer_queue_follows_live_allocations_not_those_ever_made() {
     let mut h = Harness::new(rate_limited(0));
     let mut most = 0;
