@@ -11,7 +11,7 @@
 //! connection). Closing the connection ends its allocation.
 
 mod buffers;
-mod connection;
+pub(super) mod connection;
 mod task;
 
 pub use buffers::MAX_FRAME;
