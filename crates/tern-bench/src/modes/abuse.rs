@@ -74,7 +74,10 @@ pub fn run(args: &AbuseArgs) -> io::Result<()> {
     };
     {
         let (tally, rate) = (tally.clone(), args.rate);
-        spawn(&mut workers, Box::new(move || garbage(server, rate, deadline, &tally)));
+        spawn(
+            &mut workers,
+            Box::new(move || garbage(server, rate, deadline, &tally)),
+        );
     }
     {
         let (tally, secret) = (tally.clone(), secret.clone());
@@ -85,11 +88,17 @@ pub fn run(args: &AbuseArgs) -> io::Result<()> {
     }
     {
         let (tally, count) = (tally.clone(), args.idle_connections);
-        spawn(&mut workers, Box::new(move || idle_tcp(server, count, deadline, &tally)));
+        spawn(
+            &mut workers,
+            Box::new(move || idle_tcp(server, count, deadline, &tally)),
+        );
     }
     {
         let tally = tally.clone();
-        spawn(&mut workers, Box::new(move || tcp_garbage(server, deadline, &tally)));
+        spawn(
+            &mut workers,
+            Box::new(move || tcp_garbage(server, deadline, &tally)),
+        );
     }
     {
         let (tally, secret) = (tally.clone(), secret.clone());
@@ -165,7 +174,8 @@ fn malformed(noise: &mut Noise, n: u64, buf: &mut [u8]) -> usize {
         }
         1 => {
             // A Binding header that promises 100 bytes and brings 8.
-            let mut w = MessageWriter::new(buf, Method::BINDING, tern_proto::stun::Class::Request, &tid);
+            let mut w =
+                MessageWriter::new(buf, Method::BINDING, tern_proto::stun::Class::Request, &tid);
             w.add_bytes(attr::SOFTWARE, b"truncated");
             let len = w.finish().map_or(0, <[u8]>::len);
             buf[2..4].copy_from_slice(&100u16.to_be_bytes());
@@ -175,7 +185,11 @@ fn malformed(noise: &mut Noise, n: u64, buf: &mut [u8]) -> usize {
             // ChannelData on a channel nobody bound, its length field lying half the time.
             let channel = 0x4000 + (noise.next() % 0x1000) as u16;
             let payload = (noise.next() % 300) as usize;
-            let claimed = if n % 4 == 2 { payload as u16 + 17 } else { payload as u16 };
+            let claimed = if n % 4 == 2 {
+                payload as u16 + 17
+            } else {
+                payload as u16
+            };
             buf[..2].copy_from_slice(&channel.to_be_bytes());
             buf[2..4].copy_from_slice(&claimed.to_be_bytes());
             noise.fill(&mut buf[4..4 + payload]);
@@ -274,7 +288,9 @@ fn tcp_garbage(server: SocketAddr, deadline: Instant, tally: &Tally) {
                 add(&tally.closed_by_server, 1);
                 false
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => since.elapsed() < Duration::from_secs(30),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                since.elapsed() < Duration::from_secs(30)
+            }
             _ => false,
         });
         let opening = openings[n % openings.len()];
@@ -350,9 +366,15 @@ fn stalled_session(
     add(&tally.allocations, 1);
     let tid = tids.next_tid();
     let mut buf = [0u8; 1024];
-    let len = write_request(&mut buf, Method::CREATE_PERMISSION, &tid, Some(&session), |w| {
-        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
-    });
+    let len = write_request(
+        &mut buf,
+        Method::CREATE_PERMISSION,
+        &tid,
+        Some(&session),
+        |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+        },
+    );
     stream.write_all(&buf[..len])?;
     let reply = read_frame(&mut stream)?;
     if Message::parse(&reply).map(|m| m.class()) != Ok(tern_proto::stun::Class::Success) {
