@@ -451,9 +451,12 @@ fn init_logging(config: &Config) -> Result<(), ConfigError> {
         (None, false) => BoxMakeWriter::new(std::io::stderr),
         (None, true) => BoxMakeWriter::new(std::io::sink),
     };
+    // A line that cannot be written (a full disk) is dropped: reporting it on standard error,
+    // tracing-subscriber's default, panics the logging thread when that fails too.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .log_internal_errors(false)
         .with_writer(writer);
     if config.log_file.is_some() {
         subscriber.with_ansi(false).init();
