@@ -13,7 +13,8 @@
 //! - the counters agree with what the harness saw: live allocations by transport, quotas,
 //!   responses, relayed packets, allocations created and ended;
 //! - timers move on: after `handle_timeout(now)` the next deadline lies after `now` within a
-//!   bounded number of calls.
+//!   bounded number of calls;
+//! - an answer without MESSAGE-INTEGRITY never carries SOFTWARE.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -407,6 +408,10 @@ impl Run {
     /// permissions for every XOR-PEER-ADDRESS of the request the harness sent.
     fn response(&mut self, tuple: FiveTuple, request: Option<&[u8]>, data: &[u8]) {
         let response = Message::parse(data).expect("tern writes well-formed STUN");
+        assert!(
+            response.integrity_kind().is_some() || response.get(attr::SOFTWARE).is_none(),
+            "SOFTWARE in an answer to a request that proved nothing"
+        );
         match response.class() {
             Class::Success | Class::Error => self.responses += 1,
             _ => return,
