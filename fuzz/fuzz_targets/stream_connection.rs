@@ -52,10 +52,13 @@ fn core(variant: u8) -> Arc<CoreConfig> {
     Arc::new(core)
 }
 
-/// RFC 6062 peer connections waiting for a ConnectionBind, by id (shared with the harness).
+/// RFC 6062 peer connections waiting for a ConnectionBind: id → owner's username and client.
+type Pending = HashMap<u32, (Box<str>, SocketAddr)>;
+
+/// The registry, shared between the connection and the harness.
 #[derive(Clone, Default)]
 struct Peers {
-    pending: Rc<RefCell<HashMap<u32, (Box<str>, SocketAddr)>>>,
+    pending: Rc<RefCell<Pending>>,
 }
 
 impl PeerConnections for Peers {
@@ -241,7 +244,7 @@ impl Run {
         match input.byte() % 8 {
             0 => proxy_header(input),
             1 => vec![0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0],
-            2 | 3 | 4 => self.request(input),
+            2..=4 => self.request(input),
             5 => proto::channel_data(input, true),
             _ => input.long_bytes(4096).to_vec(),
         }
@@ -260,7 +263,7 @@ impl Run {
             signer: signer.as_ref(),
             nonce,
             realm: proto::REALM.as_bytes(),
-            sha256: input.byte() % 4 == 0,
+            sha256: input.byte().is_multiple_of(4),
             fingerprint: input.flag(),
         };
         let class = if method == Method::SEND {

@@ -288,7 +288,7 @@ impl Run {
 
     fn tid(&mut self, input: &mut Input<'_>) -> [u8; 12] {
         // One in eight repeats the last transaction id (a retransmission).
-        if input.byte() % 8 != 0 {
+        if !input.byte().is_multiple_of(8) {
             self.next_tid += 1;
             let mut tid = [0u8; 12];
             tid[8..].copy_from_slice(&self.next_tid.to_be_bytes());
@@ -313,12 +313,12 @@ impl Run {
         let unix = self.unix();
         let signer = proto::read_signer(input, &self.credentials, unix);
         let nonce = proto::read_nonce(input, &self.nonces, tuple.client, unix);
-        let realm: &[u8] = if input.byte() % 16 == 0 {
+        let realm: &[u8] = if input.byte().is_multiple_of(16) {
             b"elsewhere"
         } else {
             proto::REALM.as_bytes()
         };
-        let (sha256, fingerprint) = (input.byte() % 4 == 0, input.flag());
+        let (sha256, fingerprint) = (input.byte().is_multiple_of(4), input.flag());
         let signing = Signing {
             signer: signer.as_ref(),
             nonce,

@@ -327,7 +327,7 @@ pub fn channel_data(input: &mut Input<'_>, padded: bool) -> Vec<u8> {
     };
     let payload = input.long_bytes(1500);
     // Sometimes a length that lies.
-    let len = if input.byte() % 8 == 0 {
+    let len = if input.byte().is_multiple_of(8) {
         input.u16()
     } else {
         payload.len() as u16
