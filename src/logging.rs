@@ -33,9 +33,12 @@ pub fn init(config: &Config) -> Result<(), ConfigError> {
         (None, false) => BoxMakeWriter::new(std::io::stderr),
         (None, true) => BoxMakeWriter::new(std::io::sink),
     };
+    // A line that cannot be written (a full disk) is dropped: reporting it on standard error,
+    // tracing-subscriber's default, panics the logging thread when that fails too.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .log_internal_errors(false)
         .with_writer(writer);
     match config.log_format {
         // `message` and the event's fields at the top level, next to `timestamp` and `level`.

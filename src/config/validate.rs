@@ -114,6 +114,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     streams(config)?;
+    if !config.log_level.is_ascii() {
+        // Targets, spans and levels are ASCII; and tracing-subscriber's parser can panic on
+        // other characters rather than refuse them.
+        let reason = "not a tracing filter: only ASCII characters";
+        return Err(invalid("log-level", &config.log_level, reason));
+    }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         let reason = format!("not a tracing filter: {err}");
         return Err(invalid("log-level", &config.log_level, reason));
@@ -474,6 +480,18 @@ mod tests {
     fn log_level_must_be_a_filter() {
         assert_rejected(r#"log-level = "tern=loud""#, "log-level", "tern=loud");
         assert!(from_toml_str(r#"log-level = "warn,tern::turn=debug""#).is_ok());
+    }
+
+    /// Found by fuzzing (fuzz/config_toml): tracing-subscriber's filter parser slices by
+    /// character count and panicked on a non-ASCII character before a `[` or `=`, so such a
+    /// `log-level` crashed tern instead of naming the key.
+    #[test]
+    fn non_ascii_log_level_is_refused_not_a_panic() {
+        let found = "x, column 1: in\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}[\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}b2";
+        for value in [found, "\u{e9}[x]", "tern\u{e9}=debug"] {
+            let text = format!("log-level = \"{value}\"");
+            assert_rejected(&text, "log-level", value);
+        }
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub use stream::{
 };
 pub use stream_admin::{parse_stream_allocation_id, StreamAllocation, StreamControl};
 
+/// The TCP/TLS connection state machine, for the fuzz targets in `fuzz/` (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod stream_connection {
+    pub use super::stream::connection::*;
+}
+
 use crate::auth::NonceMint;
 use crate::config::Config;
 use crate::policy::Quotas;

@@ -35,6 +35,11 @@ impl RelaySockets {
         RelaySockets { ports, plan }
     }
 
+    /// Returns the ports of expired reservations (EVEN-PORT with R) to the pool.
+    pub fn expire_reservations(&self, now: Instant) {
+        lock(&self.ports).expire_reservations(now);
+    }
+
     /// A UDP relay socket of `family` for `request`, on the port `port` asks for.
     pub fn open_udp(
         &self,

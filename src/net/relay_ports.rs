@@ -1,7 +1,7 @@
 //! Relay sockets and their ports, shared by all workers: the free-port pool plus RFC 8656
 //! reservations (EVEN-PORT with R bit: the odd port of an RTP/RTCP pair is held, bound, for a
-//! later Allocate carrying the token, which may arrive on any worker). Locked only when an
-//! allocation starts or ends.
+//! later Allocate carrying the token, which may arrive on any worker). Locked when an allocation
+//! starts or ends, and by each UDP worker's housekeeping tick to expire reservations.
 
 use super::port_pool::PortPool;
 use super::sockets;
@@ -148,13 +148,18 @@ impl RelayPorts {
         Ok(opened(reservation.socket, ip, reservation.port, None))
     }
 
-    fn expire_reservations(&mut self, now: Instant) {
-        let (expired, kept): (Vec<_>, Vec<_>) =
-            self.reservations.drain(..).partition(|r| r.expires <= now);
-        self.reservations = kept;
-        for reservation in expired {
-            self.pool.give_back(reservation.port);
-        }
+    /// Closes the reservations whose time is up and returns their ports to the pool. Runs before
+    /// every `open`, and on the UDP workers' housekeeping tick, so an idle server does not keep
+    /// reserved ports (and their sockets) past their lifetime.
+    pub fn expire_reservations(&mut self, now: Instant) {
+        let pool = &mut self.pool;
+        self.reservations.retain(|reservation| {
+            let live = reservation.expires > now;
+            if !live {
+                pool.give_back(reservation.port);
+            }
+            live
+        });
     }
 
     fn bind(&self, ip: IpAddr, port: u16) -> Option<UdpSocket> {
@@ -245,5 +250,28 @@ mod tests {
             .open(LOOPBACK, PortRequest::Reserved(token), later)
             .is_err());
         assert_eq!(relay_ports.free(), 1, "the odd port is back in the pool");
+    }
+
+    /// Found by the soak (scripts/soak.sh): reservations expired only when another relay was
+    /// opened, so an idle server kept reserved ports and their sockets past their lifetime.
+    #[test]
+    fn expired_reservation_returns_without_another_allocation() {
+        let mut relay_ports = free_loopback_ports(2);
+        let now = Instant::now();
+        let first = relay_ports
+            .open(LOOPBACK, PortRequest::Even { reserve_next: true }, now)
+            .unwrap();
+        drop(first.socket);
+        relay_ports.expire_reservations(now + RESERVATION_LIFETIME - Duration::from_secs(1));
+        assert!(
+            std::net::UdpSocket::bind((LOOPBACK, first.port + 1)).is_err(),
+            "held until its time is up"
+        );
+        relay_ports.expire_reservations(now + RESERVATION_LIFETIME);
+        assert_eq!(relay_ports.free(), 1, "the odd port is back in the pool");
+        assert!(
+            std::net::UdpSocket::bind((LOOPBACK, first.port + 1)).is_ok(),
+            "and its socket is closed"
+        );
     }
 }

@@ -219,6 +219,7 @@ impl UdpWorker {
             self.apply_events();
             if now.duration_since(last_sync) >= MAX_SLEEP {
                 last_sync = now;
+                self.relay_sockets.expire_reservations(now);
                 self.server.sync_wall_clock(now, unix_now());
                 self.stats.publish(&self.server);
             }

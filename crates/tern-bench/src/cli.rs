@@ -35,6 +35,8 @@ pub enum Mode {
     Hold(HoldArgs),
     /// A raw UDP forwarder (no protocol, recvmmsg/sendmmsg): the floor a relay is compared to.
     Forwarder(ForwarderArgs),
+    /// Broken and hostile clients at once (malformed datagrams, floods, idle and stalled TCP).
+    Abuse(AbuseArgs),
     /// Turns a file of JSON reports (one per line) into the markdown benchmark table.
     Table(TableArgs),
 }
@@ -200,6 +202,18 @@ pub struct HoldArgs {
     /// Also bind a channel (and so a permission) on each, toward an echo peer.
     #[arg(long)]
     pub channel: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AbuseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Malformed and unauthenticated datagrams per second, all sources together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// TCP connections held open without sending.
+    #[arg(long, default_value_t = 16)]
+    pub idle_connections: usize,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
         cli::Mode::Alloc(args) => modes::alloc::run(&args),
         cli::Mode::Hold(args) => modes::hold::run(&args),
         cli::Mode::Forwarder(args) => modes::forwarder::run(&args),
+        cli::Mode::Abuse(args) => modes::abuse::run(&args),
         cli::Mode::Table(args) => modes::table::run(&args),
     };
     match result {

@@ -14,7 +14,7 @@
 //! connection ends its allocation.
 
 mod buffers;
-mod connection;
+pub(super) mod connection;
 mod limits;
 mod task;
 

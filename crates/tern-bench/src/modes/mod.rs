@@ -1,5 +1,6 @@
 //! One file per mode.
 
+pub mod abuse;
 pub mod alloc;
 pub mod binding;
 pub mod forwarder;

@@ -210,13 +210,12 @@ impl Server {
     /// The error code a peer IP earns for a permission, if any: family mismatch (443) or policy
     /// (403). One of tern's own addresses may have a permission; its ports are judged where they
     /// appear ([`Server::check_peer`], and per datagram).
+    /// The policy is judged even before the relay is bound (the I/O layer binds at once, but the
+    /// core does not count on it): only the family check waits for the relay.
     pub(super) fn check_peer_ip(&mut self, index: usize, peer: IpAddr) -> Option<ErrorCode> {
         let allocation = &self.allocations[index];
-        if !allocation.has_relay() {
-            return None; // not reachable: requests wait for the relay to be bound
-        }
         // RFC 8656 §9.2/§11.2: the peer's family must be one the allocation relays.
-        if !allocation.serves(peer) {
+        if allocation.has_relay() && !allocation.serves(peer) {
             return Some(ErrorCode::PeerAddressFamilyMismatch);
         }
         if let Some(denial) = self.config.policy.denial(peer) {
@@ -234,9 +233,7 @@ impl Server {
         if let Some(code) = self.check_peer_ip(index, peer.ip()) {
             return Some(code);
         }
-        if !self.allocations[index].has_relay()
-            || self.config.policy.judge(peer) != Verdict::OwnHost
-        {
+        if self.config.policy.judge(peer) != Verdict::OwnHost {
             return None;
         }
         self.counters.own_address_refusals += 1;

@@ -1684,3 +1684,32 @@ fn connect_and_connection_bind_are_counted_under_their_own_labels() {
 }
 
 mod hardening;
+
+/// Found by fuzzing (fuzz/turn_server): while an allocation's relay was still being bound, the
+/// peer checks returned early, so a CreatePermission (or ChannelBind, Connect) for a peer the
+/// policy denies succeeded, and its permission held once the relay came.
+#[test]
+fn requests_before_the_relay_is_bound_still_meet_the_peer_policy() {
+    let mut h = Harness::new(config());
+    h.learn_nonce();
+    let tuple = h.tuple;
+    let tid = h.tid();
+    let allocate = h.build(Method::ALLOCATE, &[udp_transport()], true, tid);
+    let pending = match h.server.handle_client(h.now, tuple, &allocate, &mut h.out) {
+        Output::BindRelay(request) => request,
+        other => panic!("expected a relay to bind, got {other:?}"),
+    };
+    let denied = addr("10.0.0.1:5000");
+    let tid = h.tid();
+    let attrs = vec![h.peer_attr(denied, &tid)];
+    let request = h.build(Method::CREATE_PERMISSION, &attrs, true, tid);
+    let reply = match h.server.handle_client(h.now, tuple, &request, &mut h.out) {
+        Output::ToClient { data, .. } => data.to_vec(),
+        other => panic!("expected an answer, got {other:?}"),
+    };
+    assert_eq!(code(&reply), Some(403), "a denied peer, relay bound or not");
+    let bound = Ok(addr(RELAY_V4).into());
+    h.server
+        .relay_bound(h.now, pending.alloc, bound, None, &mut h.out);
+    assert_eq!(h.server.allocations(h.now).next().unwrap().permissions, 0);
+}
