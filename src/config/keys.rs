@@ -284,6 +284,12 @@ config_keys! {
     /// Send with UDP GSO where the kernel supports it; off for A/B measurements
     "udp-gso" udp_gso: bool = true;
         Switch, Restart, coturn = &["udp-gso"];
+    /// Longest pause, in microseconds, of a busy UDP worker after a wake-up so the next finds several datagrams (only while its rate makes a pause collect two or more); 0 = never pause
+    "udp-coalesce-us" udp_coalesce_us: u32 = 250;
+        int::<u32>(), Restart, value_name = "MICROSECONDS";
+    /// Datagrams per second a UDP worker takes new clients up to before the next one gets them (an SK_REUSEPORT eBPF program; needs CAP_BPF); clients with allocations stay on their worker; 0 = the kernel's reuseport hash spreads clients
+    "udp-worker-budget" udp_worker_budget: u64 = 40_000;
+        int::<u64>(), Restart, value_name = "DATAGRAMS";
     /// Log filter, as for RUST_LOG (e.g. info,tern::auth=debug)
     "log-level" log_level: String = "info".to_string();
         Text(values::text), Restart, value_name = "FILTER";

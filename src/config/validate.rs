@@ -11,6 +11,8 @@ use std::ops::RangeInclusive;
 /// RFC 8489: REALM and SOFTWARE are fewer than 128 characters.
 const MAX_TEXT_CHARS: usize = 127;
 const MAX_RELAY_THREADS: usize = 1024;
+/// The longest coalescing pause: one media packet interval.
+const MAX_UDP_COALESCE_US: u32 = 20_000;
 /// API keys shorter than this are guessable.
 const MIN_API_KEY_CHARS: usize = 16;
 /// A stream client's queue holds at least a maximal reply and relayed datagram, and at most
@@ -112,6 +114,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             &config.relay_threads.to_string(),
             reason,
         ));
+    }
+    if config.udp_coalesce_us > MAX_UDP_COALESCE_US {
+        let reason = format!("at most {MAX_UDP_COALESCE_US} (20 ms, one media packet interval)");
+        let value = config.udp_coalesce_us.to_string();
+        return Err(invalid("udp-coalesce-us", &value, reason));
     }
     streams(config)?;
     if !config.log_level.is_ascii() {
@@ -474,6 +481,13 @@ mod tests {
     fn relay_threads_limit() {
         assert_rejected("relay-threads = 1025", "relay-threads", "1025");
         assert!(from_toml_str("relay-threads = 1024").is_ok());
+    }
+
+    #[test]
+    fn coalescing_pause_is_at_most_one_media_packet_interval() {
+        assert_rejected("udp-coalesce-us = 20001", "udp-coalesce-us", "20001");
+        assert!(from_toml_str("udp-coalesce-us = 20000").is_ok());
+        assert!(from_toml_str("udp-coalesce-us = 0").is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sockets: listeners, relay sockets, the port pool, workers. The only module that does I/O.
 
 mod addresses;
+mod coalesce;
 mod common;
 mod control;
 mod port_pool;
@@ -9,6 +10,7 @@ mod relay;
 mod relay_ports;
 mod sockets;
 mod stats;
+mod steer;
 mod stream;
 mod stream_admin;
 mod tcp_relay;
@@ -85,6 +87,42 @@ pub fn worker_count(config: &Config) -> usize {
             .map(usize::from)
             .unwrap_or(1),
         n => n,
+    }
+}
+
+/// Clients with allocations a server can hold, at most: the steering's pin table is this big
+/// (allocated as pins are made).
+const MAX_PINNED_CLIENTS: u32 = 1 << 20;
+
+/// `udp-worker-budget`: attaches the steering program to every listening address's group of
+/// worker listeners. Without it (no CAP_BPF, no program built, budget 0, one worker) the
+/// kernel's reuseport hash spreads clients, as it always did: one log line says why.
+fn attach_steering(
+    config: &Config,
+    workers: &mut [(UdpWorker, Sender<Control>, Arc<Waker>, Arc<WorkerStats>)],
+) {
+    if config.udp_worker_budget == 0 || workers.len() < 2 {
+        return;
+    }
+    let per_worker: Vec<Vec<_>> = workers.iter().map(|(w, ..)| w.listener_fds()).collect();
+    let groups: Vec<Vec<_>> = (0..per_worker[0].len())
+        .map(|group| per_worker.iter().map(|fds| fds[group]).collect())
+        .collect();
+    match tern_steer::Steering::attach(&groups, config.udp_worker_budget, MAX_PINNED_CLIENTS) {
+        Ok(steering) => {
+            let steering = Arc::new(steering);
+            for (worker, ..) in workers.iter_mut() {
+                worker.set_steering(steering.clone());
+            }
+            tracing::info!(
+                budget = config.udp_worker_budget,
+                "UDP worker steering on: new clients go to the first worker under the budget (datagrams/s)"
+            );
+        }
+        Err(error) => tracing::info!(
+            %error,
+            "UDP worker steering off: the kernel's reuseport hash spreads clients over the workers"
+        ),
     }
 }
 
@@ -167,9 +205,11 @@ impl UdpService {
                 poll,
                 stats: stats.clone(),
                 gso: config.udp_gso,
+                coalesce: std::time::Duration::from_micros(config.udp_coalesce_us.into()),
             })?;
             bound.push((worker, control, waker, stats));
         }
+        attach_steering(config, &mut bound);
         let mut workers = Vec::new();
         let mut all_stats = Vec::new();
         for (id, (worker, control, waker, stats)) in bound.into_iter().enumerate() {

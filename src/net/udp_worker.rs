@@ -2,10 +2,12 @@
 //! relay sockets of the allocations it owns, and its own `turn::Server`. Nothing on the packet
 //! path is shared with other workers.
 
+use super::coalesce::Coalescer;
 use super::common::{unix_now, REPLY_BUFFER};
 use super::relay::{self, Leased, RelayOwner, RelaySockets, DATAGRAM_BUFFER};
 use super::sockets;
 use super::stats::WorkerStats;
+use super::steer::{LoadMeter, Pins};
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
     AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, PortRequest, RelayError,
@@ -19,6 +21,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_steer::Steering;
 use tern_udp::{
     deepen_receive_buffer, send_gso, RecvBatch, SendBatch, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
 };
@@ -34,6 +37,8 @@ pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 const LISTENER_RECEIVE_BUFFER: usize = 4 << 20;
 /// Upper bound on how long the loop sleeps, so wall-clock sync and stats stay fresh.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Timer slack of a worker that pauses (coalescing): pauses end within 1 µs of their time.
+const PAUSE_TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
 /// Messages from the rest of the process, delivered with a wake-up.
 pub(crate) enum Control {
@@ -64,6 +69,7 @@ struct Relay {
 struct Relays {
     slots: Vec<Option<Relay>>,
     registry: Registry,
+    pins: Pins,
 }
 
 impl Relays {
@@ -81,6 +87,7 @@ impl Relays {
 
 impl RelayOwner for Relays {
     fn release(&mut self, alloc: AllocId) {
+        self.pins.unpin(alloc);
         for family in [Family::V4, Family::V6] {
             let slot = self.slots.get_mut(relay_slot(alloc.index, family));
             let Some(slot) =
@@ -110,6 +117,8 @@ pub(crate) struct WorkerSetup {
     pub stats: Arc<WorkerStats>,
     /// `udp-gso`: send runs of datagrams with UDP GSO where the kernel supports it.
     pub gso: bool,
+    /// `udp-coalesce-us`: the longest pause after a wake-up (zero: none).
+    pub coalesce: Duration,
 }
 
 pub(crate) struct UdpWorker {
@@ -132,6 +141,9 @@ pub(crate) struct UdpWorker {
     reply_gso_buffer: Box<[u8]>,
     /// Reply buffer for answers sent on their own (Allocate completion).
     reply: Box<[u8]>,
+    /// Whether to pause after a wake-up, so the next one finds several datagrams.
+    coalescer: Coalescer,
+    load: LoadMeter,
 }
 
 /// Creates the poll and its waker before the thread starts, so the caller can wake it.
@@ -164,6 +176,7 @@ impl UdpWorker {
         let relays = Relays {
             slots: Vec::new(),
             registry: setup.poll.registry().try_clone()?,
+            pins: Pins::new(setup.id),
         };
         Ok(UdpWorker {
             id: setup.id,
@@ -180,13 +193,35 @@ impl UdpWorker {
             gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply_gso_buffer: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
             reply: vec![0u8; REPLY_BUFFER].into_boxed_slice(),
+            coalescer: Coalescer::new(setup.coalesce, Instant::now()),
+            load: LoadMeter::default(),
         })
+    }
+
+    /// The listener sockets, in the order of `WorkerSetup::listen`: this worker's member of
+    /// each listening address's reuseport group.
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners
+            .iter()
+            .map(|l| l.socket.as_raw_fd())
+            .collect()
+    }
+
+    /// Steer this worker's clients in the kernel: its allocations' clients are pinned to it,
+    /// and its load is published so new clients go elsewhere when it is busy.
+    pub fn set_steering(&mut self, steering: Arc<Steering>) {
+        self.relays.pins.set_steering(steering);
     }
 
     /// The poll loop; returns on `Control::Shutdown`.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut last_sync = Instant::now();
+        if self.coalescer.enabled() {
+            // The default 50 µs of timer slack would stretch every pause of a few hundred.
+            // SAFETY: prctl with an integer argument; affects this thread only.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, PAUSE_TIMER_SLACK_NS) };
+        }
         loop {
             let now = Instant::now();
             let sleep = self
@@ -202,6 +237,7 @@ impl UdpWorker {
                 continue;
             }
             let now = Instant::now();
+            let mut datagrams = 0;
             for event in events.iter() {
                 match event.token() {
                     WAKER_TOKEN => {
@@ -210,18 +246,27 @@ impl UdpWorker {
                         }
                     }
                     Token(t) if t >= LISTENER_TOKEN_BASE => {
-                        self.drain_listener(now, t - LISTENER_TOKEN_BASE)
+                        datagrams += self.drain_listener(now, t - LISTENER_TOKEN_BASE)
                     }
-                    Token(slot) => self.drain_relay(now, slot),
+                    Token(slot) => datagrams += self.drain_relay(now, slot),
                 }
             }
             self.server.handle_timeout(now);
             self.apply_events();
+            self.load.add(datagrams);
             if now.duration_since(last_sync) >= MAX_SLEEP {
+                self.load.publish(
+                    self.relays.pins.steering(),
+                    self.id,
+                    now.duration_since(last_sync),
+                );
                 last_sync = now;
                 self.relay_sockets.expire_reservations(now);
                 self.server.sync_wall_clock(now, unix_now());
                 self.stats.publish(&self.server);
+            }
+            if let Some(pause) = self.coalescer.after_wake(now, datagrams) {
+                std::thread::sleep(pause);
             }
         }
     }
@@ -254,18 +299,19 @@ impl UdpWorker {
 
     /// Reads the listener in batches (`recvmmsg`) and hands each datagram to the server. Relayed
     /// data goes straight out of the allocation's relay socket; replies to clients are collected
-    /// and leave together with one `sendmmsg` per batch.
-    fn drain_listener(&mut self, now: Instant, index: usize) {
+    /// and leave together with one `sendmmsg` per batch. Returns how many datagrams it read.
+    fn drain_listener(&mut self, now: Instant, index: usize) -> usize {
         let Some(listener) = self.listeners.get(index) else {
-            return;
+            return 0;
         };
         let local = listener.local;
         let fd = listener.socket.as_raw_fd();
         // Taken out of `self` for the batch, so replies can stay borrowed while the server and
         // the relay table are used; put back at the end.
         let Some(mut rx) = self.rx.take() else {
-            return;
+            return 0;
         };
+        let mut received = 0;
         let mut replies = std::mem::take(&mut self.replies);
         let mut gso_buffer = std::mem::take(&mut self.gso_buffer);
         let mut reply_gso_buffer = std::mem::take(&mut self.reply_gso_buffer);
@@ -277,6 +323,7 @@ impl UdpWorker {
                     break;
                 }
             };
+            received += count;
             let mut out = SendBatch::new();
             // Consecutive datagrams of one allocation toward one peer leave together.
             let mut run = PeerRun::default();
@@ -342,15 +389,17 @@ impl UdpWorker {
         self.replies = replies;
         self.gso_buffer = gso_buffer;
         self.reply_gso_buffer = reply_gso_buffer;
+        received
     }
 
     /// Reads a relay socket (filed under `slot`, see `relay_slot`) in batches, frames each
     /// datagram in place (ChannelData or Data indication) and sends the whole batch to the client
-    /// with one GSO send or `sendmmsg`.
-    fn drain_relay(&mut self, now: Instant, slot: usize) {
+    /// with one GSO send or `sendmmsg`. Returns how many datagrams it read.
+    fn drain_relay(&mut self, now: Instant, slot: usize) -> usize {
+        let mut received = 0;
         loop {
             let Some(relay) = self.relays.get(slot) else {
-                return;
+                return received;
             };
             let alloc = AllocId {
                 index: slot / 2,
@@ -358,7 +407,7 @@ impl UdpWorker {
             };
             let fd = relay.socket.as_raw_fd();
             let Some(rx) = self.rx.as_mut() else {
-                return;
+                return received;
             };
             // Room for the largest framing in front and 3 bytes of padding behind.
             let limit = rx.stride - DATA_INDICATION_MAX_PREFIX - 4;
@@ -366,9 +415,10 @@ impl UdpWorker {
                 Ok(count) => count,
                 Err(e) => {
                     debug!(worker = self.id, error = %e, "relay receive failed");
-                    return;
+                    return received;
                 }
             };
+            received += count;
             let (slots, meta) = rx.split();
             let mut out = SendBatch::new();
             let mut via: Option<(RawFd, SocketAddr)> = None;
@@ -408,7 +458,7 @@ impl UdpWorker {
                 );
             }
             if count < BATCH {
-                return;
+                return received;
             }
         }
     }
@@ -419,6 +469,10 @@ impl UdpWorker {
         let additional = request.additional.map(|family| {
             self.open_relay(now, &request, family, relay::additional_port(request.port))
         });
+        if primary.is_ok() || additional.as_ref().is_some_and(Result::is_ok) {
+            // The allocation will exist: its client must keep reaching this worker.
+            self.relays.pins.pin(request.alloc, request.tuple);
+        }
         let output =
             self.server
                 .relay_bound(now, request.alloc, primary, additional, &mut self.reply);

@@ -30,6 +30,7 @@ const EVENTS: &[(&str, &str)] = &[
     ("read", "syscalls/sys_enter_read"),
     ("write", "syscalls/sys_enter_write"),
     ("clock_gettime", "syscalls/sys_enter_clock_gettime"),
+    ("clock_nanosleep", "syscalls/sys_enter_clock_nanosleep"),
     ("io_uring_enter", "syscalls/sys_enter_io_uring_enter"),
 ];
 

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::mem::{size_of, zeroed};
+use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
@@ -35,16 +35,41 @@ pub struct RecvBatch {
     pub data: Box<[u8]>,
     pub stride: usize,
     pub meta: Box<RecvMeta>,
+    /// The kernel's view of the slots, built once: a receive rewrites only what it changes
+    /// (not 2.5 KB of headers per call).
+    headers: Box<RecvHeaders>,
+    /// The `(offset, limit)` the iovecs in `headers` describe.
+    layout: Option<(usize, usize)>,
 }
+
+struct RecvHeaders {
+    iov: [libc::iovec; BATCH],
+    msgs: [libc::mmsghdr; BATCH],
+}
+
+// SAFETY: the raw pointers inside `headers` point into `data`, `meta` and `headers` itself, heap
+// allocations owned by the same `RecvBatch` that do not move when it moves; they are only
+// dereferenced (by the kernel) inside `recv(&mut self)`.
+unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     pub fn new(stride: usize) -> RecvBatch {
-        RecvBatch {
+        let mut batch = RecvBatch {
             data: vec![0u8; stride * BATCH].into_boxed_slice(),
             stride,
             // SAFETY: all-zero is a valid value of these plain C structs and integers.
             meta: Box::new(unsafe { zeroed() }),
+            headers: Box::new(unsafe { zeroed() }),
+            layout: None,
+        };
+        let headers = &mut *batch.headers;
+        for (i, msg) in headers.msgs.iter_mut().enumerate() {
+            let hdr = &mut msg.msg_hdr;
+            hdr.msg_name = (&mut batch.meta.name[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_iov = &mut headers.iov[i];
+            hdr.msg_iovlen = 1;
         }
+        batch
     }
 
     /// Receives up to `max` (≤ BATCH) datagrams without blocking, each at `offset` in its slot
@@ -58,26 +83,26 @@ impl RecvBatch {
     ) -> io::Result<usize> {
         let max = max.min(BATCH);
         let limit = limit.min(self.stride - offset);
-        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below stays valid for the
-        // duration of the call (slots inside `self.data`, names inside `self.meta`).
-        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        let base = self.data.as_mut_ptr();
-        for i in 0..max {
-            iov[i] = libc::iovec {
-                iov_base: unsafe { base.add(i * self.stride + offset) }.cast(),
-                iov_len: limit,
-            };
-            let hdr = &mut msgs[i].msg_hdr;
-            hdr.msg_name = (&mut self.meta.name[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut iov[i];
-            hdr.msg_iovlen = 1;
+        let headers = &mut *self.headers;
+        if self.layout != Some((offset, limit)) {
+            self.layout = Some((offset, limit));
+            let base = self.data.as_mut_ptr();
+            for (i, iov) in headers.iov.iter_mut().enumerate() {
+                // SAFETY: slot `i` starts at `i * stride` inside `data`, and offset + limit ≤ stride.
+                iov.iov_base = unsafe { base.add(i * self.stride + offset) }.cast();
+                iov.iov_len = limit;
+            }
         }
+        for msg in &mut headers.msgs[..max] {
+            // The kernel shortens it to the address it wrote.
+            msg.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        }
+        // SAFETY: every header points at a slot of `data` and a name of `meta` (see `new`),
+        // both alive and exclusively borrowed for the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                msgs.as_mut_ptr(),
+                headers.msgs.as_mut_ptr(),
                 max as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -91,7 +116,7 @@ impl RecvBatch {
             };
         }
         let n = n as usize;
-        for (i, msg) in msgs.iter().enumerate().take(n) {
+        for (i, msg) in headers.msgs.iter().enumerate().take(n) {
             self.meta.len[i] = msg.msg_len as usize;
             self.meta.name_len[i] = msg.msg_hdr.msg_namelen;
         }
@@ -105,10 +130,11 @@ impl RecvBatch {
     }
 }
 
-/// Up to `BATCH` outgoing datagrams borrowed from the caller, sent with one `sendmmsg`.
+/// Up to `BATCH` outgoing datagrams borrowed from the caller, sent with one `sendmmsg` (one
+/// datagram: `sendto`). Entries past `count` stay uninitialised: a batch costs nothing to make.
 pub struct SendBatch<'a> {
-    iov: [libc::iovec; BATCH],
-    name: [libc::sockaddr_storage; BATCH],
+    iov: [MaybeUninit<libc::iovec>; BATCH],
+    name: [MaybeUninit<libc::sockaddr_storage>; BATCH],
     name_len: [libc::socklen_t; BATCH],
     count: usize,
     _data: PhantomData<&'a [u8]>,
@@ -123,9 +149,8 @@ impl<'a> Default for SendBatch<'a> {
 impl<'a> SendBatch<'a> {
     pub fn new() -> SendBatch<'a> {
         SendBatch {
-            // SAFETY: all-zero is a valid value of these plain C structs and integers.
-            iov: unsafe { zeroed() },
-            name: unsafe { zeroed() },
+            iov: [const { MaybeUninit::uninit() }; BATCH],
+            name: [const { MaybeUninit::uninit() }; BATCH],
             name_len: [0; BATCH],
             count: 0,
             _data: PhantomData,
@@ -154,12 +179,13 @@ impl<'a> SendBatch<'a> {
     pub fn push(&mut self, data: &'a [u8], dest: Option<&SocketAddr>) {
         debug_assert!(self.count < BATCH);
         let i = self.count;
-        self.iov[i] = libc::iovec {
+        self.iov[i].write(libc::iovec {
             iov_base: data.as_ptr() as *mut libc::c_void,
             iov_len: data.len(),
-        };
+        });
         self.name_len[i] = match dest {
-            Some(dest) => to_raw(dest, &mut self.name[i]),
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            Some(dest) => to_raw(dest, self.name[i].write(unsafe { zeroed() })),
             None => 0,
         };
         self.count += 1;
@@ -174,11 +200,11 @@ impl<'a> SendBatch<'a> {
     ) {
         debug_assert!(self.count < BATCH);
         let i = self.count;
-        self.iov[i] = libc::iovec {
+        self.iov[i].write(libc::iovec {
             iov_base: data.as_ptr() as *mut libc::c_void,
             iov_len: data.len(),
-        };
-        self.name[i] = *name;
+        });
+        self.name[i].write(*name);
         self.name_len[i] = name_len;
         self.count += 1;
     }
@@ -187,25 +213,30 @@ impl<'a> SendBatch<'a> {
     /// (full buffer, unreachable) is dropped, as UDP would.
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let count = std::mem::take(&mut self.count);
-        // SAFETY: zeroed mmsghdr is valid; pointers refer to `self` and to the borrowed data,
-        // which outlives `'a`, for the duration of the calls.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        if count == 1 {
+            return self.send_one(fd);
+        }
+        let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
         for (i, msg) in msgs.iter_mut().enumerate().take(count) {
-            let hdr = &mut msg.msg_hdr;
+            // SAFETY: all-zero is a valid mmsghdr; entries below `count` are initialised, and
+            // the pointers refer to `self` and to the borrowed data, which outlives `'a`, for
+            // the duration of the calls.
+            let hdr = &mut msg.write(unsafe { zeroed() }).msg_hdr;
             if self.name_len[i] > 0 {
-                hdr.msg_name = (&mut self.name[i] as *mut libc::sockaddr_storage).cast();
+                hdr.msg_name = self.name[i].as_mut_ptr().cast();
                 hdr.msg_namelen = self.name_len[i];
             }
-            hdr.msg_iov = &mut self.iov[i];
+            hdr.msg_iov = self.iov[i].as_mut_ptr();
             hdr.msg_iovlen = 1;
         }
+        let msgs = msgs.as_mut_ptr().cast::<libc::mmsghdr>();
         let mut sent = 0;
         let mut at = 0;
         while at < count {
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
-                    msgs[at..].as_mut_ptr(),
+                    msgs.add(at),
                     (count - at) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
@@ -222,6 +253,28 @@ impl<'a> SendBatch<'a> {
             at += n as usize;
         }
         sent
+    }
+
+    /// The one queued datagram, with `sendto`: no message vector to copy in and walk.
+    fn send_one(&mut self, fd: RawFd) -> usize {
+        // SAFETY: entry 0 is initialised (count was 1); the data outlives `'a`.
+        let (iov, name) = unsafe { (self.iov[0].assume_init(), self.name[0].as_ptr()) };
+        let (name, name_len) = match self.name_len[0] {
+            0 => (std::ptr::null(), 0),
+            len => (name.cast::<libc::sockaddr>(), len),
+        };
+        // SAFETY: iov describes borrowed data alive for the call; name is null or initialised.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                iov.iov_base,
+                iov.iov_len,
+                libc::MSG_DONTWAIT,
+                name,
+                name_len,
+            )
+        };
+        usize::from(n >= 0)
     }
 }
 
@@ -374,6 +427,45 @@ mod tests {
         let lens: Vec<usize> = (0..3).map(|_| b.recv(&mut buf).unwrap()).collect();
         assert_eq!(lens, [100, 100, 50]);
         assert_eq!(&buf[..50], &data[200..]);
+    }
+
+    #[test]
+    fn a_single_datagram_leaves_with_sendto_and_arrives_whole() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut out = SendBatch::new();
+        out.push(b"one datagram", Some(&b.local_addr().unwrap()));
+        assert_eq!(out.flush(a.as_raw_fd()), 1);
+        // Connected: no address.
+        a.connect(b.local_addr().unwrap()).unwrap();
+        out.push(b"connected", None);
+        assert_eq!(out.flush(a.as_raw_fd()), 1);
+        let mut batch = RecvBatch::new(64);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(batch.recv(b.as_raw_fd(), 0, 64, BATCH).unwrap(), 2);
+        assert_eq!(&batch.data[..12], b"one datagram");
+        assert_eq!(&batch.data[64..64 + 9], b"connected");
+        assert_eq!(batch.meta.source(1), Some(a.local_addr().unwrap()));
+    }
+
+    #[test]
+    fn receives_with_changing_offsets_reuse_the_headers_correctly() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.local_addr().unwrap();
+        let mut batch = RecvBatch::new(128);
+        for (offset, limit) in [(0, 128), (36, 88), (0, 128), (4, 8)] {
+            a.send_to(&[offset as u8; 20], to).unwrap();
+            a.send_to(&[offset as u8 + 1; 20], to).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(batch.recv(b.as_raw_fd(), offset, limit, BATCH).unwrap(), 2);
+            let expect = 20.min(limit);
+            assert_eq!(batch.meta.len[0], expect, "truncated to the limit");
+            assert_eq!(batch.meta.len[1], expect);
+            assert_eq!(batch.data[offset], offset as u8);
+            assert_eq!(batch.data[128 + offset], offset as u8 + 1);
+            assert_eq!(batch.meta.source(1), Some(a.local_addr().unwrap()));
+        }
     }
 
     #[test]
