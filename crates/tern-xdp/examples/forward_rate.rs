@@ -28,7 +28,7 @@ fn main() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let client = Topology::socket(&topology.client, addr(CLIENT_V4, 40000));
     let listener = Topology::socket(&topology.tern, addr(TERN_CLIENT_SIDE_V4, 3478));
     let relay = Topology::socket(&topology.tern, addr(TERN_PEER_SIDE_V4, 49152));
@@ -38,8 +38,14 @@ fn main() {
 
     // Kernel path.
     set_bpf_stats(true);
+    let settings = tern_xdp::Settings {
+        interfaces: vec!["t0".into(), "t1".into()],
+        capacity: 16,
+        relay_ports: 49152..=65535,
+        generic_only: false,
+    };
     let mut fast_path =
-        Topology::within(&topology.tern, || FastPath::attach(&["t0", "t1"], 16)).expect("attach");
+        Topology::within(&topology.tern, move || FastPath::attach(&settings)).expect("attach");
     let tuple = ClientTuple {
         client: client.local_addr().unwrap(),
         server: listener.local_addr().unwrap(),
