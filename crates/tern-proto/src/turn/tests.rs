@@ -1684,3 +1684,4 @@ fn connect_and_connection_bind_are_counted_under_their_own_labels() {
 }
 
 mod hardening;
+mod offload;
