@@ -284,6 +284,15 @@ config_keys! {
     /// Send with UDP GSO where the kernel supports it; off for A/B measurements
     "udp-gso" udp_gso: bool = true;
         Switch, Restart, coturn = &["udp-gso"];
+    /// Relay UDP clients' channels and permissions in the kernel (XDP): auto (when the kernel, the capabilities and the interfaces allow it, else user space with one log line), off, or required (no start without it)
+    "fast-path" fast_path: tern_xdp::Mode = tern_xdp::Mode::Auto;
+        Text(values::fast_path), Restart, value_name = "auto|off|required";
+    /// Interfaces the fast path attaches to; unset = those carrying the listening and relay addresses (loopback is never served)
+    "fast-path-interfaces" fast_path_interfaces: Vec<String> = Vec::new();
+        List(values::interface), Restart, value_name = "NAME";
+    /// Channels plus permissions the fast path holds at once (kernel memory: about 400 bytes each, plus 32 per core); past it they relay in user space
+    "fast-path-capacity" fast_path_capacity: u32 = 16384;
+        int::<u32>(), Restart, value_name = "N";
     /// Log filter, as for RUST_LOG (e.g. info,tern::auth=debug)
     "log-level" log_level: String = "info".to_string();
         Text(values::text), Restart, value_name = "FILTER";

@@ -3,6 +3,7 @@
 mod addresses;
 mod common;
 mod control;
+mod fast_path;
 mod port_pool;
 pub mod proxy_protocol;
 mod relay;
@@ -20,7 +21,7 @@ pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::StreamRefusal;
-pub use stats::{StreamStats, WorkerStats};
+pub use stats::{FastPathPass, FastPathStats, StreamStats, WorkerStats};
 pub use stream::{
     address_group, fd_ceiling, stream_runtime, BoundStreams, LimitSettings, StreamDeps,
     StreamService, StreamSettings, FRAMES_PER_TURN, MAX_FRAME,
@@ -58,6 +59,9 @@ pub struct UdpService {
     /// Allocates get 300 Try Alternate (with `alternate-server`) or 486; live ones go on. Share
     /// it with other services' servers via `Server::set_drain_flag`.
     pub draining: Arc<AtomicBool>,
+    /// The kernel fast path's metrics (zero while it is off).
+    pub fast_path_stats: Arc<FastPathStats>,
+    fast_path: Option<Arc<fast_path::SharedFastPath>>,
 }
 
 /// Workers to run: `relay-threads`, or one per core.
@@ -112,6 +116,13 @@ impl UdpService {
             );
         }
         listening.extend(nat.alternate_listeners());
+        let relay_ips = match config.relay_ips.is_empty() {
+            true => listening_ips.clone(),
+            false => config.relay_ips.clone(),
+        };
+        let fast_path_stats = Arc::new(FastPathStats::default());
+        let fast_path =
+            fast_path::start(config, &listening_ips, relay_ips, fast_path_stats.clone())?;
         let plan = Arc::new(RelayPlan {
             relay_ips: config.relay_ips.clone(),
             listening_ips,
@@ -138,6 +149,7 @@ impl UdpService {
             server.set_drain_flag(draining.clone());
             // bps-capacity: each worker's buckets take an even share (no bucket across cores).
             server.set_capacity_share(workers as u32);
+            server.set_offload(fast_path.is_some());
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),
@@ -147,6 +159,8 @@ impl UdpService {
                 poll,
                 stats: stats.clone(),
                 gso: config.udp_gso,
+                fast_path: fast_path.clone(),
+                external_ips: core.external_ips.clone(),
             })?;
             bound.push((worker, control, waker, stats));
         }
@@ -169,6 +183,8 @@ impl UdpService {
             ports,
             listening,
             draining,
+            fast_path_stats,
+            fast_path,
         })
     }
 
@@ -191,8 +207,12 @@ impl UdpService {
         }
     }
 
-    /// Stops the workers and waits for them.
+    /// Stops the workers and waits for them. The kernel fast path goes first, so nothing is
+    /// relayed for allocations whose sockets are closing.
     pub fn shutdown(self) {
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.detach();
+        }
         for worker in &self.workers {
             let _ = worker.control.send(Control::Shutdown);
             let _ = worker.waker.wake();

@@ -3,13 +3,14 @@
 //! path is shared with other workers.
 
 use super::common::{unix_now, REPLY_BUFFER};
+use super::fast_path::{SharedFastPath, WorkerOffload};
 use super::relay::{self, Leased, RelayOwner, RelaySockets, DATAGRAM_BUFFER};
 use super::sockets;
 use super::stats::WorkerStats;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, PortRequest, RelayError,
-    RelayRequest, Server, Transport,
+    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Offload, OffloadKey, Output, PortRequest,
+    RelayError, RelayRequest, Server, Traffic, Transport,
 };
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -60,10 +61,12 @@ struct Relay {
     generation: u32,
 }
 
-/// The relay sockets of this worker's allocations, by [`relay_slot`].
+/// The relay sockets of this worker's allocations, by [`relay_slot`], and their kernel fast path
+/// entries.
 struct Relays {
     slots: Vec<Option<Relay>>,
     registry: Registry,
+    offload: Option<WorkerOffload>,
 }
 
 impl Relays {
@@ -81,6 +84,10 @@ impl Relays {
 
 impl RelayOwner for Relays {
     fn release(&mut self, alloc: AllocId) {
+        // The kernel stops first, then the sockets close.
+        if let Some(offload) = self.offload.as_mut() {
+            offload.release(alloc);
+        }
         for family in [Family::V4, Family::V6] {
             let slot = self.slots.get_mut(relay_slot(alloc.index, family));
             let Some(slot) =
@@ -97,6 +104,16 @@ impl RelayOwner for Relays {
     fn connect_peer(&mut self, _: AllocId, _: SocketAddr, _: u32) {
         // Only TCP allocations connect to peers, and those live on stream connections.
     }
+
+    fn offload(&mut self, offload: &Offload) {
+        if let Some(fast_path) = self.offload.as_mut() {
+            fast_path.offload(offload);
+        }
+    }
+
+    fn unoffload(&mut self, alloc: AllocId, what: OffloadKey) -> Option<Traffic> {
+        self.offload.as_mut()?.unoffload(alloc, what)
+    }
 }
 
 /// What a worker needs to start.
@@ -110,6 +127,10 @@ pub(crate) struct WorkerSetup {
     pub stats: Arc<WorkerStats>,
     /// `udp-gso`: send runs of datagrams with UDP GSO where the kernel supports it.
     pub gso: bool,
+    /// The kernel fast path, when it runs; the server has offloading on then.
+    pub fast_path: Option<Arc<SharedFastPath>>,
+    /// `external-ip` at start (reloads bring the new one).
+    pub external_ips: Vec<crate::turn::ExternalIp>,
 }
 
 pub(crate) struct UdpWorker {
@@ -164,6 +185,9 @@ impl UdpWorker {
         let relays = Relays {
             slots: Vec::new(),
             registry: setup.poll.registry().try_clone()?,
+            offload: setup
+                .fast_path
+                .map(|shared| WorkerOffload::new(shared, setup.external_ips)),
         };
         Ok(UdpWorker {
             id: setup.id,
@@ -221,6 +245,7 @@ impl UdpWorker {
                 last_sync = now;
                 self.server.sync_wall_clock(now, unix_now());
                 self.stats.publish(&self.server);
+                self.publish_fast_path();
             }
         }
     }
@@ -229,11 +254,23 @@ impl UdpWorker {
     fn handle_control(&mut self) -> bool {
         while let Ok(message) = self.control.try_recv() {
             match message {
-                Control::Reload(config) => self.server.set_config(config),
+                Control::Reload(config) => {
+                    if let Some(offload) = self.relays.offload.as_mut() {
+                        offload.set_external_ips(config.external_ips.clone());
+                    }
+                    self.server.set_config(config)
+                }
                 Control::Shutdown => return false,
                 Control::ListAllocations(reply) => {
                     let now = Instant::now();
-                    let _ = reply.send(self.server.allocations_with_ids(now).collect());
+                    let offload = self.relays.offload.as_ref();
+                    let list = self.server.allocations_with_ids(now).map(|(id, mut info)| {
+                        if let Some(offload) = offload {
+                            info.traffic = info.traffic + offload.live_traffic(id);
+                        }
+                        (id, info)
+                    });
+                    let _ = reply.send(list.collect());
                 }
                 Control::DeleteUser(username, reply) => {
                     let _ = reply.send(self.server.delete_user(&username));
@@ -445,9 +482,17 @@ impl UdpWorker {
         Ok(bound)
     }
 
-    /// Closes the relay sockets of allocations the server has ended.
+    /// Closes the relay sockets of allocations the server has ended, and installs and removes
+    /// kernel fast path entries as it says.
     fn apply_events(&mut self) {
         relay::apply_events(&mut self.server, &mut self.relays);
+    }
+
+    /// The first worker stores the kernel fast path's totals for `/metrics`.
+    fn publish_fast_path(&self) {
+        if let (0, Some(offload)) = (self.id, self.relays.offload.as_ref()) {
+            offload.shared().publish();
+        }
     }
 }
 

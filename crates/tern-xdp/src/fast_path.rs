@@ -104,6 +104,12 @@ impl FastPath {
             if is_loopback(interface) {
                 return Err(Unavailable::Loopback(interface.clone()));
             }
+            if !is_ethernet(interface) {
+                return Err(Unavailable::Attach {
+                    interface: interface.clone(),
+                    reason: "not an Ethernet interface (the program reads Ethernet frames)".into(),
+                });
+            }
             indexes.push(index);
         }
         let (min_port, max_port) = (*settings.relay_ports.start(), *settings.relay_ports.end());
@@ -478,11 +484,17 @@ fn interface_index(interface: &str) -> Result<u32, Unavailable> {
 }
 
 /// Whether `interface` is a loopback device (IFF_LOOPBACK in its sysfs flags).
-fn is_loopback(interface: &str) -> bool {
+pub fn is_loopback(interface: &str) -> bool {
     std::fs::read_to_string(format!("/sys/class/net/{interface}/flags"))
         .ok()
         .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
         .is_some_and(|flags| flags & libc::IFF_LOOPBACK as u32 != 0)
+}
+
+/// Whether `interface` carries Ethernet frames (ARPHRD_ETHER in its sysfs type).
+pub fn is_ethernet(interface: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/type"))
+        .is_ok_and(|kind| kind.trim() == "1")
 }
 
 /// The name of `interface`'s driver (`ethtool -i`), if it says.

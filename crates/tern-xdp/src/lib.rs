@@ -138,7 +138,7 @@
 mod fast_path;
 mod maps;
 
-pub use fast_path::{built, AttachMode, FastPath};
+pub use fast_path::{built, is_ethernet, is_loopback, AttachMode, FastPath};
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -153,6 +153,17 @@ pub enum Mode {
     Off,
     /// Fail to start without the kernel path.
     Required,
+}
+
+impl Mode {
+    /// The setting as written: `auto`, `off` or `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Off => "off",
+            Mode::Required => "required",
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {

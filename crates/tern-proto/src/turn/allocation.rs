@@ -102,6 +102,18 @@ pub struct Traffic {
     pub bytes_to_client: u64,
 }
 
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+    fn add(self, other: Traffic) -> Traffic {
+        Traffic {
+            packets_to_peer: self.packets_to_peer + other.packets_to_peer,
+            bytes_to_peer: self.bytes_to_peer + other.bytes_to_peer,
+            packets_to_client: self.packets_to_client + other.packets_to_client,
+            bytes_to_client: self.bytes_to_client + other.bytes_to_client,
+        }
+    }
+}
+
 /// What the admin API shows of an allocation.
 #[derive(Clone, Debug)]
 pub struct AllocationInfo {

@@ -31,11 +31,7 @@ impl Server {
     /// entry it removed) to the allocation's, which the admin API shows. Nothing if it ended.
     pub fn add_offloaded_traffic(&mut self, alloc: AllocId, traffic: Traffic) {
         if let Some(allocation) = live(&mut self.allocations, alloc) {
-            let stats = &mut allocation.stats;
-            stats.packets_to_peer += traffic.packets_to_peer;
-            stats.bytes_to_peer += traffic.bytes_to_peer;
-            stats.packets_to_client += traffic.packets_to_client;
-            stats.bytes_to_client += traffic.bytes_to_client;
+            allocation.stats = allocation.stats + traffic;
         }
     }
 
