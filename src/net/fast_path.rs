@@ -146,6 +146,7 @@ impl SharedFastPath {
             (FastPathPass::Unsupported, outcomes.unsupported),
             (FastPathPass::NoChecksum, outcomes.no_checksum),
             (FastPathPass::AdjustFailed, outcomes.adjust_failed),
+            (FastPathPass::PartialChecksum, outcomes.partial_checksum),
         ] {
             self.stats.passed[reason as usize].store(count, Relaxed);
         }

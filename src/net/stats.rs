@@ -133,6 +133,9 @@ tern_proto::label_set! {
         NoChecksum = "no_checksum",
         /// The driver would not move the frame's head or tail.
         AdjustFailed = "adjust_failed",
+        /// Sent on this host with transmit checksum offload (a veth from another namespace or a
+        /// container): only the pseudo header is summed.
+        PartialChecksum = "partial_checksum",
     }
 }
 

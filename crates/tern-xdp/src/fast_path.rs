@@ -439,6 +439,7 @@ impl FastPath {
             too_big: read(4),
             no_checksum: read(5),
             adjust_failed: read(6),
+            partial_checksum: read(7),
         }
     }
 }
@@ -483,18 +484,51 @@ fn interface_index(interface: &str) -> Result<u32, Unavailable> {
     }
 }
 
-/// Whether `interface` is a loopback device (IFF_LOOPBACK in its sysfs flags).
+/// Whether `interface` is a loopback device (IFF_LOOPBACK).
 pub fn is_loopback(interface: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/flags"))
-        .ok()
-        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
-        .is_some_and(|flags| flags & libc::IFF_LOOPBACK as u32 != 0)
+    let mut request = ifreq(interface);
+    interface_ioctl(libc::SIOCGIFFLAGS, &mut request)
+        // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
+        && unsafe { request.ifr_ifru.ifru_flags } as i32 & libc::IFF_LOOPBACK != 0
 }
 
-/// Whether `interface` carries Ethernet frames (ARPHRD_ETHER in its sysfs type).
+/// Whether `interface` carries Ethernet frames (its hardware address is ARPHRD_ETHER).
 pub fn is_ethernet(interface: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/type"))
-        .is_ok_and(|kind| kind.trim() == "1")
+    let mut request = ifreq(interface);
+    interface_ioctl(libc::SIOCGIFHWADDR, &mut request)
+        // SAFETY: SIOCGIFHWADDR filled in the hardware address member of the union.
+        && unsafe { request.ifr_ifru.ifru_hwaddr.sa_family } == libc::ARPHRD_ETHER
+}
+
+/// An `ifreq` naming `interface` (asked of the network namespace of the calling thread, which
+/// sysfs would not be).
+fn ifreq(interface: &str) -> libc::ifreq {
+    // SAFETY: all-zero is a valid ifreq (a name array and a union of plain data and a pointer).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request
+        .ifr_name
+        .iter_mut()
+        .take(libc::IFNAMSIZ - 1)
+        .zip(interface.bytes())
+    {
+        *dst = src as libc::c_char;
+    }
+    request
+}
+
+/// Runs an interface ioctl on a throwaway datagram socket; whether it succeeded.
+fn interface_ioctl(request_code: libc::c_ulong, request: &mut libc::ifreq) -> bool {
+    // SAFETY: a socket for the ioctl, closed before returning; `request` is a valid ifreq the
+    // kernel reads the name from and writes at most one ifreq into.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let rc = libc::ioctl(fd, request_code, request as *mut libc::ifreq);
+        libc::close(fd);
+        rc == 0
+    }
 }
 
 /// The name of `interface`'s driver (`ethtool -i`), if it says.
@@ -518,26 +552,14 @@ fn driver(interface: &str) -> Option<String> {
     if interface.len() >= libc::IFNAMSIZ {
         return None;
     }
-    // SAFETY: all-zero is a valid DrvInfo and ifreq (integers, arrays and a pointer union).
+    // SAFETY: all-zero is a valid DrvInfo (integers and arrays).
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(interface.bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let mut request = ifreq(interface);
     request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: a datagram socket for the ioctl, closed below; SIOCETHTOOL with ETHTOOL_GDRVINFO
-    // writes at most size_of::<DrvInfo>() bytes into `info`, which outlives the call.
-    let ok = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut request);
-        libc::close(fd);
-        rc == 0
-    };
-    if !ok {
+    // SIOCETHTOOL with ETHTOOL_GDRVINFO writes at most size_of::<DrvInfo>() bytes into `info`,
+    // which outlives the call.
+    if !interface_ioctl(libc::SIOCETHTOOL, &mut request) {
         return None;
     }
     let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);

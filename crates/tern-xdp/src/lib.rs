@@ -20,8 +20,9 @@
 //! GRO/GSO aggregates, Send indications whose DATA does not follow XOR-PEER-ADDRESS within the
 //! first 128 bytes or that trail more than 15 bytes after it, ChannelData with more than 3 bytes
 //! of padding, IPv4 datagrams without a UDP checksum bound for IPv6 (which would need a full
-//! checksum), datagrams that would exceed the egress MTU, and datagrams to an address nothing has
-//! come from yet (next hops are learned, below): user space relays those as it always does.
+//! checksum), datagrams with a partial checksum (sent from this host through a veth with checksum
+//! offload, below), datagrams that would exceed the egress MTU, and datagrams to an address nothing
+//! has come from yet (next hops are learned, below): user space relays those as it always does.
 //!
 //! User space stays the authority. It installs an entry ([`FastPath::install`] and the
 //! shorthands [`FastPath::install_channel`], [`FastPath::install_permission`]) only for a live
@@ -99,9 +100,15 @@
 //! IPv4 and goes to user space when it would leave over IPv6, where the checksum is mandatory. The
 //! Data indication's transaction ID comes from the kernel's PRNG.
 //!
-//! Senders' checksums must be complete: packets from the wire always are, but a process on the
-//! same host sending through a veth hands over a partial one (CHECKSUM_PARTIAL) unless the veth's
-//! transmit checksum offload is off (`ethtool -K <veth> tx off`), as the tests and benchmarks set.
+//! The incremental update needs the received checksum to be complete. Packets from the wire
+//! always carry a complete one, but a process on the same host sending through a veth (another
+//! namespace, a container on the same bridge) hands over a partial one (CHECKSUM_PARTIAL: only the
+//! pseudo header's folded sum, for a NIC that never comes) unless that veth's transmit checksum
+//! offload is off (`ethtool -K <veth> tx off`, as the tests and benchmarks set). XDP sees no
+//! socket-buffer metadata, so the program recognises the value itself: a checksum equal to the
+//! folded pseudo-header sum goes to user space, where the stack knows what it is
+//! ([`Outcomes::partial_checksum`]). One complete checksum in 65536 matches by chance and is
+//! relayed by user space instead: no harm done.
 //!
 //! # Attach modes
 //!
@@ -347,6 +354,9 @@ pub struct Outcomes {
     pub no_checksum: u64,
     /// The driver refused to move the packet's head or tail.
     pub adjust_failed: u64,
+    /// Sent on this host with transmit checksum offload (a veth from another namespace or a
+    /// container): its UDP checksum covers only the pseudo header.
+    pub partial_checksum: u64,
 }
 
 /// `error: source: source...`, for one log line.

@@ -736,6 +736,58 @@ fn a_packet_over_the_mtu_goes_to_user_space() {
     );
 }
 
+/// A sender on this host with transmit checksum offload (a container behind a veth) hands over
+/// only the pseudo header's sum as its UDP checksum: relayed with it, the datagram would arrive
+/// with a wrong one and be dropped. It goes to user space instead, which the stack serves.
+#[test]
+fn a_partial_checksum_from_this_host_goes_to_user_space() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new();
+    let mut fast_path = attach(&topology);
+    for leg in legs(&topology).iter().take(2) {
+        leg.learn_hops(&mut fast_path);
+        fast_path
+            .install_channel(leg.tuple(), 0x4000, leg.relay_addr(), leg.peer_addr())
+            .unwrap();
+        let offload = |on: &str| {
+            let output = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topology.client,
+                    "ethtool",
+                    "-K",
+                    "c0",
+                    "tx",
+                    on,
+                ])
+                .output()
+                .unwrap();
+            assert!(output.status.success());
+        };
+        offload("on");
+        let partial = fast_path.outcomes().partial_checksum;
+        let cd = channel_data(0x4000, b"checksum left to the NIC", 0);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let (got, _) = recv(&leg.listener).expect("reaches user space");
+        assert_eq!(got, cd, "{}", leg.name);
+        assert_silent(&leg.peer, leg.name);
+        assert_eq!(
+            fast_path.outcomes().partial_checksum,
+            partial + 1,
+            "{}",
+            leg.name
+        );
+        // With a whole checksum the kernel relays it again.
+        offload("off");
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
+        assert_eq!(got, b"checksum left to the NIC");
+    }
+}
+
 #[test]
 fn loopback_is_refused_by_name() {
     if !can_run() {
