@@ -58,6 +58,12 @@ fn main() {
             peer.local_addr().unwrap(),
         )
         .unwrap();
+    // The kernel learns its next hops from the first packets of each side.
+    client
+        .send_to(&frame, listener.local_addr().unwrap())
+        .unwrap();
+    peer.send_to(b"hello", relay.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let (sent, received) = blast(&client, &listener, &peer, &frame);
     let (runs, run_ns) = xdp_prog_stats();
     println!(
