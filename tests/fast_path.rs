@@ -257,6 +257,8 @@ struct Relayed {
     client: UdpTurn,
     channel_peer: EchoPeer,
     send_peer: EchoPeer,
+    /// When the ChannelBind (and with it the permission) was answered.
+    bound_at: Instant,
 }
 
 fn relayed(net: &FastPathNet, tern: &Tern, port: u16) -> Relayed {
@@ -266,6 +268,7 @@ fn relayed(net: &FastPathNet, tern: &Tern, port: u16) -> Relayed {
     client
         .channel_bind(0x4000, channel_peer.addr)
         .expect("channel");
+    let bound_at = Instant::now();
     channel_and_echo(&mut client, 0x4000, b"first", "warm-up");
     let before = settled(net);
     for n in 0..20 {
@@ -283,6 +286,7 @@ fn relayed(net: &FastPathNet, tern: &Tern, port: u16) -> Relayed {
         client,
         channel_peer,
         send_peer,
+        bound_at,
     }
 }
 
@@ -313,23 +317,26 @@ fn expiry_takes_permissions_and_channels_out_of_the_kernel() {
         return;
     }
     let net = FastPathNet::new();
+    // Lifetimes long enough for the burst that shows the kernel relaying on a slow machine.
+    let lifetime = Duration::from_secs(8);
+    let wait_past = |state: &Relayed| {
+        let expired = state.bound_at + lifetime + Duration::from_millis(600);
+        std::thread::sleep(expired.saturating_duration_since(Instant::now()));
+    };
     // The permission expires first: Send indications and the channel stop together.
-    let tern = net.start_tern("permission-lifetime = 3", &[]);
+    let tern = net.start_tern("permission-lifetime = 8", &[]);
     let mut state = relayed(&net, &tern, 8000);
-    let started = Instant::now();
     assert!(Metrics(net.metrics()).entries() >= 2);
-    std::thread::sleep(
-        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(600),
-    );
+    wait_past(&state);
     net.metrics_until("entries gone", |m| m.entries() == 0);
     state.assert_peer_hears_nothing("after the permission expired");
     drop(tern);
 
     // The channel expires while its permission lives: ChannelData stops, Send goes on in the
     // kernel.
-    let tern = net.start_tern("channel-lifetime = 3", &[]);
+    let tern = net.start_tern("channel-lifetime = 8", &[]);
     let mut state = relayed(&net, &tern, 8001);
-    std::thread::sleep(Duration::from_millis(3600));
+    wait_past(&state);
     net.metrics_until("the channel's entry gone", |m| m.entries() == 1);
     let heard = state.channel_peer.count();
     for n in 0..10 {

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tern_xdp::{
-    ClientTuple, Counters, Entry, EntryId, EntryKind, FastPath, InstallError, Loopback, Mode,
-    Settings,
+    AttachPolicy, ClientTuple, Counters, Entry, EntryId, EntryKind, FastPath, InstallError,
+    Loopback, Mode, Settings,
 };
 use tracing::{debug, info, warn};
 
@@ -49,7 +49,7 @@ pub fn start(
         interfaces,
         capacity: config.fast_path_capacity,
         relay_ports: config.min_port..=config.max_port,
-        generic_only: false,
+        attach: AttachPolicy::Auto,
     };
     let attached = match FastPath::attach(&settings) {
         Ok(path) => path,

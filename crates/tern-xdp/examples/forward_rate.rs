@@ -42,7 +42,7 @@ fn main() {
         interfaces: vec!["t0".into(), "t1".into()],
         capacity: 16,
         relay_ports: 49152..=65535,
-        generic_only: false,
+        attach: tern_xdp::AttachPolicy::Auto,
     };
     let mut fast_path =
         Topology::within(&topology.tern, move || FastPath::attach(&settings)).expect("attach");

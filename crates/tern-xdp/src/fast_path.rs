@@ -2,8 +2,8 @@
 
 use crate::maps::{self, ClientKey, PeerKey, RawCounters, ToClient, ToPeer};
 use crate::{
-    ClientTuple, Counters, Entry, EntryId, EntryKind, InstallError, Mode, Outcomes, Settings,
-    Unavailable,
+    AttachPolicy, ClientTuple, Counters, Entry, EntryId, EntryKind, InstallError, Mode, Outcomes,
+    Settings, Unavailable,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{Xdp, XdpFlags};
@@ -136,10 +136,13 @@ impl FastPath {
         let mut links = Vec::new();
         let mut attached = Vec::new();
         for interface in &settings.interfaces {
-            let native = match settings.generic_only {
-                true => None,
-                false => Some(program.attach(interface, XdpFlags::DRV_MODE)),
+            let veth = driver(interface).as_deref() == Some("veth");
+            let try_native = match settings.attach {
+                AttachPolicy::Auto => !veth,
+                AttachPolicy::Native => true,
+                AttachPolicy::Generic => false,
             };
+            let native = try_native.then(|| program.attach(interface, XdpFlags::DRV_MODE));
             let (link, mode) = match native {
                 Some(Ok(link)) => (link, AttachMode::Native),
                 native => match program.attach(interface, XdpFlags::SKB_MODE) {

@@ -83,8 +83,11 @@
 //! natively attached veth, where `XDP_TX` wakes the other end only if that end runs an XDP program
 //! of its own (until then, the frames wait in its ring: IPv6 never arrived, IPv4 one wake-up late),
 //! so the program redirects the frame to the interface itself, which always wakes the other end.
-//! Frames redirected into a veth still need NAPI on the other end (GRO on, or an XDP program). A
-//! natively attached interface redirects only to another native one.
+//! Frames a native veth sends still need NAPI on the other end (GRO on, or an XDP program), which
+//! is why veth runs the program generically unless told otherwise ([`AttachPolicy::Native`]): on
+//! the socket buffer, `XDP_TX` and redirects go out through the veth's own transmit path, which
+//! needs nothing of the other end, at about the same cost in the tests' topology. A natively
+//! attached interface redirects only to another native one.
 //!
 //! # Rewriting and checksums
 //!
@@ -113,8 +116,8 @@
 //! # Attach modes
 //!
 //! [`Mode`] is the server's `fast-path` setting. The program attaches natively (in the driver)
-//! where it can and generically (`xdpgeneric`, on the socket buffer) elsewhere
-//! ([`Settings::generic_only`] forces the latter); [`FastPath::attached`] tells which. Dropping
+//! where it can and generically (`xdpgeneric`, on the socket buffer) elsewhere and on veth
+//! ([`AttachPolicy`]); [`FastPath::attached`] tells which. Dropping
 //! the [`FastPath`] detaches it; the attachment is a BPF link, so it also goes when the process
 //! dies. Loading needs CAP_BPF and CAP_NET_ADMIN (or root); without them, or on a kernel older
 //! than 5.18 (`bpf_xdp_load_bytes`), `auto` falls back to user space with one warning line.
@@ -285,8 +288,22 @@ pub struct Settings {
     /// The relay port range (`min-port..=max-port`): a permission for one of tern's own
     /// addresses passes only datagrams from these ports, as user space's does.
     pub relay_ports: RangeInclusive<u16>,
-    /// Attach generically (`xdpgeneric`) even where the driver could run the program.
-    pub generic_only: bool,
+    /// Natively or generically; see [`AttachPolicy`].
+    pub attach: AttachPolicy,
+}
+
+/// Where the program runs on each interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachPolicy {
+    /// In the driver where it can, except on veth, which runs it generically: natively, frames
+    /// the program sends into a veth arrive only if the other end has GRO on or an XDP program of
+    /// its own, which this end can neither see nor set; generically, they take the stack's way.
+    #[default]
+    Auto,
+    /// In the driver wherever it can, veth included (their other ends have GRO on or a program).
+    Native,
+    /// On the socket buffer (`xdpgeneric`) everywhere.
+    Generic,
 }
 
 /// One channel or permission to relay in the kernel.
