@@ -4,7 +4,8 @@
 # - chromium: headless browser for tests/browser.rs (WebRTC through tern); never downloaded at
 #   test time.
 # - clang, libbpf-dev: build crates/tern-xdp's XDP program (clang -target bpf, <bpf/bpf_helpers.h>);
-#   iproute2 and ethtool: its tests' network namespaces and veth settings.
+#   iproute2 and ethtool: its tests' network namespaces and veth settings; util-linux's setpriv:
+#   tests/fast_path.rs runs tern without the BPF capabilities.
 # - curl, git: tests/readme.rs runs the README's commands as written on a fresh clone.
 # - nftables: tests/nat.rs puts clients behind NATs (masquerading) in network namespaces.
 # - podman, runc: tests/container.rs builds deploy/Dockerfile's image and runs it (runc, since
@@ -18,6 +19,7 @@ set -euo pipefail
 # dpkg's records, which still list a removed package's config files) tells what is really there.
 packages=(coturn:turnutils_uclient chromium:chromium curl:curl git:git
   clang:clang libbpf-dev:/usr/include/bpf/bpf_helpers.h iproute2:ip ethtool:ethtool
+  util-linux:setpriv
   nftables:nft podman:podman runc:runc yamllint:yamllint systemd:systemd-analyze)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -290,6 +290,15 @@ config_keys! {
     /// Datagrams per second a UDP worker takes new clients up to before the next one gets them (an SK_REUSEPORT eBPF program; needs CAP_BPF); clients with allocations stay on their worker; 0 = the kernel's reuseport hash spreads clients
     "udp-worker-budget" udp_worker_budget: u64 = 40_000;
         int::<u64>(), Restart, value_name = "DATAGRAMS";
+    /// Relay UDP clients' channels and permissions in the kernel (XDP): auto (when the kernel, the capabilities and the interfaces allow it, else user space with one log line), off, or required (no start without it)
+    "fast-path" fast_path: tern_xdp::Mode = tern_xdp::Mode::Auto;
+        Text(values::fast_path), Restart, value_name = "auto|off|required";
+    /// Interfaces the fast path attaches to; unset = those carrying the listening and relay addresses (loopback is never served)
+    "fast-path-interfaces" fast_path_interfaces: Vec<String> = Vec::new();
+        List(values::interface), Restart, value_name = "NAME";
+    /// Channels plus permissions the fast path holds at once (kernel memory: about 400 bytes each, plus 32 per core); past it they relay in user space
+    "fast-path-capacity" fast_path_capacity: u32 = 16384;
+        int::<u32>(), Restart, value_name = "N";
     /// Log filter, as for RUST_LOG (e.g. info,tern::auth=debug)
     "log-level" log_level: String = "info".to_string();
         Text(values::text), Restart, value_name = "FILTER";

@@ -242,6 +242,11 @@ impl Item for LogFormat {
         self.as_str().to_string()
     }
 }
+impl Item for tern_xdp::Mode {
+    fn render(&self) -> String {
+        self.as_str().to_string()
+    }
+}
 impl Item for Secret {
     fn render(&self) -> String {
         self.0.clone()

@@ -19,6 +19,8 @@ const MIN_API_KEY_CHARS: usize = 16;
 /// what a busy server can afford per connection.
 const MIN_STREAM_QUEUE: u32 = 32 * 1024;
 const MAX_STREAM_QUEUE: u32 = 16 * 1024 * 1024;
+/// Fast path entries: its maps are sized for this many when it attaches.
+const MAX_FAST_PATH_CAPACITY: u32 = 1 << 22;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.listening_ips.is_empty() {
@@ -127,6 +129,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         let reason = "not a tracing filter: only ASCII characters";
         return Err(invalid("log-level", &config.log_level, reason));
     }
+    in_range(
+        "fast-path-capacity",
+        config.fast_path_capacity,
+        1..=MAX_FAST_PATH_CAPACITY,
+    )?;
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         let reason = format!("not a tracing filter: {err}");
         return Err(invalid("log-level", &config.log_level, reason));
@@ -400,6 +407,31 @@ mod tests {
         assert_eq!(config.connection_ipv6_prefix, 128);
         assert_eq!(config.fd_reserve_percent, 0);
         assert_eq!(config.http_max_connections, 0);
+    }
+
+    #[test]
+    fn fast_path_keys() {
+        assert_rejected("fast-path = \"sometimes\"", "fast-path", "sometimes");
+        assert_rejected("fast-path-capacity = 0", "fast-path-capacity", "0");
+        assert_rejected(
+            "fast-path-capacity = 4194305",
+            "fast-path-capacity",
+            "4194305",
+        );
+        assert_rejected(
+            "fast-path-interfaces = [\"eth0\", \"a/b\"]",
+            "fast-path-interfaces",
+            "a/b",
+        );
+        let config = from_toml_str(
+            "fast-path = \"required\"\nfast-path-interfaces = [\"eth0\", \"veth1\"]\n\
+             fast-path-capacity = 100",
+        )
+        .unwrap();
+        assert_eq!(config.fast_path, tern_xdp::Mode::Required);
+        assert_eq!(config.fast_path_interfaces, ["eth0", "veth1"]);
+        assert_eq!(config.fast_path_capacity, 100);
+        assert_eq!(Config::default().fast_path, tern_xdp::Mode::Auto);
     }
 
     #[test]

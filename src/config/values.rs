@@ -47,6 +47,30 @@ pub(super) fn log_format(key: &str, text: &str) -> Result<LogFormat, ConfigError
     }
 }
 
+pub(super) fn fast_path(key: &str, text: &str) -> Result<tern_xdp::Mode, ConfigError> {
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(key, text, "expected \"auto\", \"off\" or \"required\""))
+}
+
+/// A network interface name, as `ip link` shows it.
+pub(super) fn interface(key: &str, text: &str) -> Result<String, ConfigError> {
+    let name = text.trim();
+    let valid = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+    match valid {
+        true => Ok(name.to_string()),
+        false => Err(invalid(
+            key,
+            text,
+            "not an interface name (1 to 15 characters, no '/', ':' or spaces)",
+        )),
+    }
+}
+
 pub(super) fn ip(key: &str, text: &str) -> Result<IpAddr, ConfigError> {
     text.trim()
         .parse()

@@ -8,7 +8,7 @@
 
 use super::{HttpState, HttpStats};
 use crate::metrics::{Cell, Kind, MetricDef, MetricSet};
-use crate::net::{RelayPorts, StreamStats, WorkerStats};
+use crate::net::{FastPathStats, RelayPorts, StreamStats, WorkerStats};
 use crate::turn::metrics::SharedCounters;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -49,6 +49,7 @@ impl Metrics {
     pub fn new(
         workers: Vec<Arc<WorkerStats>>,
         streams: Option<Arc<StreamStats>>,
+        fast_path: Option<Arc<FastPathStats>>,
         http: Arc<HttpStats>,
         ports: Arc<Mutex<RelayPorts>>,
         draining: Arc<AtomicBool>,
@@ -57,6 +58,7 @@ impl Metrics {
         registry.register_collector(Box::new(TernCollector {
             workers,
             streams,
+            fast_path,
             http,
             ports,
             draining,
@@ -81,9 +83,14 @@ tern_proto::declare_metrics! {
 pub fn declared_metrics() -> impl Iterator<Item = &'static MetricDef> {
     let turn = <SharedCounters as MetricSet>::METRICS;
     let streams = <StreamStats as MetricSet>::METRICS;
+    let fast_path = <FastPathStats as MetricSet>::METRICS;
     let http = <HttpStats as MetricSet>::METRICS;
     let process = <ProcessGauges as MetricSet>::METRICS;
-    turn.iter().chain(streams).chain(http).chain(process)
+    turn.iter()
+        .chain(streams)
+        .chain(fast_path)
+        .chain(http)
+        .chain(process)
 }
 
 struct TernCollector {
@@ -91,6 +98,9 @@ struct TernCollector {
     workers: Vec<Arc<WorkerStats>>,
     /// `None` when no TCP/TLS listener runs (its metrics then read 0).
     streams: Option<Arc<StreamStats>>,
+    /// The kernel fast path's (`None` without UDP); its relayed traffic is part of the TURN
+    /// counters' too.
+    fast_path: Option<Arc<FastPathStats>>,
     /// The HTTP endpoint's own.
     http: Arc<HttpStats>,
     ports: Arc<Mutex<RelayPorts>>,
@@ -109,15 +119,19 @@ impl Collector for TernCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // The TURN counters: every UDP worker's and the stream connections' summed.
         let stream_turn = self.streams.as_ref().map(|streams| streams.turn.counters());
+        let kernel_turn = self.fast_path.as_ref().map(|fast_path| &fast_path.turn);
         let turn: Vec<&SharedCounters> = self
             .workers
             .iter()
             .map(|worker| worker.counters())
             .chain(stream_turn)
+            .chain(kernel_turn)
             .collect();
         encode_set(&mut encoder, &turn)?;
         let streams: Vec<&StreamStats> = self.streams.iter().map(Arc::as_ref).collect();
         encode_set(&mut encoder, &streams)?;
+        let fast_path: Vec<&FastPathStats> = self.fast_path.iter().map(Arc::as_ref).collect();
+        encode_set(&mut encoder, &fast_path)?;
         encode_set(&mut encoder, &[self.http.as_ref()])?;
         let relay_ports_free = self
             .ports
@@ -188,7 +202,7 @@ mod tests {
     use super::*;
     use crate::metrics::LabelSet;
     use crate::net::PortPool;
-    use crate::turn::metrics::{Outcome, RequestMethod};
+    use crate::turn::metrics::{Direction, Outcome, RequestMethod};
     use crate::turn::{ErrorCode, Transport};
     use std::collections::BTreeSet;
 
@@ -259,10 +273,14 @@ mod tests {
         let streams = StreamStats::default();
         streams.accepted.store(4, Relaxed);
         streams.connections_open[Transport::Tls.index()].store(1, Relaxed);
+        one.counters().relayed_packets[Direction::ToPeer.index()].store(5, Relaxed);
+        let fast_path = FastPathStats::default();
+        fast_path.store_relayed((7, 700), (0, 0));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(TernCollector {
             workers: vec![Arc::new(one), Arc::new(two)],
             streams: Some(Arc::new(streams)),
+            fast_path: Some(Arc::new(fast_path)),
             http: Arc::new(HttpStats::default()),
             ports: Arc::new(Mutex::new(RelayPorts::new(PortPool::new(50000, 50009), 0))),
             draining: Arc::new(AtomicBool::new(true)),
@@ -275,6 +293,10 @@ mod tests {
             "tern_stream_accepted_total 4",
             "tern_connections{transport=\"tls\"} 1",
             "tern_relayed_bytes_total{direction=\"to_client\"} 0",
+            // The kernel's share is in the total, and on its own.
+            "tern_relayed_packets_total{direction=\"to_peer\"} 12",
+            "tern_fast_path_relayed_packets_total{direction=\"to_peer\"} 7",
+            "tern_fast_path_relayed_bytes_total{direction=\"to_peer\"} 700",
             "tern_relay_ports_free 10",
             "tern_draining 1",
             "tern_relay_workers 2",

@@ -98,6 +98,7 @@ impl HttpState {
             metrics: metrics::Metrics::new(
                 stats.clone(),
                 stream_stats,
+                udp.map(|udp| udp.fast_path_stats.clone()),
                 http_stats.clone(),
                 ports.clone(),
                 draining.clone(),

@@ -4,6 +4,7 @@ mod addresses;
 mod coalesce;
 mod common;
 mod control;
+mod fast_path;
 mod port_pool;
 pub mod proxy_protocol;
 mod relay;
@@ -22,7 +23,7 @@ pub use control::{parse_allocation_id, AllocationEntry, WorkerControl};
 pub use port_pool::PortPool;
 pub use relay_ports::RelayPorts;
 pub use stats::StreamRefusal;
-pub use stats::{StreamStats, WorkerStats};
+pub use stats::{FastPathPass, FastPathStats, StreamStats, WorkerStats};
 pub use stream::{
     address_group, fd_ceiling, stream_runtime, BoundStreams, LimitSettings, StreamDeps,
     StreamService, StreamSettings, FRAMES_PER_TURN, MAX_FRAME,
@@ -67,6 +68,9 @@ pub struct UdpService {
     /// Allocates get 300 Try Alternate (with `alternate-server`) or 486; live ones go on. Share
     /// it with other services' servers via `Server::set_drain_flag`.
     pub draining: Arc<AtomicBool>,
+    /// The kernel fast path's metrics (zero while it is off).
+    pub fast_path_stats: Arc<FastPathStats>,
+    fast_path: Option<Arc<fast_path::SharedFastPath>>,
 }
 
 /// Workers to run: `relay-threads`, or one per core.
@@ -97,21 +101,18 @@ const MAX_PINNED_CLIENTS: u32 = 1 << 20;
 /// `udp-worker-budget`: attaches the steering program to every listening address's group of
 /// worker listeners. Without it (no CAP_BPF, no program built, budget 0, one worker) the
 /// kernel's reuseport hash spreads clients, as it always did: one log line says why.
-fn attach_steering(
-    config: &Config,
-    workers: &mut [(UdpWorker, Sender<Control>, Arc<Waker>, Arc<WorkerStats>)],
-) {
+fn attach_steering(config: &Config, mut workers: Vec<&mut UdpWorker>) {
     if config.udp_worker_budget == 0 || workers.len() < 2 {
         return;
     }
-    let per_worker: Vec<Vec<_>> = workers.iter().map(|(w, ..)| w.listener_fds()).collect();
+    let per_worker: Vec<Vec<_>> = workers.iter().map(|w| w.listener_fds()).collect();
     let groups: Vec<Vec<_>> = (0..per_worker[0].len())
         .map(|group| per_worker.iter().map(|fds| fds[group]).collect())
         .collect();
     match tern_steer::Steering::attach(&groups, config.udp_worker_budget, MAX_PINNED_CLIENTS) {
         Ok(steering) => {
             let steering = Arc::new(steering);
-            for (worker, ..) in workers.iter_mut() {
+            for worker in workers.iter_mut() {
                 worker.set_steering(steering.clone());
             }
             tracing::info!(
@@ -170,6 +171,13 @@ impl UdpService {
             );
         }
         listening.extend(nat.alternate_listeners());
+        let relay_ips = match config.relay_ips.is_empty() {
+            true => listening_ips.clone(),
+            false => config.relay_ips.clone(),
+        };
+        let fast_path_stats = Arc::new(FastPathStats::default());
+        let fast_path =
+            fast_path::start(config, &listening_ips, relay_ips, fast_path_stats.clone())?;
         let plan = Arc::new(RelayPlan {
             relay_ips: config.relay_ips.clone(),
             listening_ips,
@@ -196,6 +204,7 @@ impl UdpService {
             server.set_drain_flag(draining.clone());
             // bps-capacity: each worker's buckets take an even share (no bucket across cores).
             server.set_capacity_share(capacity_shares);
+            server.set_offload(fast_path.is_some());
             let worker = UdpWorker::bind(WorkerSetup {
                 id,
                 listen: listening.clone(),
@@ -206,10 +215,15 @@ impl UdpService {
                 stats: stats.clone(),
                 gso: config.udp_gso,
                 coalesce: std::time::Duration::from_micros(config.udp_coalesce_us.into()),
+                fast_path: fast_path.clone(),
+                external_ips: core.external_ips.clone(),
             })?;
             bound.push((worker, control, waker, stats));
         }
-        attach_steering(config, &mut bound);
+        attach_steering(
+            config,
+            bound.iter_mut().map(|(worker, ..)| worker).collect(),
+        );
         let mut workers = Vec::new();
         let mut all_stats = Vec::new();
         for (id, (worker, control, waker, stats)) in bound.into_iter().enumerate() {
@@ -229,6 +243,8 @@ impl UdpService {
             ports,
             listening,
             draining,
+            fast_path_stats,
+            fast_path,
         })
     }
 
@@ -251,8 +267,12 @@ impl UdpService {
         }
     }
 
-    /// Stops the workers and waits for them.
+    /// Stops the workers and waits for them. The kernel fast path goes first, so nothing is
+    /// relayed for allocations whose sockets are closing.
     pub fn shutdown(self) {
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.detach();
+        }
         for worker in &self.workers {
             let _ = worker.control.send(Control::Shutdown);
             let _ = worker.waker.wake();

@@ -9,8 +9,10 @@ use super::addresses::RelayPlan;
 use super::common::lock;
 use super::relay_ports::RelayPorts;
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
-use crate::turn::Event;
-use crate::turn::{AllocId, BoundRelay, Family, PortRequest, RelayError, RelayRequest, Server};
+use crate::turn::{
+    AllocId, BoundRelay, Event, Family, Offload, OffloadKey, PortRequest, RelayError, RelayRequest,
+    Server, Traffic,
+};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
@@ -171,6 +173,12 @@ pub(super) trait RelayOwner {
     /// A reload denies the peer of an RFC 6062 peer connection: close it (see
     /// [`Event::ClosePeerConnection`]). Only stream connections have TCP allocations.
     fn close_peer_connection(&mut self, _alloc: AllocId, _connection_id: u32) {}
+    /// A channel or permission the kernel fast path may relay (UDP workers with it on only).
+    fn offload(&mut self, _offload: &Offload) {}
+    /// It may no longer; what the kernel relayed for it meanwhile.
+    fn unoffload(&mut self, _alloc: AllocId, _what: OffloadKey) -> Option<Traffic> {
+        None
+    }
 }
 
 /// Carries out every event `server` has pending.
@@ -187,6 +195,12 @@ pub(super) fn apply_events(server: &mut Server, owner: &mut impl RelayOwner) {
                 alloc,
                 connection_id,
             } => owner.close_peer_connection(alloc, connection_id),
+            Event::Offload(offload) => owner.offload(&offload),
+            Event::Unoffload { alloc, what } => {
+                if let Some(traffic) = owner.unoffload(alloc, what) {
+                    server.add_offloaded_traffic(alloc, traffic);
+                }
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   one shared `WorkerStats` (`stream_admin::Folder`). Readers never slow the packet path.
 //! - [`StreamStats`]: what only the TCP/TLS listeners count, bumped directly (relaxed atomics)
 //!   by connection code, never per packet.
+//! - [`FastPathStats`]: what the kernel fast path relayed and left to user space, stored by the
+//!   first UDP worker when it publishes (read from two per-CPU cells, no per-entry scan).
 
 use crate::turn::metrics::{BandwidthLimit, Counters, Direction, SharedCounters};
 use crate::turn::{Server, Transport};
@@ -121,5 +123,67 @@ tern_proto::declare_metrics! {
     extra {
         /// Every connection's TURN counters added up (see `stream_admin::Folder`).
         pub turn: Arc<WorkerStats>,
+    }
+}
+
+tern_proto::label_set! {
+    /// Why the kernel fast path left a datagram to user space (the `reason` label).
+    pub enum FastPathPass: "reason" {
+        /// Nothing has come from its destination yet, so no next hop is known.
+        NoHop = "no_hop",
+        /// It would exceed the egress MTU.
+        TooBig = "too_big",
+        /// IP options, fragments, a shape of TURN message the program leaves alone.
+        Unsupported = "unsupported",
+        /// IPv4 without a UDP checksum, bound for IPv6.
+        NoChecksum = "no_checksum",
+        /// The driver would not move the frame's head or tail.
+        AdjustFailed = "adjust_failed",
+        /// Sent on this host with transmit checksum offload (a veth from another namespace or a
+        /// container): only the pseudo header is summed.
+        PartialChecksum = "partial_checksum",
+    }
+}
+
+tern_proto::declare_metrics! {
+    /// The kernel fast path's metrics (all zero while it is off).
+    pub struct FastPathStats(AtomicU64) {
+        active: gauge
+            = "tern_fast_path_active", "1 while the kernel fast path is attached";
+        entries: gauge
+            = "tern_fast_path_entries", "Channels and permissions the kernel fast path relays now";
+        relayed_packets: counter [Direction]
+            = "tern_fast_path_relayed_packets",
+              "Datagrams relayed by the kernel fast path, by direction (part of tern_relayed_packets)";
+        relayed_bytes: counter [Direction]
+            = "tern_fast_path_relayed_bytes",
+              "Payload bytes relayed by the kernel fast path, by direction (part of tern_relayed_bytes)";
+        passed: counter [FastPathPass]
+            = "tern_fast_path_passed",
+              "Datagrams the kernel fast path could not relay and left to user space, by reason";
+        install_failures: counter
+            = "tern_fast_path_install_failures",
+              "Channels and permissions left to user space because the fast path held fast-path-capacity entries";
+    }
+    extra {
+        /// The kernel's share of the TURN counters (only `relayed_*` move), added to every
+        /// worker's when `/metrics` sums them.
+        pub turn: SharedCounters,
+    }
+}
+
+impl FastPathStats {
+    /// Stores what the kernel relayed since attach (totals summed over CPUs).
+    pub fn store_relayed(&self, to_peer: (u64, u64), to_client: (u64, u64)) {
+        for (direction, (packets, bytes)) in [
+            (Direction::ToPeer, to_peer),
+            (Direction::ToClient, to_client),
+        ] {
+            let d = direction as usize;
+            self.relayed_packets[d].store(packets, Relaxed);
+            self.relayed_bytes[d].store(bytes, Relaxed);
+            self.turn.relayed_packets[d].store(packets, Relaxed);
+            self.turn.relayed_bytes[d].store(bytes, Relaxed);
+        }
     }
 }

@@ -4,14 +4,15 @@
 
 use super::coalesce::Coalescer;
 use super::common::{unix_now, REPLY_BUFFER};
+use super::fast_path::{SharedFastPath, WorkerOffload};
 use super::relay::{self, Leased, RelayOwner, RelaySockets, DATAGRAM_BUFFER};
 use super::sockets;
 use super::stats::WorkerStats;
 use super::steer::{LoadMeter, Pins};
 use crate::stun::DATA_INDICATION_MAX_PREFIX;
 use crate::turn::{
-    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Output, PortRequest, RelayError,
-    RelayRequest, Server, Transport,
+    AllocId, BoundRelay, CoreConfig, Family, FiveTuple, Offload, OffloadKey, Output, PortRequest,
+    RelayError, RelayRequest, Server, Traffic, Transport,
 };
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -65,11 +66,13 @@ struct Relay {
     generation: u32,
 }
 
-/// The relay sockets of this worker's allocations, by [`relay_slot`].
+/// The relay sockets of this worker's allocations, by [`relay_slot`], and their kernel fast path
+/// entries.
 struct Relays {
     slots: Vec<Option<Relay>>,
     registry: Registry,
     pins: Pins,
+    offload: Option<WorkerOffload>,
 }
 
 impl Relays {
@@ -88,6 +91,10 @@ impl Relays {
 impl RelayOwner for Relays {
     fn release(&mut self, alloc: AllocId) {
         self.pins.unpin(alloc);
+        // The kernel stops first, then the sockets close.
+        if let Some(offload) = self.offload.as_mut() {
+            offload.release(alloc);
+        }
         for family in [Family::V4, Family::V6] {
             let slot = self.slots.get_mut(relay_slot(alloc.index, family));
             let Some(slot) =
@@ -104,6 +111,16 @@ impl RelayOwner for Relays {
     fn connect_peer(&mut self, _: AllocId, _: SocketAddr, _: u32) {
         // Only TCP allocations connect to peers, and those live on stream connections.
     }
+
+    fn offload(&mut self, offload: &Offload) {
+        if let Some(fast_path) = self.offload.as_mut() {
+            fast_path.offload(offload);
+        }
+    }
+
+    fn unoffload(&mut self, alloc: AllocId, what: OffloadKey) -> Option<Traffic> {
+        self.offload.as_mut()?.unoffload(alloc, what)
+    }
 }
 
 /// What a worker needs to start.
@@ -119,6 +136,10 @@ pub(crate) struct WorkerSetup {
     pub gso: bool,
     /// `udp-coalesce-us`: the longest pause after a wake-up (zero: none).
     pub coalesce: Duration,
+    /// The kernel fast path, when it runs; the server has offloading on then.
+    pub fast_path: Option<Arc<SharedFastPath>>,
+    /// `external-ip` at start (reloads bring the new one).
+    pub external_ips: Vec<crate::turn::ExternalIp>,
 }
 
 pub(crate) struct UdpWorker {
@@ -177,6 +198,9 @@ impl UdpWorker {
             slots: Vec::new(),
             registry: setup.poll.registry().try_clone()?,
             pins: Pins::new(setup.id),
+            offload: setup
+                .fast_path
+                .map(|shared| WorkerOffload::new(shared, setup.external_ips)),
         };
         Ok(UdpWorker {
             id: setup.id,
@@ -264,6 +288,7 @@ impl UdpWorker {
                 self.relay_sockets.expire_reservations(now);
                 self.server.sync_wall_clock(now, unix_now());
                 self.stats.publish(&self.server);
+                self.publish_fast_path();
             }
             if let Some(pause) = self.coalescer.after_wake(now, datagrams) {
                 std::thread::sleep(pause);
@@ -275,11 +300,23 @@ impl UdpWorker {
     fn handle_control(&mut self) -> bool {
         while let Ok(message) = self.control.try_recv() {
             match message {
-                Control::Reload(config) => self.server.set_config(config),
+                Control::Reload(config) => {
+                    if let Some(offload) = self.relays.offload.as_mut() {
+                        offload.set_external_ips(config.external_ips.clone());
+                    }
+                    self.server.set_config(config)
+                }
                 Control::Shutdown => return false,
                 Control::ListAllocations(reply) => {
                     let now = Instant::now();
-                    let _ = reply.send(self.server.allocations_with_ids(now).collect());
+                    let offload = self.relays.offload.as_ref();
+                    let list = self.server.allocations_with_ids(now).map(|(id, mut info)| {
+                        if let Some(offload) = offload {
+                            info.traffic = info.traffic + offload.live_traffic(id);
+                        }
+                        (id, info)
+                    });
+                    let _ = reply.send(list.collect());
                 }
                 Control::DeleteUser(username, reply) => {
                     let _ = reply.send(self.server.delete_user(&username));
@@ -500,9 +537,17 @@ impl UdpWorker {
         Ok(bound)
     }
 
-    /// Closes the relay sockets of allocations the server has ended.
+    /// Closes the relay sockets of allocations the server has ended, and installs and removes
+    /// kernel fast path entries as it says.
     fn apply_events(&mut self) {
         relay::apply_events(&mut self.server, &mut self.relays);
+    }
+
+    /// The first worker stores the kernel fast path's totals for `/metrics`.
+    fn publish_fast_path(&self) {
+        if let (0, Some(offload)) = (self.id, self.relays.offload.as_ref()) {
+            offload.shared().publish();
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod chromium;
+pub mod fast_path_net;
 pub mod netns;
 pub mod stream_client;
 pub mod tools;
@@ -329,7 +331,12 @@ impl EchoPeer {
     }
 
     fn start_on(bind: &str, lifetime: Duration, echo: bool) -> EchoPeer {
-        let socket = UdpSocket::bind(bind).unwrap();
+        Self::on_socket(UdpSocket::bind(bind).unwrap(), lifetime, echo)
+    }
+
+    /// A peer on `socket` (bound already, e.g. in a network namespace of the test's), echoing or
+    /// only recording.
+    pub fn on_socket(socket: UdpSocket, lifetime: Duration, echo: bool) -> EchoPeer {
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();

@@ -22,7 +22,7 @@ pub fn available() -> bool {
         && required(ip, "ip", "apt-get install iproute2")
 }
 
-fn run(args: &[&str]) {
+pub fn run(args: &[&str]) {
     let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(
         output.status.success(),
@@ -32,6 +32,30 @@ fn run(args: &[&str]) {
 }
 
 impl Netns {
+    /// A namespace whose loopback is up.
+    pub fn new() -> Netns {
+        Self::with_loopback_addresses(&[])
+    }
+
+    /// Its name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <this> args…`, failing the test if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    /// Runs `args…` inside the namespace (`ip netns exec`), failing the test if it fails.
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
     /// A namespace whose loopback is up and carries `addresses` (IPv6, each a /128).
     pub fn with_loopback_addresses(addresses: &[&str]) -> Netns {
         static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -220,6 +220,20 @@ impl<S: Read + Write> StreamTurn<S> {
         .unwrap())
     }
 
+    /// Allocates a UDP relay of `family` (REQUESTED-ADDRESS-FAMILY: 1 IPv4, 2 IPv6); its address.
+    pub fn allocate_family(&mut self, family: u8) -> Result<SocketAddr, u16> {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.add_bytes(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            w.add_bytes(attr::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+        })?;
+        let msg = Message::parse(&response).unwrap();
+        Ok(stun::decode_xor_address(
+            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            msg.transaction_id(),
+        )
+        .unwrap())
+    }
+
     pub fn create_permission(&mut self, peer: SocketAddr) -> Result<(), u16> {
         self.request(Method::CREATE_PERMISSION, |w| {
             w.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
@@ -387,6 +401,30 @@ impl<S: Read + Write> StreamTurn<S> {
             )
             .unwrap();
             return Ok((peer, msg.get(attr::DATA).unwrap_or_default().to_vec()));
+        }
+    }
+}
+
+impl UdpTurn {
+    /// ChannelData on `channel`, unpadded (as UDP clients send it).
+    pub fn send_channel_data(&mut self, channel: u16, data: &[u8]) -> io::Result<()> {
+        let mut frame = channel.to_be_bytes().to_vec();
+        frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        frame.extend_from_slice(data);
+        self.stream.socket.send(&frame).map(drop)
+    }
+
+    /// The next ChannelData datagram: its channel and data (other datagrams are skipped).
+    pub fn receive_channel_data(&mut self) -> io::Result<(u16, Vec<u8>)> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = self.stream.socket.recv(&mut buf)?;
+            if n >= 4 && (0x40..0x80).contains(&buf[0]) {
+                let channel = u16::from_be_bytes([buf[0], buf[1]]);
+                let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+                assert!(4 + len <= n, "ChannelData length {len} in {n} bytes");
+                return Ok((channel, buf[4..4 + len].to_vec()));
+            }
         }
     }
 }

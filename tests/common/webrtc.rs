@@ -8,6 +8,24 @@ use turn::client::{Client, ClientConfig};
 /// A listening webrtc-rs TURN client for `server` with these long-term credentials.
 pub async fn turn_client(server: SocketAddr, username: &str, password: &str) -> Client {
     let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client_on(conn, server, username, password).await
+}
+
+/// The same on `socket` (bound already, e.g. in a network namespace of the test's), with a
+/// fresh REST credential for `user`.
+pub async fn turn_client_on(socket: std::net::UdpSocket, server: SocketAddr, user: &str) -> Client {
+    socket.set_nonblocking(true).unwrap();
+    let conn = tokio::net::UdpSocket::from_std(socket).unwrap();
+    let minted = tern::credentials::mint(SECRET, Some(user), 600, unix_now());
+    client_on(conn, server, &minted.username, &minted.password).await
+}
+
+async fn client_on(
+    conn: tokio::net::UdpSocket,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> Client {
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_string(),
         turn_serv_addr: server.to_string(),

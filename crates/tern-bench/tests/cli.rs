@@ -33,6 +33,12 @@ fn refuses_a_server_that_is_no_test_address() {
     // The unspecified address: neither loopback nor TEST-NET, and if the check were missing the
     // datagrams would still only reach this host.
     let (ok, text) = tern_bench(&["binding", "--server", "0.0.0.0:9", "--duration", "0.1"]);
-    assert!(!ok, "tern-bench accepted a server off loopback and TEST-NET:\n{text}");
-    assert!(text.contains("neither loopback nor a documentation"), "{text}");
+    assert!(
+        !ok,
+        "tern-bench accepted a server off loopback and TEST-NET:\n{text}"
+    );
+    assert!(
+        text.contains("neither loopback nor a documentation"),
+        "{text}"
+    );
 }

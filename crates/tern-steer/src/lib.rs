@@ -243,8 +243,11 @@ impl Steering {
 /// One BPF instruction: 8 bytes.
 type Instruction = [u8; 8];
 
-/// The program's instructions and its map references (instruction index, map name).
-fn read_program(object: &[u8]) -> Result<(Vec<Instruction>, Vec<(usize, String)>), SteerError> {
+/// Where the program names a map: the instruction's index and the map's name.
+type MapReference = (usize, String);
+
+/// The program's instructions and its map references.
+fn read_program(object: &[u8]) -> Result<(Vec<Instruction>, Vec<MapReference>), SteerError> {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
     let bad = |e: &dyn std::fmt::Display| SteerError::Object(e.to_string());
     let file = object::File::parse(object).map_err(|e| bad(&e))?;

@@ -103,7 +103,11 @@ fn main() {
         }
         let per = |d: Duration| d.as_nanos() as f64 / count as f64;
         let cell = (per(send), per(recv));
-        if old { old_ns.push(cell) } else { new_ns.push(cell) }
+        if old {
+            old_ns.push(cell)
+        } else {
+            new_ns.push(cell)
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

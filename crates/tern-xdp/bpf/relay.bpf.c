@@ -7,11 +7,17 @@
 //   client --Send ind.----> listener   =>  relay --UDP--> peer          (from_client, permission)
 //   peer   --UDP----------> relay      =>  listener --ChannelData--> client (from_peer, channel)
 //   peer   --UDP----------> relay      =>  listener --Data ind.----> client (from_peer, permission)
+//   client --ChannelData/Send--> listener, peer = another allocation's relay address
+//                                      =>  listener --ChannelData/Data ind.--> its client
 //
 // Every address is kept as 16 bytes (IPv4 as ::ffff:a.b.c.d) so one map serves both families and
-// cross-family allocations. Whatever this program does not recognise, or cannot forward
-// (no FIB route or neighbour, IP options, fragments, a missing IPv4 UDP checksum that IPv6 would
+// cross-family allocations. Whatever this program does not recognise, or cannot forward (no next
+// hop learned yet, the MTU, IP options, fragments, a missing IPv4 UDP checksum that IPv6 would
 // need) passes to user space unchanged.
+//
+// The next hop of an address is learned from the packets that come from it for an installed
+// entry: the interface they arrive on and their Ethernet addresses, swapped. No route lookup, so
+// the host need not forward (bpf_fib_lookup works only where IP forwarding is on).
 //
 // The new headers are written fresh in front of the untouched payload: the packet head moves by the
 // difference in header length (bpf_xdp_adjust_head) and the tail by the difference in trailing bytes
@@ -29,20 +35,15 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-
-// bpf_fib_lookup needs a GPL-compatible licence.
+// bpf_redirect and bpf_check_mtu need a GPL-compatible licence.
 char LICENSE[] SEC("license") = "GPL";
 
 // ---- Maps (layouts mirrored in src/maps.rs) -----------------------------------------------------
 
 // User space sets the real sizes before loading (FastPath capacity).
 #define DEFAULT_ENTRIES 1024
+#define MAX_INTERFACES 64
+#define NO_SLOT 0xffffffff
 
 struct client_key {
 	struct in6_addr client_ip; // the client's address as seen by tern
@@ -57,6 +58,11 @@ struct client_key {
 struct to_peer {
 	struct in6_addr relay_ip; // the allocation's relay address (the peer's family)
 	struct in6_addr peer_ip;  // channel entries: the bound peer; permission entries: unused
+	// The peer is one of tern's own relay addresses (another allocation): that address as its
+	// socket is bound here (behind a 1:1 NAT, the private one), and this allocation's relay
+	// address as the other one sees it (the advertised one). Zero when the peer is elsewhere.
+	struct in6_addr loop_relay_ip;
+	struct in6_addr loop_self_ip;
 	__be16 relay_port;
 	__be16 peer_port;
 	__u32 slot; // index into `counters`
@@ -69,13 +75,15 @@ struct peer_key {
 	__be16 peer_port; // channel entries: the bound port; permission entries: zero (any port)
 };
 
+#define TO_CLIENT_RELAY_PORTS_ONLY 1 // the peer is one of tern's addresses: relay-range ports only
+
 struct to_client {
 	struct in6_addr client_ip;
 	struct in6_addr server_ip;
 	__be16 client_port;
 	__be16 server_port;
 	__be16 channel; // zero: no channel, send a Data indication
-	__u16 pad;
+	__u16 flags;
 	__u32 slot;
 };
 
@@ -86,16 +94,34 @@ struct counters {
 	__u64 to_client_bytes; // payload bytes (what the peer sent)
 };
 
+// How to reach an address: learned from the last packet that came from it for an installed
+// entry (the interface it arrived on, and its Ethernet addresses swapped).
+struct hop {
+	__u32 ifindex;
+	__u8 dmac[ETH_ALEN]; // the neighbour that delivered it (the address itself, or a router)
+	__u8 smac[ETH_ALEN]; // ours on that interface
+};
+
+#define INTERFACE_NATIVE 1 // attached in the driver (not generic XDP)
+#define INTERFACE_TX_BY_REDIRECT 2 // veth: XDP_TX would not wake the other end; redirect does
+
 // Why a packet was not relayed, or that it was: a per-CPU array indexed by these.
 enum outcome {
 	OUT_RELAYED = 0,
 	OUT_NOT_OURS, // not UDP/IP, or no entry: normal traffic for user space
 	OUT_UNSUPPORTED, // IP options/extension headers, fragments, odd lengths, oversize STUN
-	OUT_NO_ROUTE, // FIB lookup failed: no route, no neighbour yet, forwarding off, MTU
+	OUT_NO_HOP, // no packet from the destination seen yet, so no next hop to send it to
+	OUT_TOO_BIG, // the rewritten packet would exceed the egress MTU
 	OUT_NO_CHECKSUM, // IPv4 datagram without UDP checksum bound for IPv6
 	OUT_ADJUST_FAILED, // the driver refused to move head or tail
+	OUT_PARTIAL_CHECKSUM, // sent on this host with checksum offload: only the pseudo header's sum
 	OUT_COUNT,
 };
+
+// The relay port range (min-port..max-port): a permission for one of tern's own addresses
+// passes only datagrams from those ports, as user space's does.
+volatile const __u16 relay_port_min = 0;
+volatile const __u16 relay_port_max = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -118,12 +144,36 @@ struct {
 	__type(value, struct counters);
 } counters SEC(".maps");
 
+// Everything relayed, summed over entries (the server's metrics read this one cell).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} totals SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, OUT_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
 } outcomes SEC(".maps");
+
+// Next hops by address (16 bytes, IPv4 mapped), least recently used out first.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_ENTRIES);
+	__type(key, struct in6_addr);
+	__type(value, struct hop);
+} hops SEC(".maps");
+
+// The interfaces the program is attached to, by ifindex: INTERFACE_* flags.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_INTERFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} interfaces SEC(".maps");
 
 // Scratch space for summing a Send indication's prefix and for moving a payload: too big for the
 // 512-byte stack.
@@ -215,6 +265,21 @@ static __always_inline __u64 sum_udp_frame(const struct in6_addr *src, const str
 	return s;
 }
 
+// Whether the UDP checksum is a partial one: a datagram sent on this host (another namespace,
+// a container) through a veth with transmit checksum offload carries only the folded sum of its
+// pseudo header, for a NIC that never comes to finish it. The incremental update cannot start
+// from that, and the payload's sum is not known. A complete checksum matches by chance once in
+// 65536 datagrams, which then go to user space: no harm.
+static __always_inline int partial_checksum(const struct in6_addr *src, const struct in6_addr *dst,
+					    __u16 udp_len, __u16 check)
+{
+	__u64 s = sum_addr(src) + sum_addr(dst) + IPPROTO_UDP + udp_len;
+	if (is_v4(src))
+		s -= 0xffff * 2;
+	__u16 folded = fold(s);
+	return check == folded || (folded == 0xffff && check == 0) || (folded == 0 && check == 0xffff);
+}
+
 static __always_inline __u16 ipv4_header_checksum(struct iphdr *ip)
 {
 	__u16 *w = (__u16 *)ip;
@@ -256,8 +321,10 @@ struct rewrite {
 	__u32 payload_len;
 	__u32 old_suffix; // bytes after the payload in the old UDP payload
 	__u64 old_extra_sum; // checksum sum of the old prefix and suffix bytes (removed)
-	__u32 slot;
-	int to_peer; // counts as client -> peer
+	// Counter slots to charge: the sending allocation's (client -> peer) and the receiving
+	// allocation's (peer -> client); both for two allocations of this tern talking.
+	__u32 to_peer_slot;
+	__u32 to_client_slot;
 };
 
 static __always_inline void count_outcome(__u32 outcome)
@@ -429,9 +496,82 @@ static __always_inline __u64 write_data_indication(__be32 *w, const int words, c
 	return s;
 }
 
-// Rewrites the datagram per `r` and sends it on its way: XDP_TX when the FIB says it leaves by the
-// interface it came in on, XDP_REDIRECT otherwise. Returns XDP_PASS (packet unchanged) when it
-// cannot.
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b &&
+	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+// Remembers how `ip` reached us: a packet from it for an installed entry came in on this
+// interface from this neighbour. Written only when that changes, so not per packet.
+static __always_inline void learn_hop(struct xdp_md *ctx, const struct in6_addr *ip)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return;
+	if (eth->h_dest[0] & 1)
+		return; // multicast or broadcast: not an address of ours to answer from
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct hop *known = bpf_map_lookup_elem(&hops, ip);
+	if (known && known->ifindex == ifindex && mac_eq(known->dmac, eth->h_source) &&
+	    mac_eq(known->smac, eth->h_dest))
+		return;
+	struct hop fresh = { .ifindex = ifindex };
+	__builtin_memcpy(fresh.dmac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(fresh.smac, eth->h_dest, ETH_ALEN);
+	bpf_map_update_elem(&hops, ip, &fresh, BPF_ANY);
+}
+
+static __always_inline void count_relayed(__u32 slot, int to_peer, __u32 bytes)
+{
+	struct counters *c = bpf_map_lookup_elem(&counters, &slot);
+	if (c) {
+		if (to_peer) {
+			c->to_peer_packets += 1;
+			c->to_peer_bytes += bytes;
+		} else {
+			c->to_client_packets += 1;
+			c->to_client_bytes += bytes;
+		}
+	}
+	__u32 zero = 0;
+	struct counters *t = bpf_map_lookup_elem(&totals, &zero);
+	if (t) {
+		if (to_peer) {
+			t->to_peer_packets += 1;
+			t->to_peer_bytes += bytes;
+		} else {
+			t->to_client_packets += 1;
+			t->to_client_bytes += bytes;
+		}
+	}
+}
+
+// How the rewritten packet leaves for `out`: XDP_TX back out of the interface it came in on,
+// a redirect to another one. Veth is the exception: XDP_TX there wakes the other end only if
+// that end runs an XDP program itself, so it is redirected to itself, which always does. A
+// natively attached interface redirects only to another native one (a generic-only device
+// cannot take frames from the driver path). -1: leave it to user space.
+static __always_inline int egress(struct xdp_md *ctx, __u32 out)
+{
+	__u32 in = ctx->ingress_ifindex;
+	__u32 *in_flags = bpf_map_lookup_elem(&interfaces, &in);
+	if (!in_flags)
+		return -1;
+	if (out == in)
+		return (*in_flags & INTERFACE_TX_BY_REDIRECT) ? bpf_redirect(out, 0) : XDP_TX;
+	__u32 *out_flags = bpf_map_lookup_elem(&interfaces, &out);
+	if (!out_flags)
+		return -1;
+	if ((*in_flags & INTERFACE_NATIVE) && !(*out_flags & INTERFACE_NATIVE))
+		return -1;
+	return bpf_redirect(out, 0);
+}
+
+// Rewrites the datagram per `r` and sends it toward the hop learned for its destination.
+// Returns XDP_PASS (packet unchanged) when it cannot.
 static __always_inline int relay(struct xdp_md *ctx, const struct frame *f, const struct rewrite *r)
 {
 	int out_v4 = is_v4(&r->dst);
@@ -449,25 +589,25 @@ static __always_inline int relay(struct xdp_md *ctx, const struct frame *f, cons
 		count_outcome(OUT_NO_CHECKSUM);
 		return XDP_PASS;
 	}
-
-	struct bpf_fib_lookup fib = {};
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = r->sport;
-	fib.dport = r->dport;
-	fib.tot_len = l3_len + udp_len;
-	fib.ifindex = ctx->ingress_ifindex;
-	if (out_v4) {
-		fib.family = AF_INET;
-		fib.tos = f->tos;
-		fib.ipv4_src = r->src.in6_u.u6_addr32[3];
-		fib.ipv4_dst = r->dst.in6_u.u6_addr32[3];
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, &r->src, 16);
-		__builtin_memcpy(fib.ipv6_dst, &r->dst, 16);
+	if (f->udp_check && partial_checksum(&f->src, &f->dst, f->udp_len, bpf_ntohs(f->udp_check))) {
+		count_outcome(OUT_PARTIAL_CHECKSUM);
+		return XDP_PASS;
 	}
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS) {
-		count_outcome(OUT_NO_ROUTE);
+
+	struct hop *learned = bpf_map_lookup_elem(&hops, &r->dst);
+	if (!learned) {
+		count_outcome(OUT_NO_HOP);
+		return XDP_PASS;
+	}
+	struct hop hop = *learned; // the map value may be replaced meanwhile
+	__u32 mtu_len = l3_len + udp_len;
+	if (bpf_check_mtu(ctx, hop.ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS) {
+		count_outcome(OUT_TOO_BIG);
+		return XDP_PASS;
+	}
+	int action = egress(ctx, hop.ifindex);
+	if (action < 0) {
+		count_outcome(OUT_NO_HOP);
 		return XDP_PASS;
 	}
 
@@ -512,8 +652,8 @@ static __always_inline int relay(struct xdp_md *ctx, const struct frame *f, cons
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
 
 	struct udphdr *udp;
 	if (out_v4) {
@@ -579,39 +719,31 @@ static __always_inline int relay(struct xdp_md *ctx, const struct frame *f, cons
 		udp->check = bpf_htons(check ? check : 0xffff);
 	}
 
-	struct counters *c = bpf_map_lookup_elem(&counters, &r->slot);
-	if (c) {
-		if (r->to_peer) {
-			c->to_peer_packets += 1;
-			c->to_peer_bytes += r->payload_len;
-		} else {
-			c->to_client_packets += 1;
-			c->to_client_bytes += r->payload_len;
-		}
-	}
+	if (r->to_peer_slot != NO_SLOT)
+		count_relayed(r->to_peer_slot, 1, r->payload_len);
+	if (r->to_client_slot != NO_SLOT)
+		count_relayed(r->to_client_slot, 0, r->payload_len);
 	count_outcome(OUT_RELAYED);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return action;
 }
 
 // ---- Client side: ChannelData and Send indications ---------------------------------------------
 
-// A ChannelData message on a known channel: fills `r`; 0 when it should be relayed.
-static __always_inline int from_client_channel(struct xdp_md *ctx, void *data, void *data_end,
-					       const struct frame *f, struct rewrite *r)
+// A ChannelData message on a known channel: its route, with `r` filled toward the peer.
+static __always_inline struct to_peer *from_client_channel(struct xdp_md *ctx, void *data, void *data_end,
+							    const struct frame *f, struct rewrite *r)
 {
 	__u32 start = f->l4_off + sizeof(struct udphdr);
 	__u8 *cd = data + BOUNDED(start, 0xff);
 	if ((void *)(cd + CD_HEADER_LEN) > data_end)
-		return -1;
+		return NULL;
 	__u16 channel = ((__u16)cd[0] << 8) | cd[1];
 	__u16 len = ((__u16)cd[2] << 8) | cd[3];
 	__u32 udp_payload = f->udp_len - sizeof(struct udphdr);
 	// Over UDP the padding to a multiple of 4 is optional; more than 3 extra bytes is malformed.
 	if (channel < CHANNEL_MIN || channel > CHANNEL_MAX || CD_HEADER_LEN + len > udp_payload ||
 	    udp_payload - CD_HEADER_LEN - len > 3)
-		return -1;
+		return NULL;
 
 	struct client_key key = {};
 	key.client_ip = f->src;
@@ -621,7 +753,7 @@ static __always_inline int from_client_channel(struct xdp_md *ctx, void *data, v
 	key.channel = bpf_htons(channel);
 	struct to_peer *route = bpf_map_lookup_elem(&from_client, &key);
 	if (!route)
-		return -1;
+		return NULL;
 
 	r->src = route->relay_ip;
 	r->sport = route->relay_port;
@@ -632,10 +764,12 @@ static __always_inline int from_client_channel(struct xdp_md *ctx, void *data, v
 	r->payload_len = len;
 	r->old_suffix = udp_payload - CD_HEADER_LEN - len;
 	r->old_extra_sum = channel + len;
-	r->slot = route->slot;
-	r->to_peer = 1;
+	r->to_peer_slot = route->slot;
+	r->to_client_slot = NO_SLOT;
 	__u32 end = CD_HEADER_LEN + len;
-	return sum_suffix(ctx, start + end, r->old_suffix, end & 1, &r->old_extra_sum);
+	if (sum_suffix(ctx, start + end, r->old_suffix, end & 1, &r->old_extra_sum))
+		return NULL;
+	return route;
 }
 
 static __always_inline __u32 be32_at(__u8 *p)
@@ -643,19 +777,19 @@ static __always_inline __u32 be32_at(__u8 *p)
 	return ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
 }
 
-// A Send indication to a permitted peer: fills `r`; 0 when it should be relayed.
-static __always_inline int from_client_send(struct xdp_md *ctx, void *data, void *data_end,
-					    const struct frame *f, struct rewrite *r)
+// A Send indication to a permitted peer: its route, with `r` filled toward the peer.
+static __always_inline struct to_peer *from_client_send(struct xdp_md *ctx, void *data, void *data_end,
+							 const struct frame *f, struct rewrite *r)
 {
 	__u32 start = f->l4_off + sizeof(struct udphdr);
 	__u8 *stun = data + BOUNDED(start, 0xff);
 	if ((void *)(stun + STUN_HEADER_LEN) > data_end)
-		return -1;
+		return NULL;
 	__u32 udp_payload = f->udp_len - sizeof(struct udphdr);
 	__u32 word0 = be32_at(stun);
 	if ((word0 >> 16) != STUN_SEND_INDICATION || (word0 & 0xffff) + STUN_HEADER_LEN != udp_payload ||
 	    be32_at(stun + 4) != STUN_MAGIC_COOKIE)
-		return -1;
+		return NULL;
 
 	// The first XOR-PEER-ADDRESS and the first DATA, as user space reads them; other attributes
 	// are skipped (a Send indication is not authenticated, and user space ignores them too).
@@ -666,36 +800,36 @@ static __always_inline int from_client_send(struct xdp_md *ctx, void *data, void
 	__u32 off = STUN_HEADER_LEN;
 	for (int i = 0; i < MAX_ATTRS; i++) {
 		if (off + 4 > udp_payload || off > MAX_SEND_PREFIX)
-			return -1;
+			return NULL;
 		__u8 *attr = stun + BOUNDED(off, 0xff);
 		if ((void *)(attr + 4) > data_end)
-			return -1;
+			return NULL;
 		__u16 type = ((__u16)attr[0] << 8) | attr[1];
 		__u16 alen = ((__u16)attr[2] << 8) | attr[3];
 		if (off + 4 + alen > udp_payload)
-			return -1;
+			return NULL;
 		if (type == ATTR_XOR_PEER_ADDRESS && !have_peer) {
 			if ((void *)(attr + 4 + 8) > data_end)
-				return -1;
+				return NULL;
 			__u8 family = attr[5];
 			peer_port = (((__u16)attr[6] << 8) | attr[7]) ^ (STUN_MAGIC_COOKIE >> 16);
 			if (family == 1 && alen == 8) {
 				set_mapped_v4(&peer_ip, *(__be32 *)(attr + 8) ^ bpf_htonl(STUN_MAGIC_COOKIE));
 			} else if (family == 2 && alen == 20) {
 				if ((void *)(attr + 4 + 20) > data_end)
-					return -1;
+					return NULL;
 				peer_ip.in6_u.u6_addr32[0] = *(__be32 *)(attr + 8) ^ bpf_htonl(STUN_MAGIC_COOKIE);
 				peer_ip.in6_u.u6_addr32[1] = *(__be32 *)(attr + 12) ^ *(__be32 *)(stun + 8);
 				peer_ip.in6_u.u6_addr32[2] = *(__be32 *)(attr + 16) ^ *(__be32 *)(stun + 12);
 				peer_ip.in6_u.u6_addr32[3] = *(__be32 *)(attr + 20) ^ *(__be32 *)(stun + 16);
 			} else {
-				return -1;
+				return NULL;
 			}
 			have_peer = 1;
 		} else if (type == ATTR_DATA) {
 			// DATA comes after XOR-PEER-ADDRESS in every client seen; otherwise user space.
 			if (!have_peer)
-				return -1;
+				return NULL;
 			data_off = off + 4;
 			data_len = alen;
 			break;
@@ -703,7 +837,7 @@ static __always_inline int from_client_send(struct xdp_md *ctx, void *data, void
 		off += 4 + ((alen + 3) & ~3u);
 	}
 	if (data_off == 0 || peer_port == 0 || data_off > MAX_SEND_PREFIX)
-		return -1;
+		return NULL;
 	__u32 suffix = udp_payload - data_off - data_len;
 
 	struct client_key key = {};
@@ -714,7 +848,7 @@ static __always_inline int from_client_send(struct xdp_md *ctx, void *data, void
 	key.peer_ip = peer_ip;
 	struct to_peer *route = bpf_map_lookup_elem(&from_client, &key);
 	if (!route)
-		return -1;
+		return NULL;
 
 	r->src = route->relay_ip;
 	r->sport = route->relay_port;
@@ -724,46 +858,91 @@ static __always_inline int from_client_send(struct xdp_md *ctx, void *data, void
 	r->old_prefix = data_off;
 	r->payload_len = data_len;
 	r->old_suffix = suffix;
-	r->slot = route->slot;
-	r->to_peer = 1;
+	r->to_peer_slot = route->slot;
+	r->to_client_slot = NO_SLOT;
 	__u32 end = data_off + data_len;
-	if (sum_prefix(ctx, start, data_off, &r->old_extra_sum))
-		return -1;
-	return sum_suffix(ctx, start + end, suffix, end & 1, &r->old_extra_sum);
+	if (sum_prefix(ctx, start, data_off, &r->old_extra_sum) ||
+	    sum_suffix(ctx, start + end, suffix, end & 1, &r->old_extra_sum))
+		return NULL;
+	return route;
 }
 
-// ---- Peer side: plain UDP to a relay address ----------------------------------------------------
+// ---- Toward a client: from a peer, or from another allocation of this tern -------------------------
 
-// A datagram from a peer with a channel (ChannelData) or a permission (Data indication): fills `r`.
-static __always_inline int from_peer_udp(const struct frame *f, struct rewrite *r)
+static __always_inline int is_zero(const struct in6_addr *a)
 {
-	struct peer_key key = {};
-	key.relay_ip = f->dst;
-	key.relay_port = f->dport;
-	key.peer_ip = f->src;
-	key.peer_port = f->sport;
-	struct to_client *back = bpf_map_lookup_elem(&from_peer, &key);
-	if (!back) {
-		key.peer_port = 0; // a permission: any port of that peer
-		back = bpf_map_lookup_elem(&from_peer, &key);
-		if (!back || back->channel)
-			return -1;
-	}
+	return (a->in6_u.u6_addr32[0] | a->in6_u.u6_addr32[1] | a->in6_u.u6_addr32[2] |
+		a->in6_u.u6_addr32[3]) == 0;
+}
 
+// The client entry for a datagram from `key.peer` to `key.relay`: a channel to that peer port,
+// else a permission for the peer's address (for one of tern's own addresses, from a relay-range
+// port only, as user space judges it).
+static __always_inline struct to_client *lookup_to_client(struct peer_key *key)
+{
+	struct to_client *back = bpf_map_lookup_elem(&from_peer, key);
+	if (back)
+		return back;
+	__u16 port = bpf_ntohs(key->peer_port);
+	key->peer_port = 0;
+	back = bpf_map_lookup_elem(&from_peer, key);
+	if (!back || back->channel)
+		return NULL;
+	if ((back->flags & TO_CLIENT_RELAY_PORTS_ONLY) && (port < relay_port_min || port > relay_port_max))
+		return NULL;
+	return back;
+}
+
+// Aims `r` at the client of `back`, framing the payload as coming from `peer_ip`:`peer_port`.
+static __always_inline void toward_client(const struct to_client *back, struct rewrite *r,
+					  const struct in6_addr *peer_ip, __be16 peer_port)
+{
 	r->src = back->server_ip;
 	r->sport = back->server_port;
 	r->dst = back->client_ip;
 	r->dport = back->client_port;
 	r->framing = back->channel ? FRAMING_CHANNEL : FRAMING_DATA_INDICATION;
 	r->channel = back->channel;
-	r->peer_ip = f->src;
-	r->peer_port = f->sport;
+	r->peer_ip = *peer_ip;
+	r->peer_port = peer_port;
+	r->to_client_slot = back->slot;
+}
+
+// Client data for another allocation's relay address on this tern: straight to that
+// allocation's client, if it has a channel or permission for this allocation's relay address
+// (as it sees it). 0 when it has.
+static __always_inline int loop_to_client(const struct to_peer *route, struct rewrite *r)
+{
+	struct peer_key key = {};
+	key.relay_ip = route->loop_relay_ip;
+	key.relay_port = r->dport;
+	key.peer_ip = route->loop_self_ip;
+	key.peer_port = route->relay_port;
+	struct to_client *back = lookup_to_client(&key);
+	if (!back)
+		return -1;
+	toward_client(back, r, &route->loop_self_ip, route->relay_port);
+	return 0;
+}
+
+// A datagram from a peer with a channel (ChannelData) or a permission (Data indication).
+static __always_inline int from_peer_udp(struct xdp_md *ctx, const struct frame *f, struct rewrite *r)
+{
+	struct peer_key key = {};
+	key.relay_ip = f->dst;
+	key.relay_port = f->dport;
+	key.peer_ip = f->src;
+	key.peer_port = f->sport;
+	struct to_client *back = lookup_to_client(&key);
+	if (!back)
+		return -1;
+	learn_hop(ctx, &f->src);
+	toward_client(back, r, &f->src, f->sport);
 	r->old_prefix = 0;
 	r->payload_len = f->udp_len - sizeof(struct udphdr);
 	r->old_suffix = 0;
 	r->old_extra_sum = 0;
-	r->slot = back->slot;
-	r->to_peer = 0;
+	r->to_peer_slot = NO_SLOT;
 	return 0;
 }
 
@@ -780,17 +959,23 @@ int tern_relay(struct xdp_md *ctx)
 	}
 
 	struct rewrite r = {};
-	int found = -1;
+	struct to_peer *route = NULL;
 	__u8 *first = data + BOUNDED(f.l4_off, 0xff) + sizeof(struct udphdr);
 	if ((void *)(first + 1) <= data_end) {
 		if ((*first & 0xc0) == 0x40)
-			found = from_client_channel(ctx, data, data_end, &f, &r);
+			route = from_client_channel(ctx, data, data_end, &f, &r);
 		else if (*first == 0x00)
-			found = from_client_send(ctx, data, data_end, &f, &r);
+			route = from_client_send(ctx, data, data_end, &f, &r);
 	}
-	if (found)
-		found = from_peer_udp(&f, &r);
-	if (found) {
+	if (route) {
+		learn_hop(ctx, &f.src);
+		if (!is_zero(&route->loop_relay_ip) && loop_to_client(route, &r)) {
+			count_outcome(OUT_NOT_OURS); // the other allocation does not take it: user space
+			return XDP_PASS;
+		}
+		return relay(ctx, &f, &r);
+	}
+	if (from_peer_udp(ctx, &f, &r)) {
 		count_outcome(OUT_NOT_OURS);
 		return XDP_PASS;
 	}

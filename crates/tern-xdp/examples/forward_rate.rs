@@ -28,7 +28,7 @@ fn main() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let client = Topology::socket(&topology.client, addr(CLIENT_V4, 40000));
     let listener = Topology::socket(&topology.tern, addr(TERN_CLIENT_SIDE_V4, 3478));
     let relay = Topology::socket(&topology.tern, addr(TERN_PEER_SIDE_V4, 49152));
@@ -38,8 +38,14 @@ fn main() {
 
     // Kernel path.
     set_bpf_stats(true);
+    let settings = tern_xdp::Settings {
+        interfaces: vec!["t0".into(), "t1".into()],
+        capacity: 16,
+        relay_ports: 49152..=65535,
+        attach: tern_xdp::AttachPolicy::Auto,
+    };
     let mut fast_path =
-        Topology::within(&topology.tern, || FastPath::attach(&["t0", "t1"], 16)).expect("attach");
+        Topology::within(&topology.tern, move || FastPath::attach(&settings)).expect("attach");
     let tuple = ClientTuple {
         client: client.local_addr().unwrap(),
         server: listener.local_addr().unwrap(),
@@ -52,6 +58,12 @@ fn main() {
             peer.local_addr().unwrap(),
         )
         .unwrap();
+    // The kernel learns its next hops from the first packets of each side.
+    client
+        .send_to(&frame, listener.local_addr().unwrap())
+        .unwrap();
+    peer.send_to(b"hello", relay.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let (sent, received) = blast(&client, &listener, &peer, &frame);
     let (runs, run_ns) = xdp_prog_stats();
     println!(

@@ -1,7 +1,10 @@
 //! Loading, attaching and feeding the XDP program.
 
 use crate::maps::{self, ClientKey, PeerKey, RawCounters, ToClient, ToPeer};
-use crate::{ClientTuple, Counters, EntryId, InstallError, Mode, Outcomes, Unavailable};
+use crate::{
+    AttachPolicy, ClientTuple, Counters, Entry, EntryId, EntryKind, InstallError, Mode, Outcomes,
+    Settings, Unavailable,
+};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
@@ -15,7 +18,7 @@ const PROGRAM: &str = "tern_relay";
 pub enum AttachMode {
     /// In the driver, before any socket buffer exists: the fast one.
     Native,
-    /// On the socket buffer (`xdpgeneric`), where the driver has no XDP support (e.g. `lo`).
+    /// On the socket buffer (`xdpgeneric`), where the driver has no XDP support.
     Generic,
 }
 
@@ -40,7 +43,7 @@ pub fn built() -> bool {
 }
 
 /// What one installed entry put in the maps, to take it out again.
-struct Entry {
+struct Installed {
     client_key: ClientKey,
     peer_key: PeerKey,
     generation: u32,
@@ -53,9 +56,10 @@ pub struct FastPath {
     from_client: HashMap<MapData, ClientKey, ToPeer>,
     from_peer: HashMap<MapData, PeerKey, ToClient>,
     counters: PerCpuArray<MapData, RawCounters>,
+    totals: PerCpuArray<MapData, RawCounters>,
     outcomes: PerCpuArray<MapData, u64>,
     /// Entries by slot (the index into `counters`); `None` is free.
-    entries: Vec<Option<Entry>>,
+    entries: Vec<Option<Installed>>,
     free: Vec<u32>,
     by_key: StdHashMap<ClientKey, EntryId>,
     next_generation: u32,
@@ -67,17 +71,13 @@ pub struct FastPath {
 
 impl FastPath {
     /// Per `mode`: `Off` gives `None`; `Auto` gives `None` with one warning line when the kernel,
-    /// the capabilities or the build do not allow the fast path; `Required` gives the reason as
-    /// an error.
-    pub fn start(
-        mode: Mode,
-        interfaces: &[&str],
-        capacity: u32,
-    ) -> Result<Option<FastPath>, Unavailable> {
+    /// the capabilities, the interfaces or the build do not allow the fast path; `Required`
+    /// gives the reason as an error.
+    pub fn start(mode: Mode, settings: &Settings) -> Result<Option<FastPath>, Unavailable> {
         match mode {
             Mode::Off => Ok(None),
-            Mode::Required => Self::attach(interfaces, capacity).map(Some),
-            Mode::Auto => match Self::attach(interfaces, capacity) {
+            Mode::Required => Self::attach(settings).map(Some),
+            Mode::Auto => match Self::attach(settings) {
                 Ok(fast_path) => Ok(Some(fast_path)),
                 Err(reason) => {
                     tracing::warn!("fast path off, relaying in user space: {reason}");
@@ -87,20 +87,41 @@ impl FastPath {
         }
     }
 
-    /// Loads the program with maps for `capacity` entries (channels plus permissions) and
-    /// attaches it to each interface: natively where the driver can, generically otherwise.
-    pub fn attach(interfaces: &[&str], capacity: u32) -> Result<FastPath, Unavailable> {
+    /// Loads the program with maps for `settings.capacity` entries and attaches it to each
+    /// interface: natively where the driver can, generically otherwise.
+    pub fn attach(settings: &Settings) -> Result<FastPath, Unavailable> {
         let object = object()?;
+        let capacity = settings.capacity;
         if capacity == 0 {
             return Err(Unavailable::Load("capacity must be at least 1".into()));
         }
-        for interface in interfaces {
-            check_forwarding(interface)?;
+        if settings.interfaces.is_empty() {
+            return Err(Unavailable::NoInterface);
         }
+        let mut indexes = Vec::new();
+        for interface in &settings.interfaces {
+            let index = interface_index(interface)?;
+            if is_loopback(interface) {
+                return Err(Unavailable::Loopback(interface.clone()));
+            }
+            if !is_ethernet(interface) {
+                return Err(Unavailable::Attach {
+                    interface: interface.clone(),
+                    reason: "not an Ethernet interface (the program reads Ethernet frames)".into(),
+                });
+            }
+            indexes.push(index);
+        }
+        let (min_port, max_port) = (*settings.relay_ports.start(), *settings.relay_ports.end());
+        // Two addresses per entry at most (client and peer); shared ones take less.
+        let hops = capacity.saturating_mul(2).max(64);
         let mut ebpf = EbpfLoader::new()
             .set_max_entries(maps::FROM_CLIENT, capacity)
             .set_max_entries(maps::FROM_PEER, capacity)
             .set_max_entries(maps::COUNTERS, capacity)
+            .set_max_entries(maps::HOPS, hops)
+            .set_global(maps::RELAY_PORT_MIN, &min_port, true)
+            .set_global(maps::RELAY_PORT_MAX, &max_port, true)
             .load(object)
             .map_err(|e| Unavailable::from_load_error(&e))?;
         let program: &mut Xdp = ebpf
@@ -114,18 +135,28 @@ impl FastPath {
 
         let mut links = Vec::new();
         let mut attached = Vec::new();
-        for interface in interfaces {
-            let (link, mode) = match program.attach(interface, XdpFlags::DRV_MODE) {
-                Ok(link) => (link, AttachMode::Native),
-                Err(native) => match program.attach(interface, XdpFlags::SKB_MODE) {
+        for interface in &settings.interfaces {
+            let veth = driver(interface).as_deref() == Some("veth");
+            let try_native = match settings.attach {
+                AttachPolicy::Auto => !veth,
+                AttachPolicy::Native => true,
+                AttachPolicy::Generic => false,
+            };
+            let native = try_native.then(|| program.attach(interface, XdpFlags::DRV_MODE));
+            let (link, mode) = match native {
+                Some(Ok(link)) => (link, AttachMode::Native),
+                native => match program.attach(interface, XdpFlags::SKB_MODE) {
                     Ok(link) => (link, AttachMode::Generic),
                     Err(generic) => {
+                        let native = match native {
+                            Some(Err(e)) => crate::error_chain(&e),
+                            _ => "not tried".into(),
+                        };
                         // Links made so far go with the program when `ebpf` drops.
                         return Err(Unavailable::Attach {
                             interface: interface.to_string(),
                             reason: format!(
-                                "native: {}; generic: {}",
-                                crate::error_chain(&native),
+                                "native: {native}; generic: {}",
                                 crate::error_chain(&generic)
                             ),
                         });
@@ -142,11 +173,27 @@ impl FastPath {
                 .ok_or_else(|| Unavailable::Load(format!("no map {name} in the object")))
         };
         let map_error = |e: aya::maps::MapError| Unavailable::from_load_error(&e);
+        let mut interfaces: HashMap<MapData, u32, u32> =
+            HashMap::try_from(take(&mut ebpf, maps::INTERFACES)?).map_err(map_error)?;
+        for ((interface, mode), index) in attached.iter().zip(&indexes) {
+            let mut flags = 0;
+            if *mode == AttachMode::Native {
+                flags |= maps::INTERFACE_NATIVE;
+                if driver(interface).as_deref() == Some("veth") {
+                    // XDP_TX on a veth wakes the other end only if that end runs an XDP program;
+                    // a redirect to itself always does (the other end still needs GRO on or a
+                    // program to take the frames at all).
+                    flags |= maps::INTERFACE_TX_BY_REDIRECT;
+                }
+            }
+            interfaces.insert(index, flags, 0).map_err(map_error)?;
+        }
         let from_client =
             HashMap::try_from(take(&mut ebpf, maps::FROM_CLIENT)?).map_err(map_error)?;
         let from_peer = HashMap::try_from(take(&mut ebpf, maps::FROM_PEER)?).map_err(map_error)?;
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(map_error)?;
+        let totals = PerCpuArray::try_from(take(&mut ebpf, maps::TOTALS)?).map_err(map_error)?;
         let outcomes =
             PerCpuArray::try_from(take(&mut ebpf, maps::OUTCOMES)?).map_err(map_error)?;
         let cpus =
@@ -155,6 +202,7 @@ impl FastPath {
             from_client,
             from_peer,
             counters,
+            totals,
             outcomes,
             entries: (0..capacity).map(|_| None).collect(),
             free: (0..capacity).rev().collect(),
@@ -170,6 +218,11 @@ impl FastPath {
     /// The interfaces the program is attached to, and how.
     pub fn attached(&self) -> &[(String, AttachMode)] {
         &self.attached
+    }
+
+    /// How many entries the maps hold at most.
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
     }
 
     /// How many entries are installed.
@@ -191,27 +244,16 @@ impl FastPath {
         relay: SocketAddr,
         peer: SocketAddr,
     ) -> Result<EntryId, InstallError> {
-        if !(0x4000..=0x4FFF).contains(&channel) {
-            return Err(InstallError::BadChannel(channel));
-        }
-        let client_key = ClientKey::new(tuple.client, tuple.server, channel, None);
-        let peer_key = PeerKey::new(relay, peer.ip(), peer.port());
-        let to_peer = |slot| ToPeer {
-            relay_ip: maps::ip_bytes(relay.ip()),
-            peer_ip: maps::ip_bytes(peer.ip()),
-            relay_port: relay.port().to_be_bytes(),
-            peer_port: peer.port().to_be_bytes(),
-            slot,
-        };
-        self.install(
+        self.install(&Entry {
             tuple,
             relay,
-            peer.ip(),
-            client_key,
-            peer_key,
-            to_peer,
-            channel,
-        )
+            kind: EntryKind::Channel {
+                number: channel,
+                peer,
+            },
+            relay_ports_only: false,
+            loopback: None,
+        })
     }
 
     /// Relays Send indications from the client of `tuple` to any port of `peer` (from `relay`)
@@ -223,35 +265,49 @@ impl FastPath {
         relay: SocketAddr,
         peer: IpAddr,
     ) -> Result<EntryId, InstallError> {
-        let client_key = ClientKey::new(tuple.client, tuple.server, 0, Some(peer));
-        let peer_key = PeerKey::new(relay, peer, 0);
-        let to_peer = |slot| ToPeer {
-            relay_ip: maps::ip_bytes(relay.ip()),
-            peer_ip: [0; 16],
-            relay_port: relay.port().to_be_bytes(),
-            peer_port: [0; 2],
-            slot,
-        };
-        self.install(tuple, relay, peer, client_key, peer_key, to_peer, 0)
+        self.install(&Entry {
+            tuple,
+            relay,
+            kind: EntryKind::Permission { peer },
+            relay_ports_only: false,
+            loopback: None,
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn install(
-        &mut self,
-        tuple: ClientTuple,
-        relay: SocketAddr,
-        peer: IpAddr,
-        client_key: ClientKey,
-        peer_key: PeerKey,
-        to_peer: impl Fn(u32) -> ToPeer,
-        channel: u16,
-    ) -> Result<EntryId, InstallError> {
-        if relay.is_ipv4() != peer.is_ipv4() {
-            return Err(InstallError::FamilyMismatch { relay, peer });
+    /// Installs `entry`. Installing the same channel or permission again (same client, same
+    /// channel number or peer address) returns the entry there is, if it goes to the same place.
+    pub fn install(&mut self, entry: &Entry) -> Result<EntryId, InstallError> {
+        let Entry {
+            tuple,
+            relay,
+            kind,
+            relay_ports_only,
+            loopback,
+        } = *entry;
+        let peer_ip = kind.peer_ip();
+        if relay.is_ipv4() != peer_ip.is_ipv4() {
+            return Err(InstallError::FamilyMismatch {
+                relay,
+                peer: peer_ip,
+            });
         }
+        let (client_key, peer_key, channel, peer) = match kind {
+            EntryKind::Channel { number, peer } => {
+                if !(0x4000..=0x4FFF).contains(&number) {
+                    return Err(InstallError::BadChannel(number));
+                }
+                let client_key = ClientKey::new(tuple.client, tuple.server, number, None);
+                let peer_key = PeerKey::new(relay, peer.ip(), peer.port());
+                (client_key, peer_key, number, Some(peer))
+            }
+            EntryKind::Permission { peer } => {
+                let client_key = ClientKey::new(tuple.client, tuple.server, 0, Some(peer));
+                (client_key, PeerKey::new(relay, peer, 0), 0, None)
+            }
+        };
         if let Some(&id) = self.by_key.get(&client_key) {
-            let entry = self.entry(id)?;
-            if entry.peer_key != peer_key {
+            let installed = self.installed(id)?;
+            if installed.peer_key != peer_key {
                 return Err(InstallError::Conflict);
             }
             return Ok(id);
@@ -259,24 +315,40 @@ impl FastPath {
         let slot = self.free.pop().ok_or(InstallError::Full {
             capacity: self.entries.len(),
         })?;
-        // A fresh slot starts from zero (a removed entry's last packets may have landed late).
-        let zero = PerCpuValues::try_from(vec![RawCounters::default(); self.cpus])
-            .map_err(InstallError::kernel)
-            .and_then(|zero| {
-                self.counters
-                    .set(slot, zero, 0)
-                    .map_err(InstallError::kernel)
-            });
+        let to_peer = ToPeer {
+            relay_ip: maps::ip_bytes(relay.ip()),
+            peer_ip: peer.map(|p| maps::ip_bytes(p.ip())).unwrap_or_default(),
+            loop_relay_ip: loopback
+                .map(|l| maps::ip_bytes(l.peer_relay_ip))
+                .unwrap_or_default(),
+            loop_self_ip: loopback
+                .map(|l| maps::ip_bytes(l.self_ip))
+                .unwrap_or_default(),
+            relay_port: relay.port().to_be_bytes(),
+            peer_port: peer.map(|p| p.port()).unwrap_or(0).to_be_bytes(),
+            slot,
+        };
         let to_client = ToClient {
             client_ip: maps::ip_bytes(tuple.client.ip()),
             server_ip: maps::ip_bytes(tuple.server.ip()),
             client_port: tuple.client.port().to_be_bytes(),
             server_port: tuple.server.port().to_be_bytes(),
             channel: channel.to_be_bytes(),
-            pad: 0,
+            flags: if relay_ports_only {
+                maps::TO_CLIENT_RELAY_PORTS_ONLY
+            } else {
+                0
+            },
             slot,
         };
-        let inserted = zero
+        // A fresh slot starts from zero (a removed entry's last packets may have landed late).
+        let inserted = PerCpuValues::try_from(vec![RawCounters::default(); self.cpus])
+            .map_err(InstallError::kernel)
+            .and_then(|zero| {
+                self.counters
+                    .set(slot, zero, 0)
+                    .map_err(InstallError::kernel)
+            })
             .and_then(|()| {
                 self.from_peer
                     .insert(peer_key, to_client, aya_flags::NOEXIST)
@@ -284,7 +356,7 @@ impl FastPath {
             })
             .and_then(|()| {
                 self.from_client
-                    .insert(client_key, to_peer(slot), aya_flags::NOEXIST)
+                    .insert(client_key, to_peer, aya_flags::NOEXIST)
                     .map_err(|e| {
                         let _ = self.from_peer.remove(&peer_key);
                         InstallError::kernel(e)
@@ -304,7 +376,7 @@ impl FastPath {
             slot,
             generation: self.next_generation,
         };
-        self.entries[slot as usize] = Some(Entry {
+        self.entries[slot as usize] = Some(Installed {
             client_key,
             peer_key,
             generation: id.generation,
@@ -313,7 +385,7 @@ impl FastPath {
         Ok(id)
     }
 
-    fn entry(&self, id: EntryId) -> Result<&Entry, InstallError> {
+    fn installed(&self, id: EntryId) -> Result<&Installed, InstallError> {
         match self.entries.get(id.slot as usize) {
             Some(Some(entry)) if entry.generation == id.generation => Ok(entry),
             _ => Err(InstallError::UnknownEntry),
@@ -321,10 +393,10 @@ impl FastPath {
     }
 
     /// Takes the entry out of the kernel: from now on its traffic goes to user space. Returns
-    /// what the kernel relayed for it, to fold into metrics and quotas.
+    /// what the kernel relayed for it, to fold into the allocation's traffic.
     pub fn remove(&mut self, id: EntryId) -> Result<Counters, InstallError> {
-        let entry = self.entry(id)?;
-        let (client_key, peer_key) = (entry.client_key, entry.peer_key);
+        let installed = self.installed(id)?;
+        let (client_key, peer_key) = (installed.client_key, installed.peer_key);
         let removed_client = self.from_client.remove(&client_key);
         let removed_peer = self.from_peer.remove(&peer_key);
         let counters = self.counters(id);
@@ -338,17 +410,20 @@ impl FastPath {
 
     /// What the kernel relayed for this entry so far, summed over CPUs.
     pub fn counters(&self, id: EntryId) -> Result<Counters, InstallError> {
-        self.entry(id)?;
+        self.installed(id)?;
         let values = self
             .counters
             .get(&id.slot, 0)
             .map_err(InstallError::kernel)?;
-        Ok(values.iter().fold(Counters::default(), |sum, c| Counters {
-            to_peer_packets: sum.to_peer_packets + c.to_peer_packets,
-            to_peer_bytes: sum.to_peer_bytes + c.to_peer_bytes,
-            to_client_packets: sum.to_client_packets + c.to_client_packets,
-            to_client_bytes: sum.to_client_bytes + c.to_client_bytes,
-        }))
+        Ok(sum(values.iter()))
+    }
+
+    /// What the kernel relayed since attach, over every entry and CPU.
+    pub fn totals(&self) -> Counters {
+        self.totals
+            .get(&0, 0)
+            .map(|values| sum(values.iter()))
+            .unwrap_or_default()
     }
 
     /// Why packets took the path they took, summed over CPUs since attach.
@@ -363,11 +438,22 @@ impl FastPath {
             relayed: read(0),
             not_ours: read(1),
             unsupported: read(2),
-            no_route: read(3),
-            no_checksum: read(4),
-            adjust_failed: read(5),
+            no_hop: read(3),
+            too_big: read(4),
+            no_checksum: read(5),
+            adjust_failed: read(6),
+            partial_checksum: read(7),
         }
     }
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a RawCounters>) -> Counters {
+    values.fold(Counters::default(), |sum, c| Counters {
+        to_peer_packets: sum.to_peer_packets + c.to_peer_packets,
+        to_peer_bytes: sum.to_peer_bytes + c.to_peer_bytes,
+        to_client_packets: sum.to_client_packets + c.to_client_packets,
+        to_client_bytes: sum.to_client_bytes + c.to_client_bytes,
+    })
 }
 
 impl Drop for FastPath {
@@ -388,21 +474,97 @@ mod aya_flags {
     pub const NOEXIST: u64 = 1;
 }
 
-/// The kernel's FIB lookup helper, which finds the next hop for a rewritten packet, refuses to
-/// work on an interface that does not forward; without it every packet would go to user space.
-fn check_forwarding(interface: &str) -> Result<(), Unavailable> {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-        match std::fs::read_to_string(&path) {
-            Ok(value) if value.trim() == "1" => {}
-            Ok(_) => {
-                return Err(Unavailable::ForwardingDisabled {
-                    sysctl: format!("net.{family}.conf.{interface}.forwarding"),
-                })
-            }
-            // No IPv6 on this interface (or no such interface: attach says so better).
-            Err(_) => {}
-        }
+fn interface_index(interface: &str) -> Result<u32, Unavailable> {
+    let unknown = || Unavailable::Attach {
+        interface: interface.to_string(),
+        reason: "no such interface".into(),
+    };
+    let name = std::ffi::CString::new(interface).map_err(|_| unknown())?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string and nothing else.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(unknown()),
+        index => Ok(index),
     }
-    Ok(())
+}
+
+/// Whether `interface` is a loopback device (IFF_LOOPBACK).
+pub fn is_loopback(interface: &str) -> bool {
+    let mut request = ifreq(interface);
+    interface_ioctl(libc::SIOCGIFFLAGS, &mut request)
+        // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
+        && unsafe { request.ifr_ifru.ifru_flags } as i32 & libc::IFF_LOOPBACK != 0
+}
+
+/// Whether `interface` carries Ethernet frames (its hardware address is ARPHRD_ETHER).
+pub fn is_ethernet(interface: &str) -> bool {
+    let mut request = ifreq(interface);
+    interface_ioctl(libc::SIOCGIFHWADDR, &mut request)
+        // SAFETY: SIOCGIFHWADDR filled in the hardware address member of the union.
+        && unsafe { request.ifr_ifru.ifru_hwaddr.sa_family } == libc::ARPHRD_ETHER
+}
+
+/// An `ifreq` naming `interface` (asked of the network namespace of the calling thread, which
+/// sysfs would not be).
+fn ifreq(interface: &str) -> libc::ifreq {
+    // SAFETY: all-zero is a valid ifreq (a name array and a union of plain data and a pointer).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request
+        .ifr_name
+        .iter_mut()
+        .take(libc::IFNAMSIZ - 1)
+        .zip(interface.bytes())
+    {
+        *dst = src as libc::c_char;
+    }
+    request
+}
+
+/// Runs an interface ioctl on a throwaway datagram socket; whether it succeeded.
+fn interface_ioctl(request_code: libc::c_ulong, request: &mut libc::ifreq) -> bool {
+    // SAFETY: a socket for the ioctl, closed before returning; `request` is a valid ifreq the
+    // kernel reads the name from and writes at most one ifreq into.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let rc = libc::ioctl(fd, request_code, request as *mut libc::ifreq);
+        libc::close(fd);
+        rc == 0
+    }
+}
+
+/// The name of `interface`'s driver (`ethtool -i`), if it says.
+fn driver(interface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid DrvInfo (integers and arrays).
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut request = ifreq(interface);
+    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SIOCETHTOOL with ETHTOOL_GDRVINFO writes at most size_of::<DrvInfo>() bytes into `info`,
+    // which outlives the call.
+    if !interface_ioctl(libc::SIOCETHTOOL, &mut request) {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }

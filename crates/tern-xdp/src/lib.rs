@@ -9,23 +9,29 @@
 //! | Send indication from a client to a listener | UDP from the relay address to the peer | a permission |
 //! | UDP from a peer to a relay address | ChannelData to the client | a channel to that peer address |
 //! | UDP from a peer to a relay address | Data indication to the client | a permission for that peer IP |
+//! | ChannelData or Send for another allocation's relay address | ChannelData or Data indication to that allocation's client | the other allocation's channel or permission for this one |
 //!
 //! IPv4 and IPv6 on either side, cross family included (an IPv4 client with an IPv6 relay address
-//! and peer). Everything else passes to user space unchanged (`XDP_PASS`): STUN requests, unknown
-//! clients, channels and peers, IPv4 options and fragments, IPv6 extension headers, GRO/GSO
-//! aggregates, Send indications whose DATA does not follow XOR-PEER-ADDRESS within the first 128
-//! bytes or that trail more than 15 bytes after it, ChannelData with more than 3 bytes of padding,
-//! IPv4 datagrams without a UDP checksum bound for IPv6 (which would need a full checksum), and
-//! anything the kernel's FIB cannot route right now (no neighbour entry yet, MTU exceeded, a peer
-//! on tern's own addresses): user space relays those as it always does.
+//! and peer). The last row is two allocations of this tern talking (two browsers on one TURN
+//! server, the most common call): the datagram never leaves the host, as it would not through
+//! user space either, and behind a 1:1 NAT each side sees the other's advertised address
+//! ([`Loopback`]). Everything else passes to user space unchanged (`XDP_PASS`): STUN requests,
+//! unknown clients, channels and peers, IPv4 options and fragments, IPv6 extension headers,
+//! GRO/GSO aggregates, Send indications whose DATA does not follow XOR-PEER-ADDRESS within the
+//! first 128 bytes or that trail more than 15 bytes after it, ChannelData with more than 3 bytes
+//! of padding, IPv4 datagrams without a UDP checksum bound for IPv6 (which would need a full
+//! checksum), datagrams with a partial checksum (sent from this host through a veth with checksum
+//! offload, below), datagrams that would exceed the egress MTU, and datagrams to an address nothing
+//! has come from yet (next hops are learned, below): user space relays those as it always does.
 //!
-//! User space stays the authority. It installs an entry ([`FastPath::install_channel`],
-//! [`FastPath::install_permission`]) only for a live allocation with a live channel or permission,
-//! and removes it ([`FastPath::remove`]) when either ends, on deletion, on a reload that now
-//! denies the peer and on drain; from then on the traffic reaches user space again, which applies
-//! its rules. Allocations with a bandwidth cap are not meant to be installed (the kernel path does
-//! not enforce caps). Quotas and metrics come from per-entry counters ([`FastPath::counters`],
-//! and the final ones from [`FastPath::remove`]).
+//! User space stays the authority. It installs an entry ([`FastPath::install`] and the
+//! shorthands [`FastPath::install_channel`], [`FastPath::install_permission`]) only for a live
+//! allocation with a live channel or permission, and removes it ([`FastPath::remove`]) when either
+//! ends, on deletion, on a reload that now denies the peer and on drain; from then on the traffic
+//! reaches user space again, which applies its rules. Allocations with a bandwidth cap are not
+//! meant to be installed (the kernel path does not enforce caps). The allocation's traffic comes
+//! from per-entry counters ([`FastPath::counters`], and the final ones from [`FastPath::remove`]);
+//! the server's metrics from one global cell ([`FastPath::totals`]).
 //!
 //! # Maps
 //!
@@ -33,19 +39,55 @@
 //! family combinations:
 //!
 //! - `from_client`: (client address and port, tern's listening address and port, channel or
-//!   peer IP) → (relay address and port, peer address and port, counter slot). A channel entry has
-//!   the channel and no peer IP; a permission entry the peer IP and no channel, the port coming
-//!   from the Send indication's XOR-PEER-ADDRESS.
+//!   peer IP) → (relay address and port, peer address and port, counter slot, and for a peer that
+//!   is another allocation's relay address, that address as bound here and this relay address as
+//!   the other sees it). A channel entry has the channel and no peer IP; a permission entry the
+//!   peer IP and no channel, the port coming from the Send indication's XOR-PEER-ADDRESS.
 //! - `from_peer`: (relay address and port, peer address and port) → (client 5-tuple, channel,
-//!   counter slot). A channel entry has the peer port; a permission entry port 0 (any port) and
-//!   channel 0, meaning "Data indication". The exact key is looked up first, so a channel wins.
+//!   counter slot, flags). A channel entry has the peer port; a permission entry port 0 (any port)
+//!   and channel 0, meaning "Data indication". The exact key is looked up first, so a channel
+//!   wins. A permission for one of tern's own addresses passes only relay-range ports.
 //! - `counters`: per-CPU array of packets and payload bytes per direction, indexed by the slot
 //!   user space allocates per entry; summed over CPUs when read. The payload is what the peer
-//!   receives or sent (the DATA value, the ChannelData data), as user space counts it.
-//! - `outcomes`: per-CPU counts of why packets were or were not relayed ([`Outcomes`]).
+//!   receives or sent (the DATA value, the ChannelData data), as user space counts it. `totals`:
+//!   the same summed over entries, one cell.
+//! - `hops`: LRU hash of next hops by address (below); `interfaces`: the attached interfaces and
+//!   how to send out of them; `outcomes`: per-CPU counts of why packets were or were not relayed
+//!   ([`Outcomes`]).
 //!
 //! Map sizes come from the capacity given at attach time; one entry takes one slot and one
 //! element of each hash map, and [`InstallError::Full`] says so when none is left.
+//!
+//! # Next hops: learned, not looked up
+//!
+//! Where a rewritten datagram goes on the wire is learned from the traffic: when a packet for an
+//! installed entry arrives from an address (the client, the peer), the program remembers the
+//! interface it came in on and its Ethernet addresses swapped (the neighbour that delivered it,
+//! the host itself or its router, and our address on that link), writing only when that changes.
+//! A datagram to an address nothing has come from yet goes to user space, which relays it through
+//! the kernel stack; the answer teaches the hop, and the rest of the flow stays in the kernel. ICE
+//! always answers, so this costs the first packet of each direction.
+//!
+//! This is the reverse path, as relays behind a single gateway use it. The alternative, the
+//! kernel's FIB (`bpf_fib_lookup`), works only on interfaces with IP forwarding on
+//! (`net.ipv4.conf.<if>.forwarding`, `net.ipv6.conf.<if>.forwarding`), which turns the host into a
+//! router and, for IPv6, stops it accepting router advertisements: a TURN server is not a router,
+//! so the fast path needs no sysctl. Where routes are asymmetric (policy routing that sends the
+//! answer out of another interface than the request came in by), the learned hop is the way the
+//! request came; hosts like that can set `fast-path = "off"`. Only packets matching an installed
+//! entry teach hops, so a stranger cannot point one elsewhere without spoofing a permitted peer on
+//! the local link, where ARP spoofing would do as much.
+//!
+//! Leaving: out of another interface by `bpf_redirect`; back out of the interface it came in on by
+//! `XDP_TX` (client and peer behind the same interface: the usual single-NIC host), except on a
+//! natively attached veth, where `XDP_TX` wakes the other end only if that end runs an XDP program
+//! of its own (until then, the frames wait in its ring: IPv6 never arrived, IPv4 one wake-up late),
+//! so the program redirects the frame to the interface itself, which always wakes the other end.
+//! Frames a native veth sends still need NAPI on the other end (GRO on, or an XDP program), which
+//! is why veth runs the program generically unless told otherwise ([`AttachPolicy::Native`]): on
+//! the socket buffer, `XDP_TX` and redirects go out through the veth's own transmit path, which
+//! needs nothing of the other end, at about the same cost in the tests' topology. A natively
+//! attached interface redirects only to another native one.
 //!
 //! # Rewriting and checksums
 //!
@@ -61,53 +103,66 @@
 //! IPv4 and goes to user space when it would leave over IPv6, where the checksum is mandatory. The
 //! Data indication's transaction ID comes from the kernel's PRNG.
 //!
-//! The next hop comes from the kernel FIB (`bpf_fib_lookup`): `XDP_TX` when it leaves by the
-//! interface it came in on, `XDP_REDIRECT` to the other interface otherwise. That helper refuses
-//! to work unless the ingress interface forwards, so attaching checks
-//! `net.ipv4.conf.<if>.forwarding` and `net.ipv6.conf.<if>.forwarding` and reports
-//! [`Unavailable::ForwardingDisabled`]. Senders' checksums must be complete: packets from the wire
-//! always are; veth peers in tests need transmit checksum offload off.
+//! The incremental update needs the received checksum to be complete. Packets from the wire
+//! always carry a complete one, but a process on the same host sending through a veth (another
+//! namespace, a container on the same bridge) hands over a partial one (CHECKSUM_PARTIAL: only the
+//! pseudo header's folded sum, for a NIC that never comes) unless that veth's transmit checksum
+//! offload is off (`ethtool -K <veth> tx off`, as the tests and benchmarks set). XDP sees no
+//! socket-buffer metadata, so the program recognises the value itself: a checksum equal to the
+//! folded pseudo-header sum goes to user space, where the stack knows what it is
+//! ([`Outcomes::partial_checksum`]). One complete checksum in 65536 matches by chance and is
+//! relayed by user space instead: no harm done.
 //!
 //! # Attach modes
 //!
 //! [`Mode`] is the server's `fast-path` setting. The program attaches natively (in the driver)
-//! where it can and generically (`xdpgeneric`, on the socket buffer) elsewhere, such as `lo`;
-//! [`FastPath::attached`] tells which. `XDP_REDIRECT` to a veth needs its peer to run NAPI (GRO
-//! on, or an XDP program). Dropping the [`FastPath`] detaches it. Loading needs CAP_BPF and
-//! CAP_NET_ADMIN (or root); without them, or on a kernel older than 5.18 (`bpf_xdp_load_bytes`),
-//! `auto` falls back to user space with one warning line.
+//! where it can and generically (`xdpgeneric`, on the socket buffer) elsewhere and on veth
+//! ([`AttachPolicy`]); [`FastPath::attached`] tells which. Dropping
+//! the [`FastPath`] detaches it; the attachment is a BPF link, so it also goes when the process
+//! dies. Loading needs CAP_BPF and CAP_NET_ADMIN (or root); without them, or on a kernel older
+//! than 5.18 (`bpf_xdp_load_bytes`), `auto` falls back to user space with one warning line.
+//!
+//! Loopback is refused ([`Unavailable::Loopback`]), and no TC (`clsact`) variant stands in for
+//! it: XDP sees only what arrives from a network, locally sent packets carry partial checksums
+//! the incremental update cannot start from, and a relay whose clients and peers all sit on the
+//! same host gains nothing from skipping one copy. Generic XDP attaches to every other kind of
+//! interface, so there is no interface left for TC to serve.
 //!
 //! When clang or the BPF headers were missing at build time, the crate still builds and every
 //! attach reports [`Unavailable::NotBuilt`].
 //!
-//! # Not (yet) here
+//! # Not here
 //!
-//! - A TC (`clsact`) variant for interfaces where XDP cannot attach: generic XDP attaches
-//!   everywhere this was tried, `lo` included, but locally sent packets on `lo` carry partial
-//!   checksums (CHECKSUM_PARTIAL), which the incremental update cannot start from; traffic over
-//!   `lo` is therefore not a target of this path and is untested.
-//! - Relaying between two allocations of the same tern (peer address = one of tern's relay
-//!   addresses): the FIB reports a local route and the packet goes to user space.
-//! - Bandwidth caps: allocations with a cap are meant to stay in user space.
-//! - Open: out of the interface it came in on (`XDP_TX`: client and peer behind the same
-//!   interface, the usual single-NIC host) is untested. A first veth test saw the rewritten frame
-//!   reach the far veth and be dropped before IP (IPv6 always, IPv4 intermittently); not yet
-//!   understood, so it is not claimed to work. Across interfaces (`XDP_REDIRECT`) is tested.
+//! - Bandwidth caps: allocations with a cap stay in user space.
+//! - TCP and TLS clients, RFC 6062 (TCP relays): the program handles UDP only.
 //!
 //! # Cost
 //!
-//! `examples/forward_rate.rs` measures it roughly in the test topology. On the 2-core development
-//! machine (shared, loaded): the XDP program ran about 400 ns per relayed ChannelData packet
-//! (kernel BPF statistics, FIB lookup included, ~2.5 Mpps per core for the program alone), against
-//! about 6.5 µs of CPU per packet for a user-space recv/send relay thread (~0.15 Mpps per core);
-//! the veth and softirq work both share is in neither figure.
+//! Two examples measure it roughly in the test topology (root; both a few seconds of bounded
+//! load between namespaces):
+//!
+//! - `cargo run --release -p tern-xdp --example forward_rate`: the XDP program's own run time per
+//!   relayed ChannelData packet (kernel BPF statistics) against the CPU time of a bare user-space
+//!   recv/send relay thread. On the 2-core development machine (shared, loaded): about 0.2 to
+//!   0.4 µs per packet for the program (next-hop lookup included, 2.5 to 5 Mpps per core for the
+//!   program alone) against about 5.9 µs for the relay thread (~0.17 Mpps per core); the veth and
+//!   softirq work both share is in neither figure.
+//! - `cargo build --release && cargo run --release -p tern-xdp --example server_rate -- 16 40000 5`:
+//!   the real tern binary with `fast-path = "off"` and `"required"`, 16 flows of 100-byte
+//!   ChannelData echoed by a peer. At 40 000 relayed packets/s, tern's own CPU went from 7.7 µs
+//!   per packet to nothing measurable, and its wake-ups (context switches of its threads) from
+//!   0.18 per packet to 0.0001 (the 500 ms housekeeping tick). Unpaced (`16 0 5`), user space
+//!   relayed 26 000 packets/s of 100 000 sent, the kernel path 90 000 (the single-threaded load
+//!   generator's limit). The machine-wide CPU figures it also prints meant little on that machine,
+//!   busy with other builds; `scripts/bench.sh` makes the comparison that counts.
 
 mod fast_path;
 mod maps;
 
-pub use fast_path::{built, AttachMode, FastPath};
+pub use fast_path::{built, is_ethernet, is_loopback, AttachMode, FastPath};
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 
 /// The `fast-path` setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +174,17 @@ pub enum Mode {
     Off,
     /// Fail to start without the kernel path.
     Required,
+}
+
+impl Mode {
+    /// The setting as written: `auto`, `off` or `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Off => "off",
+            Mode::Required => "required",
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -146,8 +212,10 @@ pub enum Unavailable {
     Load(String),
     #[error("cannot attach to {interface}: {reason}")]
     Attach { interface: String, reason: String },
-    #[error("{sysctl} is 0: the kernel's FIB lookup for the fast path needs it set to 1")]
-    ForwardingDisabled { sysctl: String },
+    #[error("{0} is a loopback interface, which the fast path does not serve (XDP sees only packets that arrive from a network, and locally sent ones carry partial checksums)")]
+    Loopback(String),
+    #[error("no interface to attach to")]
+    NoInterface,
 }
 
 impl Unavailable {
@@ -210,6 +278,77 @@ pub struct ClientTuple {
     pub server: SocketAddr,
 }
 
+/// What to attach and how big to make the maps.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Interfaces to attach to (by name): those tern's clients and peers reach it through.
+    pub interfaces: Vec<String>,
+    /// Entries (channels plus permissions) the maps hold; one more is [`InstallError::Full`].
+    pub capacity: u32,
+    /// The relay port range (`min-port..=max-port`): a permission for one of tern's own
+    /// addresses passes only datagrams from these ports, as user space's does.
+    pub relay_ports: RangeInclusive<u16>,
+    /// Natively or generically; see [`AttachPolicy`].
+    pub attach: AttachPolicy,
+}
+
+/// Where the program runs on each interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachPolicy {
+    /// In the driver where it can, except on veth, which runs it generically: natively, frames
+    /// the program sends into a veth arrive only if the other end has GRO on or an XDP program of
+    /// its own, which this end can neither see nor set; generically, they take the stack's way.
+    #[default]
+    Auto,
+    /// In the driver wherever it can, veth included (their other ends have GRO on or a program).
+    Native,
+    /// On the socket buffer (`xdpgeneric`) everywhere.
+    Generic,
+}
+
+/// One channel or permission to relay in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub tuple: ClientTuple,
+    /// The allocation's relay address of the peer's family, as its socket is bound here.
+    pub relay: SocketAddr,
+    pub kind: EntryKind,
+    /// The peer is one of tern's own addresses: datagrams from it pass only from relay-range
+    /// ports ([`Settings::relay_ports`]).
+    pub relay_ports_only: bool,
+    /// The peer is another allocation's relay address on this host: its client gets the data
+    /// straight from the kernel, if that allocation has a channel or permission for this one.
+    pub loopback: Option<Loopback>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// ChannelData on `number` to `peer`, and `peer`'s datagrams back as ChannelData.
+    Channel { number: u16, peer: SocketAddr },
+    /// Send indications to any port of `peer`, and its datagrams back as Data indications
+    /// (unless a channel to that port exists, which then wins).
+    Permission { peer: IpAddr },
+}
+
+impl EntryKind {
+    pub fn peer_ip(&self) -> IpAddr {
+        match self {
+            EntryKind::Channel { peer, .. } => peer.ip(),
+            EntryKind::Permission { peer } => *peer,
+        }
+    }
+}
+
+/// The peer is another allocation's relay address on this tern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loopback {
+    /// The peer's address as its relay socket is bound here (behind a 1:1 NAT, the private
+    /// address the peer's advertised public one maps to).
+    pub peer_relay_ip: IpAddr,
+    /// This entry's relay address as the other allocation sees it (its advertised address).
+    pub self_ip: IpAddr,
+}
+
 /// One installed channel or permission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EntryId {
@@ -235,12 +374,17 @@ pub struct Outcomes {
     pub not_ours: u64,
     /// A shape the program leaves to user space (options, fragments, odd lengths).
     pub unsupported: u64,
-    /// The FIB had no route or neighbour for the rewritten packet (or it would exceed the MTU).
-    pub no_route: u64,
+    /// Nothing has come from the destination yet, so no next hop is known.
+    pub no_hop: u64,
+    /// The rewritten packet would exceed the egress interface's MTU.
+    pub too_big: u64,
     /// An IPv4 datagram without checksum that would leave over IPv6.
     pub no_checksum: u64,
     /// The driver refused to move the packet's head or tail.
     pub adjust_failed: u64,
+    /// Sent on this host with transmit checksum offload (a veth from another namespace or a
+    /// container): its UDP checksum covers only the pseudo header.
+    pub partial_checksum: u64,
 }
 
 /// `error: source: source...`, for one log line.

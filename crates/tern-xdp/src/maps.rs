@@ -9,7 +9,21 @@ use std::net::{IpAddr, SocketAddr};
 pub const FROM_CLIENT: &str = "from_client";
 pub const FROM_PEER: &str = "from_peer";
 pub const COUNTERS: &str = "counters";
+pub const TOTALS: &str = "totals";
 pub const OUTCOMES: &str = "outcomes";
+pub const HOPS: &str = "hops";
+pub const INTERFACES: &str = "interfaces";
+
+/// Globals of the program, set at load.
+pub const RELAY_PORT_MIN: &str = "relay_port_min";
+pub const RELAY_PORT_MAX: &str = "relay_port_max";
+
+/// `interfaces` flags.
+pub const INTERFACE_NATIVE: u32 = 1;
+pub const INTERFACE_TX_BY_REDIRECT: u32 = 2;
+
+/// `ToClient::flags`: the peer is one of tern's own addresses, relay-range ports only.
+pub const TO_CLIENT_RELAY_PORTS_ONLY: u16 = 1;
 
 /// An address as the program stores it.
 pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -33,12 +47,15 @@ pub struct ClientKey {
     pub pad: u16,
 }
 
-/// Value of `from_client`: where the payload goes, and from where.
+/// Value of `from_client`: where the payload goes, and from where. `loop_relay_ip` and
+/// `loop_self_ip` are set when the peer is another allocation's relay address on this host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ToPeer {
     pub relay_ip: [u8; 16],
     pub peer_ip: [u8; 16],
+    pub loop_relay_ip: [u8; 16],
+    pub loop_self_ip: [u8; 16],
     pub relay_port: [u8; 2],
     pub peer_port: [u8; 2],
     pub slot: u32,
@@ -65,7 +82,7 @@ pub struct ToClient {
     pub client_port: [u8; 2],
     pub server_port: [u8; 2],
     pub channel: [u8; 2],
-    pub pad: u16,
+    pub flags: u16,
     pub slot: u32,
 }
 
@@ -121,7 +138,7 @@ mod pod {
 
 // The C layouts' sizes; a mismatch would make the kernel reject every map operation.
 const _: () = assert!(std::mem::size_of::<ClientKey>() == 56);
-const _: () = assert!(std::mem::size_of::<ToPeer>() == 40);
+const _: () = assert!(std::mem::size_of::<ToPeer>() == 72);
 const _: () = assert!(std::mem::size_of::<PeerKey>() == 36);
 const _: () = assert!(std::mem::size_of::<ToClient>() == 44);
 const _: () = assert!(std::mem::size_of::<RawCounters>() == 32);

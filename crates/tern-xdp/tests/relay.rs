@@ -6,7 +6,10 @@ mod common;
 use common::*;
 use std::net::{SocketAddr, UdpSocket};
 use tern_proto::stun::{self, attr, Class, Message, MessageWriter, Method};
-use tern_xdp::{ClientTuple, Counters, FastPath, InstallError, Mode, Unavailable};
+use tern_xdp::{
+    AttachMode, AttachPolicy, ClientTuple, Counters, Entry, EntryKind, FastPath, InstallError,
+    Loopback, Mode, Settings, Unavailable,
+};
 
 const LISTEN_PORT: u16 = 3478;
 
@@ -39,6 +42,26 @@ impl Leg {
     fn assert_user_space_silent(&self) {
         assert_silent(&self.listener, &format!("{}: listener", self.name));
         assert_silent(&self.relay, &format!("{}: relay socket", self.name));
+    }
+
+    /// Lets the kernel learn how to reach the client and the peer, as the first exchange of
+    /// a real allocation does: through a permission taken out again afterwards. The client's
+    /// Send reaches user space unless the peer's address is known from an earlier leg; the
+    /// peer's answer comes back in the kernel.
+    fn learn_hops(&self, fast_path: &mut FastPath) {
+        let id = fast_path
+            .install_permission(self.tuple(), self.relay_addr(), self.peer_addr().ip())
+            .unwrap();
+        let send = send_indication(self.peer_addr(), b"hello", false);
+        self.client.send_to(&send, self.listener_addr()).unwrap();
+        let reached = recv(&self.listener).map(|(got, _)| got == send);
+        if reached.is_none() {
+            expect_from(&self.peer, self.relay_addr(), self.name);
+        }
+        self.peer.send_to(b"hello back", self.relay_addr()).unwrap();
+        expect_from(&self.client, self.listener_addr(), self.name);
+        let learned = fast_path.remove(id).unwrap();
+        assert_eq!(learned.to_client_packets, 1, "{}: {learned:?}", self.name);
     }
 }
 
@@ -76,10 +99,25 @@ fn legs(topology: &Topology) -> Vec<Leg> {
         .collect()
 }
 
+/// Attached to t0 and t1 as the server does it (generically on veth).
 fn attach(topology: &Topology) -> FastPath {
-    Topology::within(&topology.tern, || {
-        FastPath::attach(&["t0", "t1"], 64).expect("fast path attaches")
+    attach_with(topology, &["t0", "t1"], AttachPolicy::Auto)
+}
+
+fn attach_with(topology: &Topology, interfaces: &[&str], policy: AttachPolicy) -> FastPath {
+    let settings = settings(interfaces, 64, policy);
+    Topology::within(&topology.tern, move || {
+        FastPath::attach(&settings).expect("fast path attaches")
     })
+}
+
+fn settings(interfaces: &[&str], capacity: u32, attach: AttachPolicy) -> Settings {
+    Settings {
+        interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+        capacity,
+        relay_ports: 49152..=65535,
+        attach,
+    }
 }
 
 /// Payloads of awkward sizes: odd lengths test the checksum's byte parity and the padding.
@@ -140,48 +178,68 @@ fn channel_data_is_relayed_byte_exact_both_ways_in_all_families() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
-    let mut fast_path = attach(&topology);
-    for (i, leg) in legs(&topology).iter().enumerate() {
-        let channel = 0x4000 + i as u16;
-        let id = fast_path
-            .install_channel(leg.tuple(), channel, leg.relay_addr(), leg.peer_addr())
-            .unwrap();
-        for (n, payload) in payloads().iter().enumerate() {
-            // Padding is optional over UDP; whatever there is must not reach the peer.
-            let sent = channel_data(channel, payload, n % 4);
-            leg.client.send_to(&sent, leg.listener_addr()).unwrap();
-            let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
-            assert_eq!(got, *payload, "{}: ChannelData -> peer", leg.name);
+    // Generically (veth's default) and natively (redirects between the two veths).
+    for policy in [AttachPolicy::Auto, AttachPolicy::Native] {
+        let topology = Topology::new();
+        let mut fast_path = attach_with(&topology, &["t0", "t1"], policy);
+        let legs = legs(&topology);
+        for leg in &legs {
+            leg.learn_hops(&mut fast_path);
+        }
+        let (relayed_before, totals_before) = (fast_path.outcomes().relayed, fast_path.totals());
+        for (i, leg) in legs.iter().enumerate() {
+            let channel = 0x4000 + i as u16;
+            let id = fast_path
+                .install_channel(leg.tuple(), channel, leg.relay_addr(), leg.peer_addr())
+                .unwrap();
+            for (n, payload) in payloads().iter().enumerate() {
+                // Padding is optional over UDP; whatever there is must not reach the peer.
+                let sent = channel_data(channel, payload, n % 4);
+                leg.client.send_to(&sent, leg.listener_addr()).unwrap();
+                let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
+                assert_eq!(got, *payload, "{}: ChannelData -> peer", leg.name);
 
-            leg.peer.send_to(payload, leg.relay_addr()).unwrap();
-            let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+                leg.peer.send_to(payload, leg.relay_addr()).unwrap();
+                let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+                assert_eq!(
+                    got,
+                    channel_data(channel, payload, 0),
+                    "{}: peer -> ChannelData",
+                    leg.name
+                );
+            }
+            leg.assert_user_space_silent();
+            let sizes = payloads().into_iter().map(|p| p.len());
+            let expected = totals(sizes.clone(), true);
+            let back = totals(sizes, false);
             assert_eq!(
-                got,
-                channel_data(channel, payload, 0),
-                "{}: peer -> ChannelData",
+                fast_path.counters(id).unwrap(),
+                Counters {
+                    to_client_packets: back.to_client_packets,
+                    to_client_bytes: back.to_client_bytes,
+                    ..expected
+                },
+                "{}: counters",
                 leg.name
             );
         }
-        leg.assert_user_space_silent();
-        let sizes = payloads().into_iter().map(|p| p.len());
-        let expected = totals(sizes.clone(), true);
-        let back = totals(sizes, false);
         assert_eq!(
-            fast_path.counters(id).unwrap(),
-            Counters {
-                to_client_packets: back.to_client_packets,
-                to_client_bytes: back.to_client_bytes,
-                ..expected
-            },
-            "{}: counters",
-            leg.name
+            fast_path.outcomes().relayed - relayed_before,
+            4 * 2 * payloads().len() as u64
+        );
+        let totals = fast_path.totals();
+        let bytes = payloads().iter().map(Vec::len).sum::<usize>() as u64;
+        let packets = payloads().len() as u64;
+        assert_eq!(
+            (
+                totals.to_peer_packets - totals_before.to_peer_packets,
+                totals.to_peer_bytes - totals_before.to_peer_bytes,
+                totals.to_client_packets - totals_before.to_client_packets,
+                totals.to_client_bytes - totals_before.to_client_bytes,
+            ),
+            (4 * packets, 4 * bytes, 4 * packets, 4 * bytes)
         );
     }
-    assert_eq!(
-        fast_path.outcomes().relayed,
-        4 * 2 * payloads().len() as u64
-    );
 }
 
 #[test]
@@ -189,9 +247,14 @@ fn send_and_data_indications_are_relayed_in_all_families() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let mut fast_path = attach(&topology);
-    for leg in legs(&topology) {
+    let legs = legs(&topology);
+    for leg in &legs {
+        leg.learn_hops(&mut fast_path);
+    }
+    let relayed_before = fast_path.outcomes().relayed;
+    for leg in legs {
         let id = fast_path
             .install_permission(leg.tuple(), leg.relay_addr(), leg.peer_addr().ip())
             .unwrap();
@@ -239,7 +302,7 @@ fn send_and_data_indications_are_relayed_in_all_families() {
     }
     let outcomes = fast_path.outcomes();
     assert_eq!(
-        outcomes.relayed,
+        outcomes.relayed - relayed_before,
         4 * 2 * payloads().len() as u64,
         "{outcomes:?}"
     );
@@ -252,9 +315,10 @@ fn data_indications_get_fresh_transaction_ids() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let mut fast_path = attach(&topology);
     let leg = legs(&topology).remove(0);
+    leg.learn_hops(&mut fast_path);
     fast_path
         .install_permission(leg.tuple(), leg.relay_addr(), leg.peer_addr().ip())
         .unwrap();
@@ -272,9 +336,10 @@ fn after_remove_traffic_goes_to_user_space_and_nothing_reaches_the_peer() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let mut fast_path = attach(&topology);
     for (i, leg) in legs(&topology).iter().enumerate() {
+        leg.learn_hops(&mut fast_path);
         let channel = 0x4000 + i as u16;
         let tuple = leg.tuple();
         let channel_id = fast_path
@@ -333,9 +398,11 @@ fn unknown_traffic_passes_to_user_space_unchanged() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let mut fast_path = attach(&topology);
     let leg = legs(&topology).remove(0);
+    leg.learn_hops(&mut fast_path);
+    let relayed_before = fast_path.outcomes().relayed;
     fast_path
         .install_channel(leg.tuple(), 0x4000, leg.relay_addr(), leg.peer_addr())
         .unwrap();
@@ -364,7 +431,7 @@ fn unknown_traffic_passes_to_user_space_unchanged() {
     assert_eq!(got, b"stranger");
     assert_silent(&leg.client, "client");
     assert_silent(&leg.peer, "peer");
-    assert_eq!(fast_path.outcomes().relayed, 0);
+    assert_eq!(fast_path.outcomes().relayed, relayed_before);
 }
 
 #[test]
@@ -372,11 +439,12 @@ fn auto_falls_back_without_the_capability_and_traffic_still_reaches_user_space()
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
+    let topology = Topology::new();
     let (auto, required) = Topology::within(&topology.tern, || {
         drop_bpf_capabilities();
-        let auto = FastPath::start(Mode::Auto, &["t0", "t1"], 64);
-        let required = FastPath::start(Mode::Required, &["t0", "t1"], 64);
+        let settings = settings(&["t0", "t1"], 64, AttachPolicy::Auto);
+        let auto = FastPath::start(Mode::Auto, &settings);
+        let required = FastPath::start(Mode::Required, &settings);
         (auto.map(|f| f.is_none()), required.err())
     });
     assert!(auto.unwrap(), "auto gives no fast path");
@@ -384,7 +452,7 @@ fn auto_falls_back_without_the_capability_and_traffic_still_reaches_user_space()
         matches!(required, Some(Unavailable::NotPermitted(_))),
         "required reports the capability: {required:?}"
     );
-    let off = FastPath::start(Mode::Off, &["t0"], 64).unwrap();
+    let off = FastPath::start(Mode::Off, &settings(&["t0"], 64, AttachPolicy::Auto)).unwrap();
     assert!(off.is_none());
     // Without the kernel path the datagram reaches tern's socket as it was sent.
     let leg = legs(&topology).remove(0);
@@ -395,18 +463,354 @@ fn auto_falls_back_without_the_capability_and_traffic_still_reaches_user_space()
 }
 
 #[test]
-fn forwarding_off_is_reported_by_name() {
+fn until_something_comes_from_the_peer_its_traffic_stays_in_user_space() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(false);
-    let result = Topology::within(&topology.tern, || FastPath::attach(&["t0", "t1"], 8).err());
-    match result {
-        Some(Unavailable::ForwardingDisabled { sysctl }) => {
-            assert_eq!(sysctl, "net.ipv4.conf.t0.forwarding")
-        }
-        other => panic!("expected ForwardingDisabled, got {other:?}"),
+    let topology = Topology::new();
+    // The host does not forward: the next hops come from the packets, not from the FIB.
+    let forwarding = Topology::within(&topology.tern, || {
+        [
+            "ipv4/conf/t0",
+            "ipv4/conf/t1",
+            "ipv6/conf/t0",
+            "ipv6/conf/t1",
+        ]
+        .map(|path| std::fs::read_to_string(format!("/proc/sys/net/{path}/forwarding")).unwrap())
+    });
+    assert!(forwarding.iter().all(|v| v.trim() == "0"), "{forwarding:?}");
+    let mut fast_path = attach(&topology);
+    // The first two legs: addresses nothing has come from yet (the others reuse them).
+    for (i, leg) in legs(&topology).iter().take(2).enumerate() {
+        let channel = 0x4000 + i as u16;
+        fast_path
+            .install_channel(leg.tuple(), channel, leg.relay_addr(), leg.peer_addr())
+            .unwrap();
+        let no_hop = fast_path.outcomes().no_hop;
+        let cd = channel_data(channel, b"first", 0);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let (got, _) = recv(&leg.listener).expect("reaches user space");
+        assert_eq!(got, cd, "{}", leg.name);
+        assert_silent(&leg.peer, leg.name);
+        assert_eq!(fast_path.outcomes().no_hop, no_hop + 1, "{}", leg.name);
+        // The peer answers (user space would have relayed the first one): that comes back in
+        // the kernel, and from now on both ways do.
+        leg.peer.send_to(b"answer", leg.relay_addr()).unwrap();
+        let got = expect_from(&leg.client, leg.listener_addr(), leg.name);
+        assert_eq!(got, channel_data(channel, b"answer", 0), "{}", leg.name);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        assert_eq!(expect_from(&leg.peer, leg.relay_addr(), leg.name), b"first");
+        leg.assert_user_space_silent();
     }
+}
+
+/// The single-NIC host: client and peer both behind t0. Natively on a veth the program redirects
+/// the frame to the interface it came from (XDP_TX there would wait for the other end's next
+/// wake-up, forever for a lone packet: IPv6 never arrived); generically (veth's default) it uses
+/// XDP_TX.
+#[test]
+fn client_and_peer_behind_the_same_interface_in_both_families() {
+    if !can_run() {
+        return;
+    }
+    for (policy, expected) in [
+        (AttachPolicy::Native, AttachMode::Native),
+        (AttachPolicy::Auto, AttachMode::Generic),
+    ] {
+        let topology = Topology::new();
+        let mut fast_path = attach_with(&topology, &["t0", "t1"], policy);
+        let mode = fast_path.attached()[0].1;
+        assert_eq!(mode, expected);
+        let combos = [
+            ("v4", CLIENT_V4, TERN_CLIENT_SIDE_V4, NEAR_PEER_V4),
+            ("v6", CLIENT_V6, TERN_CLIENT_SIDE_V6, NEAR_PEER_V6),
+            (
+                "v4 client, v6 peer",
+                CLIENT_V4,
+                TERN_CLIENT_SIDE_V6,
+                NEAR_PEER_V6,
+            ),
+        ];
+        for (i, (name, client_ip, tern_ip, peer_ip)) in combos.into_iter().enumerate() {
+            let i = i as u16;
+            let listen_ip = if client_ip.contains(':') {
+                TERN_CLIENT_SIDE_V6
+            } else {
+                TERN_CLIENT_SIDE_V4
+            };
+            let leg = Leg {
+                name,
+                client: Topology::socket(&topology.client, addr(client_ip, 40000 + i)),
+                listener: Topology::socket(&topology.tern, addr(listen_ip, LISTEN_PORT + i)),
+                relay: Topology::socket(&topology.tern, addr(tern_ip, 49152 + i)),
+                peer: Topology::socket(&topology.client, addr(peer_ip, 50000 + i)),
+            };
+            leg.learn_hops(&mut fast_path);
+            let channel = 0x4000 + i;
+            fast_path
+                .install_channel(leg.tuple(), channel, leg.relay_addr(), leg.peer_addr())
+                .unwrap();
+            for payload in payloads() {
+                let sent = channel_data(channel, &payload, 0);
+                leg.client.send_to(&sent, leg.listener_addr()).unwrap();
+                let got = expect_from(&leg.peer, leg.relay_addr(), name);
+                assert_eq!(got, payload, "{name} ({mode:?}): ChannelData -> peer");
+                leg.peer.send_to(&payload, leg.relay_addr()).unwrap();
+                let got = expect_from(&leg.client, leg.listener_addr(), name);
+                assert_eq!(got, sent, "{name} ({mode:?}): peer -> ChannelData");
+            }
+            leg.assert_user_space_silent();
+        }
+    }
+}
+
+/// Two allocations of this tern talking to each other (two browsers on one TURN server): A's
+/// client sends to B's relay address and B's client gets it from the kernel, framed as from A's
+/// relay address, without the datagram ever leaving the host. Also behind a 1:1 NAT, where each
+/// sees the other's advertised (public) relay address.
+#[test]
+fn two_allocations_of_this_tern_talk_in_the_kernel() {
+    if !can_run() {
+        return;
+    }
+    const PUBLIC: &str = "203.0.113.10";
+    for (variant, advertised) in [("no NAT", TERN_PEER_SIDE_V4), ("1:1 NAT", PUBLIC)] {
+        let topology = Topology::new();
+        let mut fast_path = attach(&topology);
+        let listener = Topology::socket(&topology.tern, addr(TERN_CLIENT_SIDE_V4, LISTEN_PORT));
+        let client_a = Topology::socket(&topology.client, addr(CLIENT_V4, 40000));
+        let client_b = Topology::socket(&topology.client, addr(CLIENT_V4, 40001));
+        let relay_a = Topology::socket(&topology.tern, addr(TERN_PEER_SIDE_V4, 49200));
+        let relay_b = Topology::socket(&topology.tern, addr(TERN_PEER_SIDE_V4, 49201));
+        let seen = |relay: &UdpSocket| addr(advertised, relay.local_addr().unwrap().port());
+        let tuple = |client: &UdpSocket| ClientTuple {
+            client: client.local_addr().unwrap(),
+            server: listener.local_addr().unwrap(),
+        };
+        let loopback = Some(Loopback {
+            peer_relay_ip: TERN_PEER_SIDE_V4.parse().unwrap(),
+            self_ip: advertised.parse().unwrap(),
+        });
+        // A: a channel to B's relay address; B: a permission for A's (tern's own address).
+        let a = fast_path
+            .install(&Entry {
+                tuple: tuple(&client_a),
+                relay: relay_a.local_addr().unwrap(),
+                kind: EntryKind::Channel {
+                    number: 0x4000,
+                    peer: seen(&relay_b),
+                },
+                relay_ports_only: false,
+                loopback,
+            })
+            .unwrap();
+        let b = fast_path
+            .install(&Entry {
+                tuple: tuple(&client_b),
+                relay: relay_b.local_addr().unwrap(),
+                kind: EntryKind::Permission {
+                    peer: advertised.parse().unwrap(),
+                },
+                relay_ports_only: true,
+                loopback,
+            })
+            .unwrap();
+        let server = listener.local_addr().unwrap();
+        // Both clients share an address, so the way to B's client is known from A's first
+        // packet on: everything goes through the kernel. B answers with a Send to A's relay
+        // address, and A's client gets ChannelData.
+        let send = send_indication(seen(&relay_a), b"from B", true);
+        client_b.send_to(&send, server).unwrap();
+        let (got, from) = recv(&client_a).expect("A's client gets B's data");
+        assert_eq!(
+            (got, from),
+            (channel_data(0x4000, b"from B", 0), server),
+            "{variant}"
+        );
+        // A to B, as a Data indication from A's relay address.
+        for n in 0..10 {
+            let payload = format!("A to B {n}");
+            client_a
+                .send_to(&channel_data(0x4000, payload.as_bytes(), 0), server)
+                .unwrap();
+            let (got, from) = recv(&client_b).expect("B's client gets A's data");
+            assert_eq!(from, server, "{variant}");
+            let msg = Message::parse(&got).unwrap();
+            assert_eq!(
+                (msg.class(), msg.method()),
+                (Class::Indication, Method::DATA)
+            );
+            let peer = stun::decode_xor_address(
+                msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+                msg.transaction_id(),
+            )
+            .unwrap();
+            assert_eq!(peer, seen(&relay_a), "{variant}");
+            assert_eq!(msg.get(attr::DATA), Some(payload.as_bytes()), "{variant}");
+        }
+        for socket in [&listener, &relay_a, &relay_b] {
+            assert_silent(socket, variant);
+        }
+        // Each side counts what it relayed: A 10 out and 1 in, B the other way round.
+        let (a, b) = (
+            fast_path.counters(a).unwrap(),
+            fast_path.counters(b).unwrap(),
+        );
+        assert_eq!(
+            (a.to_peer_packets, a.to_client_packets),
+            (10, 1),
+            "{variant}"
+        );
+        assert_eq!(
+            (b.to_peer_packets, b.to_client_packets),
+            (1, 10),
+            "{variant}"
+        );
+        let totals = fast_path.totals();
+        assert_eq!(
+            (totals.to_peer_packets, totals.to_client_packets),
+            (11, 11),
+            "{variant}"
+        );
+    }
+}
+
+/// A permission for one of tern's own addresses passes only relay-range ports, as user space's.
+#[test]
+fn a_permission_for_an_own_address_passes_only_relay_range_ports() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new();
+    let mut fast_path = attach(&topology);
+    let leg = legs(&topology).remove(0);
+    leg.learn_hops(&mut fast_path);
+    fast_path
+        .install(&Entry {
+            tuple: leg.tuple(),
+            relay: leg.relay_addr(),
+            kind: EntryKind::Permission {
+                peer: leg.peer_addr().ip(),
+            },
+            relay_ports_only: true,
+            loopback: None,
+        })
+        .unwrap();
+    // leg.peer sits at port 50000, inside 49152..=65535: relayed.
+    leg.peer.send_to(b"in range", leg.relay_addr()).unwrap();
+    expect_from(&leg.client, leg.listener_addr(), "in range");
+    let outside = Topology::socket(&topology.peer, addr(PEER_V4, 40123));
+    outside.send_to(b"outside", leg.relay_addr()).unwrap();
+    let (got, _) = recv(&leg.relay).expect("reaches user space");
+    assert_eq!(got, b"outside");
+    assert_silent(&leg.client, "client");
+}
+
+/// A datagram that would leave bigger than the egress MTU goes to user space.
+#[test]
+fn a_packet_over_the_mtu_goes_to_user_space() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new();
+    let mut fast_path = attach(&topology);
+    let leg = legs(&topology).remove(0);
+    leg.learn_hops(&mut fast_path);
+    fast_path
+        .install_permission(leg.tuple(), leg.relay_addr(), leg.peer_addr().ip())
+        .unwrap();
+    let status = std::process::Command::new("ip")
+        .args(["-n", &topology.tern, "link", "set", "t0", "mtu", "1300"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // 1250 bytes from the peer fit t1; as a Data indication (36 more) plus headers, not t0.
+    let payload = vec![7u8; 1250];
+    leg.peer.send_to(&payload, leg.relay_addr()).unwrap();
+    let (got, _) = recv(&leg.relay).expect("reaches user space");
+    assert_eq!(got, payload);
+    assert_eq!(fast_path.outcomes().too_big, 1);
+    let small = vec![7u8; 1200];
+    leg.peer.send_to(&small, leg.relay_addr()).unwrap();
+    let got = expect_from(&leg.client, leg.listener_addr(), "fits");
+    assert_eq!(
+        Message::parse(&got).unwrap().get(attr::DATA),
+        Some(&small[..])
+    );
+}
+
+/// A sender on this host with transmit checksum offload (a container behind a veth) hands over
+/// only the pseudo header's sum as its UDP checksum: relayed with it, the datagram would arrive
+/// with a wrong one and be dropped. It goes to user space instead, which the stack serves.
+#[test]
+fn a_partial_checksum_from_this_host_goes_to_user_space() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new();
+    let mut fast_path = attach(&topology);
+    for leg in legs(&topology).iter().take(2) {
+        leg.learn_hops(&mut fast_path);
+        fast_path
+            .install_channel(leg.tuple(), 0x4000, leg.relay_addr(), leg.peer_addr())
+            .unwrap();
+        let offload = |on: &str| {
+            let output = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topology.client,
+                    "ethtool",
+                    "-K",
+                    "c0",
+                    "tx",
+                    on,
+                ])
+                .output()
+                .unwrap();
+            assert!(output.status.success());
+        };
+        offload("on");
+        let partial = fast_path.outcomes().partial_checksum;
+        let cd = channel_data(0x4000, b"checksum left to the NIC", 0);
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let (got, _) = recv(&leg.listener).expect("reaches user space");
+        assert_eq!(got, cd, "{}", leg.name);
+        assert_silent(&leg.peer, leg.name);
+        assert_eq!(
+            fast_path.outcomes().partial_checksum,
+            partial + 1,
+            "{}",
+            leg.name
+        );
+        // With a whole checksum the kernel relays it again.
+        offload("off");
+        leg.client.send_to(&cd, leg.listener_addr()).unwrap();
+        let got = expect_from(&leg.peer, leg.relay_addr(), leg.name);
+        assert_eq!(got, b"checksum left to the NIC");
+    }
+}
+
+#[test]
+fn loopback_is_refused_by_name() {
+    if !can_run() {
+        return;
+    }
+    let topology = Topology::new();
+    let result = Topology::within(&topology.tern, || {
+        FastPath::attach(&settings(&["t0", "lo"], 8, AttachPolicy::Auto)).err()
+    });
+    assert!(
+        matches!(&result, Some(Unavailable::Loopback(name)) if name == "lo"),
+        "{result:?}"
+    );
+    let result = Topology::within(&topology.tern, || {
+        FastPath::attach(&settings(&[], 8, AttachPolicy::Auto)).err()
+    });
+    assert!(
+        matches!(result, Some(Unavailable::NoInterface)),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -414,8 +818,10 @@ fn a_full_fast_path_says_so_and_frees_slots_on_remove() {
     if !can_run() {
         return;
     }
-    let topology = Topology::new(true);
-    let mut fast_path = Topology::within(&topology.tern, || FastPath::attach(&[], 2).unwrap());
+    let topology = Topology::new();
+    let mut fast_path = Topology::within(&topology.tern, || {
+        FastPath::attach(&settings(&["t0"], 2, AttachPolicy::Auto)).unwrap()
+    });
     let tuple = ClientTuple {
         client: addr(CLIENT_V4, 40000),
         server: addr(TERN_CLIENT_SIDE_V4, LISTEN_PORT),

@@ -17,7 +17,7 @@
 
 use crate::cli::AbuseArgs;
 use crate::client::{rest_credentials, write_request, Credentials, Reply, Session, TurnClient};
-use crate::{raise_fd_limit, report, require_loopback};
+use crate::{raise_fd_limit, report, require_test_address};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -62,7 +62,7 @@ impl Noise {
 
 pub fn run(args: &AbuseArgs) -> io::Result<()> {
     let common = &args.common;
-    require_loopback(common.server)?;
+    require_test_address(common.server)?;
     raise_fd_limit();
     let deadline = Instant::now() + common.duration();
     let tally = Arc::new(Tally::default());

@@ -98,6 +98,7 @@ impl Server {
             stats: Traffic::default(),
             relay_transport: allocate.transport,
             peer_connections: Vec::new(),
+            offloaded: false,
         });
         Output::BindRelay(RelayRequest {
             alloc,
@@ -223,6 +224,7 @@ impl Server {
         };
         self.counters.allocations_created += 1;
         debug!(client = %answer.tuple.client, relay = ?allocation.advertised().collect::<Vec<_>>(), user = %allocation.username, "allocation created");
+        self.start_offloading(alloc.index);
         self.allocate_success(now, alloc.index, &answer, reservation, out)
     }
 

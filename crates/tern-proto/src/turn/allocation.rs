@@ -1,6 +1,6 @@
 //! One allocation's state: its relay, permissions and channels.
 
-use super::{ErrorCode, Family, FiveTuple, RelayTransport};
+use super::{ErrorCode, Family, FiveTuple, OffloadKey, RelayTransport};
 use crate::auth::LongTermKey;
 use crate::policy::ByteBucket;
 use rustc_hash::FxHashMap;
@@ -91,6 +91,8 @@ pub(crate) struct Allocation {
     pub relay_transport: RelayTransport,
     /// Peer TCP connections of a TCP allocation.
     pub peer_connections: Vec<PeerConnection>,
+    /// Its channels and permissions are announced for offloading (see `offload`).
+    pub offloaded: bool,
 }
 
 /// Relayed traffic of one allocation.
@@ -100,6 +102,18 @@ pub struct Traffic {
     pub bytes_to_peer: u64,
     pub packets_to_client: u64,
     pub bytes_to_client: u64,
+}
+
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+    fn add(self, other: Traffic) -> Traffic {
+        Traffic {
+            packets_to_peer: self.packets_to_peer + other.packets_to_peer,
+            bytes_to_peer: self.bytes_to_peer + other.bytes_to_peer,
+            packets_to_client: self.packets_to_client + other.packets_to_client,
+            bytes_to_client: self.bytes_to_client + other.bytes_to_client,
+        }
+    }
 }
 
 /// What the admin API shows of an allocation.
@@ -171,13 +185,27 @@ impl Allocation {
 
     /// Drops expired permissions and channels; returns the earliest deadline still pending. Runs
     /// when the allocation's timer fires: at most `max-permissions` + `max-channels` entries.
-    pub fn sweep(&mut self, now: Instant) -> Instant {
-        self.permissions.retain(|_, p| p.expires > now);
+    /// `ended` hears of each permission and channel the server stops relaying: those that
+    /// expired, and channels whose peer's permission just did.
+    pub fn sweep(&mut self, now: Instant, mut ended: impl FnMut(OffloadKey)) -> Instant {
+        let mut permission_ended = false;
+        self.permissions.retain(|ip, p| {
+            let live = p.expires > now;
+            if !live {
+                permission_ended = true;
+                ended(OffloadKey::Permission(*ip));
+            }
+            live
+        });
         let numbers = &mut self.channel_numbers;
-        self.channels.retain(|_, c| {
+        let permissions = &self.permissions;
+        self.channels.retain(|number, c| {
             let live = c.expires > now;
             if !live {
                 numbers.remove(&c.peer);
+            }
+            if !live || (permission_ended && !permissions.contains_key(&c.peer.ip())) {
+                ended(OffloadKey::Channel(*number));
             }
             live
         });

@@ -9,6 +9,8 @@
 //! - `request`: requests decoded into typed messages; `auth`: authentication and challenges.
 //! - `allocate`, `requests` (Binding, Refresh, CreatePermission, ChannelBind), `rfc6062`
 //!   (TCP relays), `data` (ChannelData, Send, peer datagrams).
+//! - `offload`: which channels and permissions the I/O layer may relay itself (the kernel fast
+//!   path), announced as events.
 //! - `reply`: writing and counting responses (and rate limiting unauthenticated ones);
 //!   `error_code`: the error codes; `metrics`: the counters, declared once; `log_gate`: rate
 //!   limiting the log lines clients can provoke.
@@ -24,6 +26,7 @@ mod error_code;
 mod log_gate;
 pub mod metrics;
 mod nat_discovery;
+mod offload;
 mod refusal;
 mod reply;
 mod request;
@@ -33,7 +36,7 @@ mod server;
 mod timers;
 mod types;
 
-pub use allocation::AllocationInfo;
+pub use allocation::{AllocationInfo, Traffic};
 pub use core_config::{
     CoreConfig, ExternalIp, CHANNEL_LIFETIME, DEFAULT_ALLOCATE_LIFETIME, DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_PEERS_PER_REQUEST, DEFAULT_MAX_PERMISSIONS, DEFAULT_UNAUTHENTICATED_RATE_LIMIT,
@@ -46,9 +49,9 @@ pub use metrics::{BandwidthLimit, Counters, Direction};
 pub use nat_discovery::NatDiscovery;
 pub use server::Server;
 pub use types::{
-    AllocId, BoundRelay, ConnectionLookup, Event, Family, FiveTuple, Output, PortRequest,
-    RelayError, RelayRequest, RelayTransport, Transport, CONNECTION_BIND_TIMEOUT,
-    MAX_PEER_CONNECTIONS,
+    AllocId, BoundRelay, ConnectionLookup, Event, Family, FiveTuple, Offload, OffloadKey,
+    Offloaded, Output, PortRequest, RelayError, RelayRequest, RelayTransport, Transport,
+    CONNECTION_BIND_TIMEOUT, MAX_PEER_CONNECTIONS,
 };
 
 #[cfg(test)]

@@ -128,10 +128,10 @@ impl Server {
             return self.refuse_by_limit(out, answer, Limit::MaxPermissions);
         }
         let expires = now + self.config.permission_lifetime;
-        let policy = &self.config.policy;
-        let allocation = &mut self.allocations[index];
         for peer in create.peers().flatten() {
-            let relay_ports_only = policy.relay_ports_only(peer.ip());
+            let relay_ports_only = self.config.policy.relay_ports_only(peer.ip());
+            let allocation = &mut self.allocations[index];
+            let new = !allocation.has_permission(peer.ip());
             allocation.install_permission(
                 peer.ip(),
                 Permission {
@@ -139,6 +139,9 @@ impl Server {
                     relay_ports_only,
                 },
             );
+            if new {
+                self.permission_live(index, peer.ip());
+            }
         }
         self.reschedule(index, expires);
         self.reply_success(out, answer)
@@ -187,8 +190,14 @@ impl Server {
             relay_ports_only: self.config.policy.relay_ports_only(peer.ip()),
         };
         let allocation = &mut self.allocations[index];
+        let new_permission = !allocation.has_permission(peer.ip());
         allocation.bind_channel(number, peer, channel_expires);
         allocation.install_permission(peer.ip(), permission);
+        if new_permission {
+            self.permission_live(index, peer.ip()); // the channel with it
+        } else if bound.is_none() {
+            self.channel_live(index, number);
+        }
         self.reschedule(index, channel_expires.min(permission.expires));
         self.reply_success(out, answer)
     }

@@ -11,7 +11,7 @@ use super::refusal;
 use super::reply::{Answer, Seal};
 use super::request::{self, is_known_attribute};
 use super::timers::TimerQueue;
-use super::{AllocId, ErrorCode, Event, FiveTuple, Output};
+use super::{AllocId, ErrorCode, Event, FiveTuple, OffloadKey, Output};
 use crate::auth::NonceMint;
 use crate::metrics::LabelSet;
 use crate::policy::{CapacityPool, Quotas, SourceLimiter, Verdict};
@@ -69,6 +69,8 @@ pub struct Server {
     pub(super) capacity: Capacity,
     /// After a reload: the slab index from which permissions and channels are judged again.
     revalidate_from: Option<usize>,
+    /// Announce offloadable channels and permissions (`offload`).
+    pub(super) offload: bool,
 }
 
 /// Allocations whose permissions and channels a reload re-judges per wake-up: with their caps
@@ -107,6 +109,7 @@ impl Server {
             log_gates: Default::default(),
             capacity: Capacity::default(),
             revalidate_from: None,
+            offload: false,
         }
     }
 
@@ -233,7 +236,13 @@ impl Server {
                 self.remove_allocation(index, Removal::Expired);
                 continue;
             }
-            let next = allocation.sweep(now);
+            let (offloaded, alloc) = (allocation.offloaded, AllocId { index, generation });
+            let events = &mut self.events;
+            let next = allocation.sweep(now, |what| {
+                if offloaded {
+                    events.push_back(Event::Unoffload { alloc, what });
+                }
+            });
             allocation.next_deadline = next;
             self.schedule(next, index, generation);
         }
@@ -272,34 +281,52 @@ impl Server {
         let end = from
             .saturating_add(REVALIDATE_BATCH)
             .min(self.allocations.capacity());
-        let policy = &self.config.policy;
+        let config = self.config.clone();
+        let policy = &config.policy;
         let mut revoked = [0u64; Revoked::COUNT];
+        let mut rejudged = Vec::new();
         for index in from..end {
             let Some(allocation) = self.allocations.get_mut(index) else {
                 continue;
             };
+            let alloc = AllocId {
+                index,
+                generation: allocation.generation,
+            };
+            let offloaded = allocation.offloaded;
+            let events = &mut self.events;
+            let mut withdraw = |what| {
+                if offloaded {
+                    events.push_back(Event::Unoffload { alloc, what });
+                }
+            };
             let before = allocation.permissions.len();
+            rejudged.clear();
             allocation.permissions.retain(|ip, permission| {
+                let was = permission.relay_ports_only;
                 permission.relay_ports_only = policy.relay_ports_only(*ip);
-                policy.permits(*ip)
+                let kept = policy.permits(*ip);
+                if !kept || was != permission.relay_ports_only {
+                    withdraw(OffloadKey::Permission(*ip));
+                    if kept {
+                        rejudged.push(*ip);
+                    }
+                }
+                kept
             });
             revoked[Revoked::Permission.index()] += (before - allocation.permissions.len()) as u64;
             let permissions = &allocation.permissions;
             let numbers = &mut allocation.channel_numbers;
-            allocation.channels.retain(|_, channel| {
+            allocation.channels.retain(|number, channel| {
                 let kept = policy.judge(channel.peer) == Verdict::Permitted
                     && permissions.contains_key(&channel.peer.ip());
                 if !kept {
                     numbers.remove(&channel.peer);
                     revoked[Revoked::Channel.index()] += 1;
+                    withdraw(OffloadKey::Channel(*number));
                 }
                 kept
             });
-            let alloc = AllocId {
-                index,
-                generation: allocation.generation,
-            };
-            let events = &mut self.events;
             allocation.peer_connections.retain_mut(|connection| {
                 let denied = policy.judge(connection.peer) != Verdict::Permitted;
                 // One still connecting stays until the I/O layer reports it given up (answered
@@ -318,6 +345,7 @@ impl Server {
                 }
                 !denied || connection.connect.is_some()
             });
+            self.reconsider_offload(index, &rejudged);
         }
         for (counter, count) in self.counters.reload_revocations.iter_mut().zip(revoked) {
             *counter += count;

@@ -1713,3 +1713,4 @@ fn requests_before_the_relay_is_bound_still_meet_the_peer_policy() {
         .relay_bound(h.now, pending.alloc, bound, None, &mut h.out);
     assert_eq!(h.server.allocations(h.now).next().unwrap().permissions, 0);
 }
+mod offload;

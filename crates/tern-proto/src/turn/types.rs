@@ -194,6 +194,59 @@ pub enum Event {
     /// [`Server::connect_result`](super::Server::connect_result) as not connected, and the
     /// Connect is answered 403.
     ClosePeerConnection { alloc: AllocId, connection_id: u32 },
+    /// A channel or permission became live on an allocation whose traffic may be relayed outside
+    /// the server (a UDP client's UDP allocation, with no bandwidth limit configured): the I/O
+    /// layer may relay it itself (the kernel fast path) until [`Event::Unoffload`] names it or
+    /// [`Event::Released`] ends the allocation. Emitted only while offloading is on
+    /// ([`Server::set_offload`](super::Server::set_offload)). A channel is announced only while
+    /// its peer's permission lives, as only then does the server relay it.
+    Offload(Offload),
+    /// What [`Event::Offload`] announced ended (expiry, a reload that denies the peer or sets a
+    /// bandwidth limit; for a channel, also its permission's end): its traffic must reach the
+    /// server again. May name what is not (or no longer) offloaded. Whatever was relayed outside
+    /// meanwhile goes to [`Server::add_offloaded_traffic`](super::Server::add_offloaded_traffic).
+    Unoffload { alloc: AllocId, what: OffloadKey },
+}
+
+/// A channel or permission the I/O layer may relay itself ([`Event::Offload`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offload {
+    pub alloc: AllocId,
+    pub tuple: FiveTuple,
+    /// The allocation's relay socket of the peer's family, as bound.
+    pub relay: SocketAddr,
+    /// The same as clients see it (`external-ip`), which another allocation of this server
+    /// would name as its peer.
+    pub advertised: SocketAddr,
+    pub what: Offloaded,
+    /// The peer is one of the host's own addresses: its datagrams pass only from relay-range
+    /// ports (`PeerPolicy::relay_ports_only`).
+    pub relay_ports_only: bool,
+}
+
+/// What is offloaded: a channel (ChannelData to one peer transport address, and that address's
+/// datagrams back as ChannelData) or a permission (Send indications to any port of the peer IP,
+/// and its datagrams back as Data indications).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offloaded {
+    Channel { number: u16, peer: SocketAddr },
+    Permission { peer: IpAddr },
+}
+
+impl Offloaded {
+    pub fn key(&self) -> OffloadKey {
+        match *self {
+            Offloaded::Channel { number, .. } => OffloadKey::Channel(number),
+            Offloaded::Permission { peer } => OffloadKey::Permission(peer),
+        }
+    }
+}
+
+/// Names an allocation's channel (by number) or permission (by peer IP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OffloadKey {
+    Channel(u16),
+    Permission(IpAddr),
 }
 
 /// The I/O layer's registry of peer TCP connections waiting for their ConnectionBind (RFC 6062

@@ -4,10 +4,13 @@
 //!  client ns              tern ns                         peer ns
 //!  c0 192.0.2.2  ---- t0 192.0.2.1     t1 198.51.100.1 ---- p0 198.51.100.2
 //!     2001:db8:c::2      2001:db8:c::1    2001:db8:d::1        2001:db8:d::2
+//!     192.0.2.3 (a peer behind the client side's interface: the single-NIC case)
+//!     2001:db8:c::3
 //! ```
 //!
-//! The program attaches to t0 and t1 in the tern namespace; UDP sockets in the tern namespace
-//! stand in for tern's listener and relay sockets, so a test also sees what reaches user space.
+//! The program attaches to t0 and t1 in the tern namespace, which does not forward (IP forwarding
+//! stays off, as on any host that is not a router); UDP sockets in the tern namespace stand in for
+//! tern's listener and relay sockets, so a test also sees what reaches user space.
 //! The rule for missing tools is the server's (tests/common/tools.rs): under CI=true a missing
 //! one fails the test; elsewhere the test says SKIPPED and passes.
 
@@ -28,6 +31,9 @@ pub const CLIENT_V6: &str = "2001:db8:c::2";
 pub const TERN_CLIENT_SIDE_V6: &str = "2001:db8:c::1";
 pub const TERN_PEER_SIDE_V6: &str = "2001:db8:d::1";
 pub const PEER_V6: &str = "2001:db8:d::2";
+/// A peer on the client side: reached through the same interface as the client.
+pub const NEAR_PEER_V4: &str = "192.0.2.3";
+pub const NEAR_PEER_V6: &str = "2001:db8:c::3";
 
 const MAC_C0: &str = "02:00:00:00:0c:00";
 const MAC_T0: &str = "02:00:00:00:0a:00";
@@ -82,8 +88,8 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Makes the namespaces, with forwarding on t0/t1 (the FIB lookup needs it) when `forwarding`.
-    pub fn new(forwarding: bool) -> Topology {
+    /// Makes the namespaces and links.
+    pub fn new() -> Topology {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
             "txdp{}-{}",
@@ -139,37 +145,31 @@ impl Topology {
             ]);
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             // Senders fill in the whole UDP checksum (as packets from the wire have it), and
-            // GRO gives each veth NAPI, which XDP_REDIRECT into it needs.
+            // GRO gives each veth NAPI, which frames redirected into it need.
             run(&[
                 "ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "gro", "on",
             ]);
         }
-        if forwarding {
-            for dev in ["t0", "t1"] {
-                run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    t,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv4.conf.{dev}.forwarding=1"),
-                ]);
-                run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    t,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{dev}.forwarding=1"),
-                ]);
-            }
+        for (ip, prefix) in [(NEAR_PEER_V4, 24), (NEAR_PEER_V6, 64)] {
+            run(&[
+                "ip",
+                "-n",
+                c,
+                "addr",
+                "add",
+                &format!("{ip}/{prefix}"),
+                "dev",
+                "c0",
+                "nodad",
+            ]);
         }
-        // Neighbours known from the start: the kernel path leaves unresolved ones to user space.
+        // Neighbours known from the start, so user space's first datagrams do not wait on
+        // address resolution.
         let neighbours = [
             (t, "t0", CLIENT_V4, MAC_C0),
             (t, "t0", CLIENT_V6, MAC_C0),
+            (t, "t0", NEAR_PEER_V4, MAC_C0),
+            (t, "t0", NEAR_PEER_V6, MAC_C0),
             (t, "t1", PEER_V4, MAC_P0),
             (t, "t1", PEER_V6, MAC_P0),
             (c, "c0", TERN_CLIENT_SIDE_V4, MAC_T0),
