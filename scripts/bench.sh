@@ -8,7 +8,8 @@
 #   scripts/bench.sh            # full tables: 3 runs per cell (about 30 minutes)
 #   scripts/bench.sh --quick    # 1 short run per cell (about 3–4 minutes), a smoke test
 #   scripts/bench.sh --runs=5   # more runs
-#   scripts/bench.sh --netns    # relay rows through network namespaces and veth pairs
+#   scripts/bench.sh --netns    # relay rows through network namespaces and veth pairs, and the
+#                               # kernel fast path (tern-xdp) rows next to them
 #   scripts/bench.sh --no-write # do not touch docs/BENCHMARKS.md
 #   scripts/bench.sh --only=steady-100a-100b,binding  # some scenarios (debugging the script)
 #   scripts/bench.sh --servers=tern,raw               # some servers (debugging the script)
@@ -167,7 +168,8 @@ wait_bound() { # port: until something listens on it (10 s at most)
 port_taken() { "${SRV[@]}" ss -Huan "sport = :$1" | grep -q . || ss -Huan "sport = :$1" | grep -q .; }
 
 # start_server KIND: on a fresh port; sets SERVER_PID and PORT. Kinds: tern (default
-# relay-threads), tern-1w, coturn (Debian 4.6.1, default relay threads), coturn-1t (1 relay
+# relay-threads), tern-1w, tern-xdp (default relay-threads, fast-path = "required" on the
+# server namespace's two veths: --netns only), coturn (Debian 4.6.1, default relay threads), coturn-1t (1 relay
 # thread), coturn17 (4.17.1 --udp-gso), coturn17-mux (also --multiplex-peer), raw.
 start_server() {
   local kind=$1 ip
@@ -182,7 +184,7 @@ start_server() {
     --allow-loopback-peers --min-port "$MIN_PORT" --max-port "$MAX_PORT"
     --no-stdout-log --log-file /dev/null --pidfile "$WORK/coturn.pid")
   case "$kind" in
-    tern | tern-1w)
+    tern | tern-1w | tern-xdp)
       {
         echo "listening-ip = \"$ip\""
         echo "listening-port = $PORT"
@@ -191,6 +193,10 @@ start_server() {
         echo "static-auth-secret = \"$SECRET\""
         echo "realm = \"$REALM\""
         [ "$kind" = tern-1w ] && echo "relay-threads = 1"
+        if [ "$kind" = tern-xdp ]; then
+          echo "fast-path = \"required\""
+          echo "fast-path-interfaces = [\"tbsg$$\", \"tbsp$$\"]"
+        fi
         echo "allow-loopback-peers = true"
         echo "allowed-peer-ip = [\"198.51.100.0/24\"]"
         echo "no-http = true"
@@ -262,6 +268,10 @@ measure() {
 }
 
 STEADY_SERVERS=(tern tern-1w coturn coturn17 coturn17-mux raw)
+# The kernel fast path needs a network to serve (XDP never serves loopback): namespaces only.
+FAST_PATH=()
+[ "$TOPOLOGY" = netns ] && FAST_PATH=(tern-xdp)
+STEADY_SERVERS+=("${FAST_PATH[@]}")
 # Prototypes of proposed changes, measured next to the baselines when asked for.
 [ "${BENCH_PROTOTYPES:-0}" = 1 ] && STEADY_SERVERS+=(raw-c100 raw-c250)
 steady() { # SCENARIO RUN ALLOCATIONS SIZE [ARGS...]
@@ -290,8 +300,11 @@ for run in $(seq "$RUNS"); do
       steady steady-1000a-1000b-sys "$run" 1000 1000 --count-syscalls
     fi
   fi
-  for kind in tern-1w coturn-1t coturn17-1t raw; do measure sat-100 relay "$kind" "$run" relay --allocations 100 --size 100; done
-  for kind in tern-1w coturn-1t coturn17-1t raw; do measure sat-1000 relay "$kind" "$run" relay --allocations 100 --size 1000; done
+  # With the fast path, also coTURN 4.17.1 at its best (multiplex-peer), its target's baseline.
+  SAT=(tern-1w coturn-1t coturn17-1t raw)
+  [ ${#FAST_PATH[@]} -gt 0 ] && SAT+=(coturn17-mux "${FAST_PATH[@]}")
+  for kind in "${SAT[@]}"; do measure sat-100 relay "$kind" "$run" relay --allocations 100 --size 100; done
+  for kind in "${SAT[@]}"; do measure sat-1000 relay "$kind" "$run" relay --allocations 100 --size 1000; done
   for kind in tern coturn; do measure sat-100-2w relay "$kind" "$run" relay --allocations 100 --size 100 --threads 2; done
   # The old fixed-rate load: 20 k pkt/s sent as a burst every millisecond (batching helps).
   for kind in tern coturn raw; do measure tick-20k-100 relay "$kind" "$run" relay --allocations 100 --size 100 --rate 20000; done

@@ -4,7 +4,8 @@
 //! Servers (the `server` tag): `tern` (default relay-threads), `tern-1w` (relay-threads = 1),
 //! `coturn` (Debian's 4.6.1), `coturn17` (4.17.1 with `--udp-gso`), `coturn17-mux` (4.17.1 with
 //! `--udp-gso --multiplex-peer`, non-standard: one relay port shared by all allocations of a
-//! thread) and `raw` (`tern-bench forwarder`).
+//! thread), `raw` (`tern-bench forwarder`) and `tern-xdp` (tern with `fast-path = "required"`,
+//! only through network namespaces: XDP never serves loopback).
 
 use crate::cli::TableArgs;
 use serde_json::Value;
@@ -15,6 +16,7 @@ use std::io;
 const SERVERS: &[(&str, &str)] = &[
     ("tern", "tern"),
     ("tern-1w", "tern 1 worker"),
+    ("tern-xdp", "tern fast path (XDP)"),
     ("coturn", "coTURN 4.6.1"),
     ("coturn17", "coTURN 4.17.1 udp-gso"),
     ("coturn17-mux", "coTURN 4.17.1 udp-gso multiplex-peer*"),
@@ -51,6 +53,23 @@ const STEADY_TARGETS: &[(&str, &str, f64, &str)] = &[
         "server + generator CPU",
     ),
 ];
+
+/// The fast path's steady-load targets: field, baseline server, bound on tern-xdp / baseline.
+/// `tern` as the baseline is tern's own user-space path in the same run.
+const FAST_PATH_TARGETS: &[(&str, &str, f64, &str)] = &[
+    ("machine_cpu_s_per_million", "coturn", 0.55, "machine CPU"),
+    (
+        "machine_cpu_s_per_million",
+        "coturn17-mux",
+        0.8,
+        "machine CPU",
+    ),
+    ("machine_cpu_s_per_million", "raw", 1.0, "machine CPU"),
+    ("cpu_s_per_million", "tern", 0.2, "tern's own CPU"),
+];
+
+/// Wake-ups of tern per relayed packet while the kernel relays: "≪ 0.01".
+const FAST_PATH_MAX_WAKEUPS: f64 = 0.01;
 
 /// How a row of the other table is judged.
 #[derive(Clone, Copy)]
@@ -360,6 +379,180 @@ fn steady_targets(reports: &Reports, out: &mut String) {
     }
 }
 
+/// The fast path against every other server of the same run (steady: machine CPU below each,
+/// its own CPU against tern's user space, wake-ups; saturated: packets/s against coTURN
+/// 4.17.1's best and RTT p99 below every other server).
+fn fast_path_targets(reports: &Reports, out: &mut String) {
+    let xdp = "tern-xdp";
+    if !STEADY
+        .iter()
+        .chain(&[("sat-100", ""), ("sat-1000", "")])
+        .any(|(scenario, _)| reports.has_server(scenario, xdp))
+    {
+        return;
+    }
+    out.push_str(
+        "\n**Kernel fast path: targets** (tern with `fast-path = \"required\"`, same run)\n\n",
+    );
+    out.push_str("| scenario | fast path | baseline | fast path/baseline | target | met |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    let mut row = |what: String,
+                   ours: Option<Stat>,
+                   name: String,
+                   base: Option<Stat>,
+                   target: String,
+                   judged: Option<bool>,
+                   r: Option<f64>| {
+        out.push_str(&format!(
+            "| {what} | {} | {name}: {} | {} | {target} | {} |\n",
+            cell(ours),
+            cell(base),
+            fmt_ratio(r),
+            met(judged),
+        ));
+    };
+    for (scenario, label) in STEADY {
+        if !reports.has_server(scenario, xdp) {
+            continue;
+        }
+        for &(field, baseline, bound, what) in FAST_PATH_TARGETS {
+            let ours = reports.get(scenario, xdp, field);
+            let base = reports.get(scenario, baseline, field);
+            let r = ratio(ours, base);
+            let target = if bound == 1.0 {
+                "< 1".to_string()
+            } else {
+                format!("≤ {bound}")
+            };
+            let judged = r.map(|r| if bound == 1.0 { r < 1.0 } else { r <= bound });
+            row(
+                format!("{what} s / M, {label}"),
+                ours,
+                server_name(baseline).into(),
+                base,
+                target,
+                judged,
+                r,
+            );
+        }
+        // Below every other row of the scenario.
+        let field = "machine_cpu_s_per_million";
+        let ours = reports.get(scenario, xdp, field);
+        let lowest_other = SERVERS
+            .iter()
+            .filter(|(server, _)| *server != xdp && !server.starts_with("raw-c"))
+            .filter_map(|(server, name)| reports.get(scenario, server, field).map(|s| (s, *name)))
+            .min_by(|a, b| a.0.median.total_cmp(&b.0.median));
+        if let Some((lowest, name)) = lowest_other {
+            let r = ratio(ours, Some(lowest));
+            row(
+                format!("machine CPU s / M, {label}, against the lowest other"),
+                ours,
+                name.into(),
+                Some(lowest),
+                "< 1".into(),
+                r.map(|r| r < 1.0),
+                r,
+            );
+        }
+        let wakeups = reports.get(scenario, xdp, "server_wakeups_per_pkt");
+        row(
+            format!("tern wake-ups / relayed pkt, {label}"),
+            wakeups,
+            "–".into(),
+            None,
+            format!("≤ {FAST_PATH_MAX_WAKEUPS}"),
+            wakeups.map(|w| w.median <= FAST_PATH_MAX_WAKEUPS),
+            None,
+        );
+    }
+    for (scenario, label) in [
+        ("sat-100", "saturated, 100 B"),
+        ("sat-1000", "saturated, 1000 B"),
+    ] {
+        if !reports.has_server(scenario, xdp) {
+            continue;
+        }
+        let ours = reports.get(scenario, xdp, "pps");
+        let best17 = ["coturn17", "coturn17-mux"]
+            .iter()
+            .filter_map(|server| {
+                reports
+                    .get(scenario, server, "pps")
+                    .map(|s| (s, server_name(server)))
+            })
+            .max_by(|a, b| a.0.median.total_cmp(&b.0.median));
+        if let Some((best, name)) = best17 {
+            let r = ratio(ours, Some(best));
+            row(
+                format!("relayed pkt/s, {label}"),
+                ours,
+                name.into(),
+                Some(best),
+                "≥ 2".into(),
+                r.map(|r| r >= 2.0),
+                r,
+            );
+        }
+        let ours = reports.get(scenario, xdp, "rtt_p99_us");
+        let lowest_other = SERVERS
+            .iter()
+            .filter(|(server, _)| *server != xdp && !server.starts_with("raw-c"))
+            .filter_map(|(server, name)| {
+                reports
+                    .get(scenario, server, "rtt_p99_us")
+                    .map(|s| (s, *name))
+            })
+            .min_by(|a, b| a.0.median.total_cmp(&b.0.median));
+        if let Some((lowest, name)) = lowest_other {
+            let r = ratio(ours, Some(lowest));
+            row(
+                format!("RTT p99 µs, {label}, against the lowest other"),
+                ours,
+                name.into(),
+                Some(lowest),
+                "< 1".into(),
+                r.map(|r| r < 1.0),
+                r,
+            );
+        }
+    }
+}
+
+/// Saturated rows of every server that ran them (packets/s, server and machine CPU, RTT).
+fn saturated_detail(reports: &Reports, out: &mut String) {
+    let scenarios = [
+        ("sat-100", "saturated, 100 B"),
+        ("sat-1000", "saturated, 1000 B"),
+    ];
+    if !scenarios
+        .iter()
+        .any(|(s, _)| reports.has_server(s, "tern-xdp"))
+    {
+        return;
+    }
+    out.push_str("\n| scenario | server | relayed pkt/s | server CPU s/M | machine CPU s/M | RTT p50 / p99 µs | loss |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for (scenario, label) in scenarios {
+        for (server, name) in SERVERS {
+            if !reports.has_server(scenario, server) {
+                continue;
+            }
+            let g = |f: &str| reports.get(scenario, server, f);
+            let median = |f: &str| g(f).map_or("–".into(), |s| format!("{:.0}", s.median));
+            out.push_str(&format!(
+                "| {label} | {name} | {} | {} | {} | {} / {} | {} |\n",
+                cell(g("pps")),
+                cell(g("cpu_s_per_million")),
+                cell(g("machine_cpu_s_per_million")),
+                median("rtt_p50_us"),
+                median("rtt_p99_us"),
+                g("loss").map_or("–".into(), |s| format!("{:.3} %", s.median * 100.0)),
+            ));
+        }
+    }
+}
+
 fn steady_detail(reports: &Reports, out: &mut String) {
     out.push_str(
         "| scenario | server | server CPU s/M | machine CPU s/M | server + generator s/M | \
@@ -503,11 +696,13 @@ pub fn render(input: &str) -> String {
     let mut out = String::new();
     out.push_str("**Steady load: targets** (tern at its default relay-threads)\n\n");
     steady_targets(&reports, &mut out);
+    fast_path_targets(&reports, &mut out);
     out.push_str("\n**Steady load: every server** (CPU per million relayed packets; generator = tern-bench's clients and echo peer; other = the rest of the machine)\n\n");
     steady_detail(&reports, &mut out);
     syscall_table(&reports, &mut out);
     out.push_str("\n**Saturated, bursts, Binding, allocations, memory**\n\n");
     other_rows(&reports, &mut out);
+    saturated_detail(&reports, &mut out);
     out.push_str("\n\\* non-standard: one relay port per thread shared by all its allocations.\n");
     out
 }
@@ -565,5 +760,41 @@ mod tests {
         assert!(line("coTURN 4.17.1 udp-gso: 24.0").contains("0.75×"));
         // epoll_wait and epoll_pwait add up in one column.
         assert!(line("| 100 allocs, 100 B | tern | 2.50 |").contains("| 0.70 |"));
+        assert!(
+            !table.contains("Kernel fast path"),
+            "no fast-path rows without them"
+        );
+    }
+
+    #[test]
+    fn fast_path_rows_judge_against_every_other_server() {
+        let input = [
+            r#"{"scenario":"steady-100a-100b","server":"tern","cpu_s_per_million":8.0,"machine_cpu_s_per_million":18.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"tern-xdp","cpu_s_per_million":1.0,"machine_cpu_s_per_million":9.0,"server_wakeups_per_pkt":0.002}"#,
+            r#"{"scenario":"steady-100a-100b","server":"raw","cpu_s_per_million":7.0,"machine_cpu_s_per_million":16.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"coturn","cpu_s_per_million":12.0,"machine_cpu_s_per_million":20.0}"#,
+            r#"{"scenario":"steady-100a-100b","server":"coturn17-mux","cpu_s_per_million":6.0,"machine_cpu_s_per_million":10.0}"#,
+            r#"{"scenario":"sat-100","server":"tern-xdp","pps":300000.0,"rtt_p99_us":900.0}"#,
+            r#"{"scenario":"sat-100","server":"coturn17","pps":100000.0,"rtt_p99_us":800.0}"#,
+            r#"{"scenario":"sat-100","server":"coturn17-mux","pps":120000.0,"rtt_p99_us":1200.0}"#,
+        ]
+        .join("\n");
+        let table = super::render(&input);
+        let line = |needle: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{table}"))
+        };
+        // 9 / 20 and 9 / 10: the first within 0.55, the second not within 0.8.
+        assert!(line("coTURN 4.6.1: 20.0").contains("0.45×"));
+        assert!(line("coTURN 4.6.1: 20.0").ends_with("yes |"));
+        assert!(line("multiplex-peer*: 10.0").ends_with("**no** |"));
+        assert!(line("against the lowest other").contains("0.90×"));
+        assert!(line("tern's own CPU").contains("0.12×"));
+        assert!(line("wake-ups").ends_with("yes |"));
+        // Packets/s against 4.17.1's best (multiplex-peer here), RTT against the lowest.
+        assert!(line("relayed pkt/s, saturated, 100 B |").contains("2.50×"));
+        assert!(line("RTT p99 µs, saturated, 100 B").ends_with("**no** |"));
     }
 }
