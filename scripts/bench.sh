@@ -120,6 +120,11 @@ netns_up() {
   done
   # Relay sockets bind the address the client reached (192.0.2.2): the peer answers there.
   ip -n "$NS_PEER" route add 192.0.2.0/24 via "$SRV_PEER_SIDE_IP"
+  # The generator's and the peer's veths compute whole UDP checksums, as packets from a wire
+  # carry them: with checksum offload a veth hands over partial ones, which the fast path leaves
+  # to user space (it cannot finish them). The same for every server of the run.
+  ip netns exec "$NS_GEN" ethtool -K "tbg$$" tx off >/dev/null
+  ip netns exec "$NS_PEER" ethtool -K "tbp$$" tx off >/dev/null
 }
 
 netns_down() {
