@@ -4,7 +4,7 @@
 //! raw bytes, all cut into arbitrary read sizes; a client that reads slowly or not at all; peer
 //! datagrams and connections; relay binds; reloads; time jumps; EOF. Time is injected.
 //!
-//! Asserted, besides "no panic": the queue toward the client never exceeds its limit; a closed
+//! Asserted, besides "no panic": the queue toward the client never exceeds `stream-queue-size`; a closed
 //! connection asks for nothing more and has no deadline; deadlines move on after
 //! `handle_timeout`; a relay is released only after it was bound, a hand-off only follows a
 //! ConnectionBind; every datagram toward a peer lies inside what the client sent.
@@ -17,9 +17,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern::net::stream_connection::{
-    Accepts, Connection, Output, PeerConnections, Settings, CLIENT_QUEUE_LIMIT,
-};
+use tern::config::Config;
+use tern::net::stream_connection::{Accepts, Connection, Output, PeerConnections, Settings};
 use tern::net::{StreamStats, MAX_FRAME};
 use tern_fuzz::proto::{self, Credentials, Signing};
 use tern_fuzz::Input;
@@ -91,6 +90,8 @@ struct Run {
     closed: bool,
     connection_ids: Vec<u32>,
     connects: Vec<u32>,
+    /// `stream-queue-size`: the queue toward the client never holds more.
+    queue_limit: usize,
 }
 
 impl Run {
@@ -108,9 +109,13 @@ impl Run {
             now,
             proto::UNIX_START,
         );
+        let defaults = Config::default();
+        let queue_limit = defaults.stream_queue_size as usize;
         let settings = Settings {
             idle_timeout: Duration::from_secs(10),
             partial_frame_timeout: Duration::from_secs(4),
+            write_stall_timeout: Duration::from_secs(defaults.stream_write_timeout.into()),
+            queue_limit,
             accepts,
             wall_clock,
         };
@@ -140,6 +145,7 @@ impl Run {
             closed: false,
             connection_ids: Vec::new(),
             connects: Vec::new(),
+            queue_limit,
         }
     }
 
@@ -346,6 +352,22 @@ impl Run {
                     assert!(self.relay_bound);
                     self.connects.push(connection_id);
                 }
+                Output::ClosePeerConnection { connection_id } => {
+                    // As the task does: one still connecting fails, one waiting for its
+                    // ConnectionBind closes.
+                    if let Some(i) = self.connects.iter().position(|&id| id == connection_id) {
+                        self.connects.swap_remove(i);
+                        self.conn.connect_result(self.now, connection_id, false);
+                    } else {
+                        assert!(
+                            self.connection_ids.contains(&connection_id),
+                            "a peer connection closed that was never opened"
+                        );
+                        self.connection_ids.retain(|&id| id != connection_id);
+                        self.peers.pending.borrow_mut().remove(&connection_id);
+                        self.conn.peer_connection_closed(connection_id);
+                    }
+                }
                 Output::ReleaseRelay => {
                     assert!(self.relay_bound, "released a relay never bound");
                     self.relay_bound = false;
@@ -386,7 +408,7 @@ impl Run {
 
     fn check(&self) {
         assert!(
-            self.conn.client_bytes().len() <= CLIENT_QUEUE_LIMIT,
+            self.conn.client_bytes().len() <= self.queue_limit,
             "client queue over its limit"
         );
         if self.closed {

@@ -14,7 +14,10 @@
 //!   responses, relayed packets, allocations created and ended;
 //! - timers move on: after `handle_timeout(now)` the next deadline lies after `now` within a
 //!   bounded number of calls;
-//! - an answer without MESSAGE-INTEGRITY never carries SOFTWARE.
+//! - an answer without MESSAGE-INTEGRITY never carries SOFTWARE;
+//! - what the core hands to the kernel fast path (`Event::Offload`, offloading on as in a UDP
+//!   worker with it) meets the same conditions, on a UDP allocation without `max-bps`;
+//!   reload-denied RFC 6062 peer connections are closed as the I/O layer would.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,8 +33,8 @@ use tern_proto::metrics::LabelSet;
 use tern_proto::policy::{IpRange, PeerPolicy, Quotas, Verdict};
 use tern_proto::stun::{self, attr, Class, Message, Method};
 use tern_proto::turn::{
-    AllocId, BoundRelay, ConnectionLookup, CoreConfig, Direction, Event, Family, FiveTuple, Output,
-    RelayError, RelayRequest, RelayTransport, Server, Transport,
+    AllocId, BoundRelay, ConnectionLookup, CoreConfig, Direction, Event, Family, FiveTuple,
+    OffloadKey, Offloaded, Output, RelayError, RelayRequest, RelayTransport, Server, Transport,
 };
 
 /// The clients: two UDP 5-tuples from one address (per-address quotas), IPv6, TCP and TLS.
@@ -178,6 +181,8 @@ struct Run {
     /// Allocations that ended while their relay was being bound (never counted as created).
     ended_pending: u64,
     connects: Vec<(AllocId, u32)>,
+    /// Channels and permissions the core announced for the kernel fast path, not yet withdrawn.
+    offloaded: HashSet<(AllocId, OffloadKey)>,
     registry: Registry,
     connection_ids: Vec<u32>,
     next_port: u16,
@@ -204,6 +209,8 @@ impl Run {
         );
         let draining = Arc::new(AtomicBool::new(false));
         server.set_drain_flag(draining.clone());
+        // As a UDP worker with the kernel fast path: the core announces what may leave it.
+        server.set_offload(true);
         let mut run = Run {
             server,
             quotas,
@@ -222,6 +229,7 @@ impl Run {
             binding: Vec::new(),
             ended_pending: 0,
             connects: Vec::new(),
+            offloaded: HashSet::new(),
             registry: Registry::default(),
             connection_ids: Vec::new(),
             next_port: 0,
@@ -450,10 +458,24 @@ impl Run {
             .iter()
             .any(|config| config.policy.judge(peer) == Verdict::Permitted);
         assert!(permitted, "{what} to {peer}, which the policy denies");
+        self.check_live_permission(alloc, peer.ip(), what);
+    }
+
+    /// The same for a whole permission (any port of `peer`), as the fast path is given one.
+    fn check_permission(&self, alloc: AllocId, peer: IpAddr, what: &str) {
+        let permitted = self
+            .in_force
+            .iter()
+            .any(|config| config.policy.permits(peer));
+        assert!(permitted, "{what} for {peer}, which the policy denies");
+        self.check_live_permission(alloc, peer, what);
+    }
+
+    fn check_live_permission(&self, alloc: AllocId, peer: IpAddr, what: &str) {
         let expires = self
             .permissions
             .get(&alloc)
-            .and_then(|granted| granted.get(&peer.ip()));
+            .and_then(|granted| granted.get(&peer));
         assert!(
             expires.is_some_and(|&at| at > self.now),
             "{what} to {peer} without a live permission (granted until {expires:?})"
@@ -750,6 +772,7 @@ impl Run {
                     self.permissions.remove(&alloc);
                     self.relay_transport.remove(&alloc);
                     self.connects.retain(|(a, _)| *a != alloc);
+                    self.offloaded.retain(|(a, _)| *a != alloc);
                     if let Some(i) = self.binding.iter().position(|r| r.alloc == alloc) {
                         self.binding.swap_remove(i);
                         self.ended_pending += 1;
@@ -769,6 +792,51 @@ impl Run {
                     self.check_peer(alloc, peer, "Connect");
                     assert_eq!(self.relay_transport.get(&alloc), Some(&RelayTransport::Tcp));
                     self.connects.push((alloc, connection_id));
+                }
+                Event::ClosePeerConnection {
+                    alloc,
+                    connection_id,
+                } => {
+                    // As the I/O layer does: one still connecting fails (answered 403), one
+                    // waiting for its ConnectionBind closes.
+                    if let Some(i) = self
+                        .connects
+                        .iter()
+                        .position(|&c| c == (alloc, connection_id))
+                    {
+                        self.connects.swap_remove(i);
+                        let seen: Seen = self
+                            .server
+                            .connect_result(alloc, connection_id, false, &mut self.out)
+                            .into();
+                        if let Seen::ToClient(tuple, data) = seen {
+                            self.response(tuple, None, &data);
+                        }
+                    } else {
+                        self.server.connection_closed(alloc, connection_id);
+                        self.registry.pending.remove(&connection_id);
+                    }
+                }
+                Event::Offload(offload) => {
+                    // Only what the server itself would relay now: a UDP allocation, no
+                    // bandwidth limit, a permitted peer with a live permission.
+                    assert_eq!(
+                        self.relay_transport.get(&offload.alloc),
+                        Some(&RelayTransport::Udp)
+                    );
+                    assert_eq!(self.in_force[0].max_bps, 0, "offloaded under max-bps");
+                    match offload.what {
+                        Offloaded::Channel { peer, .. } => {
+                            self.check_peer(offload.alloc, peer, "offloaded channel")
+                        }
+                        Offloaded::Permission { peer } => {
+                            self.check_permission(offload.alloc, peer, "offloaded permission")
+                        }
+                    }
+                    self.offloaded.insert((offload.alloc, offload.what.key()));
+                }
+                Event::Unoffload { alloc, what } => {
+                    self.offloaded.remove(&(alloc, what));
                 }
             }
         }
