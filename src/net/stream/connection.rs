@@ -530,6 +530,9 @@ impl<P: PeerConnections> Connection<P> {
                 data,
                 self.settings.queue_limit,
             );
+        } else {
+            // The task closed it: its slot among the allocation's peer connections goes back.
+            self.server.connection_closed(alloc, id);
         }
         self.folder.fold_soon(&self.server, now);
     }

@@ -1114,3 +1114,30 @@ fn a_reload_that_denies_a_tcp_peer_closes_its_peer_connections() {
     // Nothing more to close, however often the connection wakes.
     assert_eq!(h.wait(Duration::from_secs(1)), vec![]);
 }
+
+/// Found by fuzzing (fuzz/stream_connection): a peer connection the task could not file (its
+/// registry refused it, so the socket was closed) stayed in the core and held one of the
+/// allocation's RFC 6062 peer-connection slots until the allocation ended.
+#[test]
+fn a_peer_connection_the_task_cannot_file_gives_its_slot_back() {
+    let mut h = Harness::plain();
+    tcp_allocation_with_peer_connection(&mut h);
+    let from = SocketAddr::new(addr(PEER).ip(), 9000);
+    for _ in 0..200 {
+        h.conn.handle_peer_connection(h.now, from, |_| false);
+    }
+    let mut filed = None;
+    h.conn.handle_peer_connection(h.now, from, |id| {
+        filed = Some(id);
+        true
+    });
+    assert!(
+        filed.is_some(),
+        "the slots were all taken by unfiled connections"
+    );
+    let attempt = h.read().pop().expect("a ConnectionAttempt");
+    assert_eq!(
+        Message::parse(&attempt).unwrap().method(),
+        Method::CONNECTION_ATTEMPT
+    );
+}
