@@ -248,6 +248,7 @@ impl Run {
     }
 
     fn take_config(&mut self, config: Arc<CoreConfig>) {
+        tern_fuzz::trace!("config: max-bps {}", config.max_bps);
         let widen = |seen: Option<u32>, limit: u32| match (seen, limit) {
             (_, 0) | (None, _) => None,
             (Some(seen), limit) => Some(seen.max(limit)),
@@ -767,6 +768,7 @@ impl Run {
     /// Applies the core's events as the I/O layer would.
     fn events(&mut self) {
         while let Some(event) = self.server.poll_event() {
+            tern_fuzz::trace!("  event {event:?}");
             match event {
                 Event::Released { alloc, .. } => {
                     self.permissions.remove(&alloc);

@@ -54,8 +54,11 @@ impl Server {
     /// The permission for `ip` became live (it was not before): announces it, and the channels
     /// to that IP, which the server relays again from now on.
     pub(super) fn permission_live(&mut self, index: usize, ip: IpAddr) {
+        // A reload that set a bandwidth limit reaches live allocations in batches: until it has
+        // reached this one, nothing new leaves the server's hands.
+        let allowed = self.offload_allowed();
         let allocation = &self.allocations[index];
-        if !allocation.offloaded {
+        if !allocation.offloaded || !allowed {
             return;
         }
         let alloc = AllocId {
@@ -87,6 +90,7 @@ impl Server {
 
     /// Channel `number` was bound anew while its peer's permission lives: announces it.
     pub(super) fn channel_live(&mut self, index: usize, number: u16) {
+        let allowed = self.offload_allowed();
         let allocation = &self.allocations[index];
         let Some(channel) = allocation.channels.get(&number) else {
             return;
@@ -94,7 +98,7 @@ impl Server {
         let Some(permission) = allocation.permissions.get(&channel.peer.ip()) else {
             return;
         };
-        if allocation.offloaded {
+        if allocation.offloaded && allowed {
             let alloc = AllocId {
                 index,
                 generation: allocation.generation,

@@ -218,6 +218,36 @@ fn a_reload_withdraws_denied_peers_and_everything_under_a_bandwidth_limit() {
     assert_eq!(back, expected);
 }
 
+/// Found by fuzzing (fuzz/turn_server): a reload that sets max-bps reaches live allocations on
+/// the next timers (in batches); a permission granted before that was still announced.
+#[test]
+fn nothing_new_is_announced_once_a_reload_sets_a_limit_even_before_it_reaches_the_allocation() {
+    let mut h = offloading(config());
+    h.allocate();
+    assert_eq!(h.create_permission(&[addr(PEER)]), None);
+    events(&mut h);
+    let limited = Config {
+        adjust: |core| core.max_bps = 1000,
+        ..config()
+    };
+    h.server.set_config(Arc::new(limited.core()));
+    // No timer has run: the allocation has not been re-judged yet.
+    assert_eq!(h.create_permission(&[addr("203.0.115.98:9")]), None);
+    assert_eq!(h.channel_bind(0x4000, addr(PEER)), None);
+    assert_eq!(events(&mut h), [], "announced under max-bps");
+    // Then everything is withdrawn (what was never announced too, which the I/O layer ignores).
+    h.server.handle_timeout(h.now);
+    let mut withdrawn = events(&mut h);
+    withdrawn.sort_by_key(|e| format!("{e:?}"));
+    let mut expected = vec![
+        unoffloaded(&h, OffloadKey::Permission(peer_ip())),
+        unoffloaded(&h, OffloadKey::Permission("203.0.115.98".parse().unwrap())),
+        unoffloaded(&h, OffloadKey::Channel(0x4000)),
+    ];
+    expected.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(withdrawn, expected);
+}
+
 #[test]
 fn tcp_clients_and_limited_servers_never_offload() {
     // A TCP client with a UDP relay.
@@ -232,6 +262,14 @@ fn tcp_clients_and_limited_servers_never_offload() {
         ..config()
     });
     h.server.set_capacity_share(2);
+    h.allocate();
+    assert_eq!(h.channel_bind(0x4000, addr(PEER)), None);
+    assert_eq!(events(&mut h), []);
+    // max-bps from the start.
+    let mut h = offloading(Config {
+        adjust: |core| core.max_bps = 1000,
+        ..config()
+    });
     h.allocate();
     assert_eq!(h.channel_bind(0x4000, addr(PEER)), None);
     assert_eq!(events(&mut h), []);
