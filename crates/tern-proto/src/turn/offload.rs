@@ -123,6 +123,8 @@ impl Server {
     /// status changed).
     pub(super) fn reconsider_offload(&mut self, index: usize, rejudged: &[IpAddr]) {
         let allowed = self.offload_allowed();
+        // Expired entries wait for their allocation's timer: never announce one.
+        let now = self.now;
         let allocation = &mut self.allocations[index];
         let eligible = allowed && qualifies(allocation);
         let alloc = AllocId {
@@ -142,12 +144,18 @@ impl Server {
             }
             (false, true) => {
                 allocation.offloaded = true;
-                for (&ip, permission) in &allocation.permissions {
+                let live = allocation
+                    .permissions
+                    .iter()
+                    .filter(|(_, p)| p.expires > now);
+                for (&ip, permission) in live {
                     let what = Offloaded::Permission { peer: ip };
                     announce(events, alloc, allocation, what, permission.relay_ports_only);
                 }
-                for (&number, channel) in &allocation.channels {
-                    if let Some(permission) = allocation.permissions.get(&channel.peer.ip()) {
+                let live = allocation.channels.iter().filter(|(_, c)| c.expires > now);
+                for (&number, channel) in live {
+                    let permission = allocation.permissions.get(&channel.peer.ip());
+                    if let Some(permission) = permission.filter(|p| p.expires > now) {
                         let what = Offloaded::Channel {
                             number,
                             peer: channel.peer,
@@ -158,7 +166,8 @@ impl Server {
             }
             (true, true) => {
                 for &ip in rejudged {
-                    if let Some(permission) = allocation.permissions.get(&ip) {
+                    let permission = allocation.permissions.get(&ip);
+                    if let Some(permission) = permission.filter(|p| p.expires > now) {
                         let what = Offloaded::Permission { peer: ip };
                         announce(events, alloc, allocation, what, permission.relay_ports_only);
                     }

@@ -248,6 +248,29 @@ fn nothing_new_is_announced_once_a_reload_sets_a_limit_even_before_it_reaches_th
     assert_eq!(withdrawn, expected);
 }
 
+/// Found by fuzzing (fuzz/turn_server): a reload that lifts a bandwidth limit announced every
+/// permission the allocation held, expired ones that its timer had not swept yet included.
+#[test]
+fn a_reload_that_lifts_a_limit_announces_only_live_permissions() {
+    let limited = Config {
+        adjust: |core| core.max_bps = 1000,
+        ..config()
+    };
+    let mut h = offloading(limited);
+    h.allocate();
+    assert_eq!(h.create_permission(&[addr(PEER)]), None);
+    assert_eq!(events(&mut h), []);
+    // The permission has run out (the allocation has not); the reload comes before its sweep.
+    h.now += crate::turn::PERMISSION_LIFETIME + Duration::from_secs(1);
+    h.server.set_config(Arc::new(config().core()));
+    h.server.handle_timeout(h.now);
+    let announced: Vec<Event> = events(&mut h)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Offload(_)))
+        .collect();
+    assert_eq!(announced, [], "an expired permission went to the fast path");
+}
+
 #[test]
 fn tcp_clients_and_limited_servers_never_offload() {
     // A TCP client with a UDP relay.
