@@ -73,22 +73,45 @@ fn channel_and_echo(client: &mut UdpTurn, channel: u16, data: &[u8], what: &str)
     assert_eq!(got, data, "{what}: byte-exact");
 }
 
+/// A complete UDP checksum that happens to equal a partial one (once in 65,536 datagrams; the
+/// ports here are ephemeral, so it can hit any run) goes to user space, counted under
+/// `partial_checksum`: the only datagrams of a burst the kernel may leave to tern.
+fn chance_matches(before: &Metrics, after: &Metrics) -> u64 {
+    after.passed("partial_checksum") - before.passed("partial_checksum")
+}
+
 /// The kernel's and user space's share of a burst: the burst's packets and payload bytes went
-/// through the kernel in both directions, and tern's own threads relayed none of them.
+/// through the kernel in both directions, and tern's own threads relayed none of them but the
+/// chance matches above (counted, at most two).
 fn assert_kernel_relayed(before: &Metrics, after: &Metrics, packets: u64, bytes: u64, what: &str) {
+    let chance = chance_matches(before, after);
+    assert!(
+        chance <= 2,
+        "{what}: {chance} partial checksums\n{}",
+        after.0
+    );
+    let mut user_total = 0;
     for direction in ["to_peer", "to_client"] {
         let kernel = after.kernel_packets(direction) - before.kernel_packets(direction);
         let kernel_bytes = after.kernel_bytes(direction) - before.kernel_bytes(direction);
         let user = after.user_space_packets(direction) - before.user_space_packets(direction);
         let total_bytes = after.bytes(direction) - before.bytes(direction);
+        user_total += user;
         assert_eq!(
-            (kernel, kernel_bytes, user, total_bytes),
-            (packets, bytes, 0, bytes),
-            "{what}, {direction}: (kernel packets, kernel bytes, user-space packets, bytes in \
-             tern_relayed_bytes_total)\n{}",
+            (kernel + user, total_bytes),
+            (packets, bytes),
+            "{what}, {direction}: (kernel + user-space packets, bytes in tern_relayed_bytes_total)\n{}",
             after.0
         );
+        if chance == 0 {
+            assert_eq!(kernel_bytes, bytes, "{what}, {direction}: kernel bytes");
+        }
     }
+    assert_eq!(
+        user_total, chance,
+        "{what}: packets tern's own threads relayed, other than the chance matches\n{}",
+        after.0
+    );
 }
 
 /// /metrics once every worker has published what happened so far (each does at least every
@@ -98,11 +121,12 @@ fn settled(net: &FastPathNet) -> Metrics {
     Metrics(net.metrics())
 }
 
-/// Settled /metrics after a burst of `packets` each way went through the kernel.
+/// Settled /metrics after a burst of `packets` each way went through the kernel (or, by chance,
+/// to user space: see [`chance_matches`]).
 fn metrics_after(net: &FastPathNet, before: &Metrics, packets: u64) -> Metrics {
+    let kernel = |m: &Metrics| m.kernel_packets("to_peer") + m.kernel_packets("to_client");
     net.metrics_until("the kernel's counters", |m| {
-        m.kernel_packets("to_peer") >= before.kernel_packets("to_peer") + packets
-            && m.kernel_packets("to_client") >= before.kernel_packets("to_client") + packets
+        kernel(m) + chance_matches(before, m) >= kernel(before) + 2 * packets
     });
     settled(net)
 }
@@ -527,10 +551,11 @@ async fn a_chromium_call_between_two_allocations_stays_in_the_kernel() {
         "kernel {kernel} packets, user space {user}\n{}",
         after.0
     );
-    assert_eq!(
-        after.kernel_packets("to_client") - before.kernel_packets("to_client"),
-        kernel,
-        "{}",
+    // Both ways alike, but for chance matches of a partial checksum (see `chance_matches`).
+    let to_client = after.kernel_packets("to_client") - before.kernel_packets("to_client");
+    assert!(
+        to_client.abs_diff(kernel) <= chance_matches(&before, &after),
+        "kernel to peer {kernel}, to client {to_client}\n{}",
         after.0
     );
 }

@@ -246,6 +246,14 @@ impl Metrics {
         ))
     }
 
+    /// Datagrams the fast path left to user space for `reason`
+    /// (`tern_fast_path_passed_total`).
+    pub fn passed(&self, reason: &str) -> u64 {
+        self.get(&format!(
+            "tern_fast_path_passed_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
     /// Packets tern's own threads relayed `direction`: the total less the kernel's share.
     pub fn user_space_packets(&self, direction: &str) -> u64 {
         self.packets(direction) - self.kernel_packets(direction)
