@@ -6,7 +6,7 @@
 mod common;
 
 use common::certs::TestCert;
-use common::stream_client::{closed_within, read_frame, DatagramStream, StreamTurn};
+use common::stream_client::{closed_within, read_frame, Datagrams, StreamTurn};
 use common::{free_port, EchoPeer, TempFile, Tern, SECRET};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -649,7 +649,7 @@ fn under_descriptor_pressure_tcp_is_refused_first_and_udp_and_http_go_on() {
     assert!((100..192).contains(&open.len()), "{} served", open.len());
     // A UDP allocation, and HTTP, still get descriptors.
     let minted = tern::credentials::mint(SECRET, Some("udp"), 3600, common::unix_now());
-    let udp = DatagramStream::connect(tern.addr).unwrap();
+    let udp = Datagrams::connect("127.0.0.1:0", tern.addr);
     let mut udp = StreamTurn::new(udp, &minted.username, &minted.password, REALM);
     udp.allocate().expect("a UDP allocation under TCP pressure");
     let health = common::http("GET", &tern.url("/healthz"), None, None);

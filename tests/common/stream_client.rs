@@ -44,51 +44,6 @@ pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     closed(stream)
 }
 
-/// A connected UDP socket as a byte stream, so [`StreamTurn`] speaks TURN over UDP too: each
-/// write is a datagram, and reads take the datagrams in turn.
-pub struct DatagramStream {
-    socket: std::net::UdpSocket,
-    datagram: Vec<u8>,
-    at: usize,
-}
-
-impl DatagramStream {
-    pub fn connect(server: SocketAddr) -> io::Result<DatagramStream> {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        socket.connect(server)?;
-        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(DatagramStream {
-            socket,
-            datagram: Vec::new(),
-            at: 0,
-        })
-    }
-}
-
-impl Read for DatagramStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.datagram.len() {
-            self.datagram.resize(65536, 0);
-            let n = self.socket.recv(&mut self.datagram)?;
-            self.datagram.truncate(n);
-            self.at = 0;
-        }
-        let n = buf.len().min(self.datagram.len() - self.at);
-        buf[..n].copy_from_slice(&self.datagram[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl Write for DatagramStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.socket.send(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 pub struct StreamTurn<S> {
     pub stream: S,
     username: String,
