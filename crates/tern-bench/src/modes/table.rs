@@ -438,12 +438,7 @@ fn fast_path_targets(reports: &Reports, out: &mut String) {
         // Below every other row of the scenario.
         let field = "machine_cpu_s_per_million";
         let ours = reports.get(scenario, xdp, field);
-        let lowest_other = SERVERS
-            .iter()
-            .filter(|(server, _)| *server != xdp && !server.starts_with("raw-c"))
-            .filter_map(|(server, name)| reports.get(scenario, server, field).map(|s| (s, *name)))
-            .min_by(|a, b| a.0.median.total_cmp(&b.0.median));
-        if let Some((lowest, name)) = lowest_other {
+        if let Some((lowest, name)) = lowest_other(reports, scenario, field) {
             let r = ratio(ours, Some(lowest));
             row(
                 format!("machine CPU s / M, {label}, against the lowest other"),
@@ -495,16 +490,7 @@ fn fast_path_targets(reports: &Reports, out: &mut String) {
             );
         }
         let ours = reports.get(scenario, xdp, "rtt_p99_us");
-        let lowest_other = SERVERS
-            .iter()
-            .filter(|(server, _)| *server != xdp && !server.starts_with("raw-c"))
-            .filter_map(|(server, name)| {
-                reports
-                    .get(scenario, server, "rtt_p99_us")
-                    .map(|s| (s, *name))
-            })
-            .min_by(|a, b| a.0.median.total_cmp(&b.0.median));
-        if let Some((lowest, name)) = lowest_other {
+        if let Some((lowest, name)) = lowest_other(reports, scenario, "rtt_p99_us") {
             let r = ratio(ours, Some(lowest));
             row(
                 format!("RTT p99 µs, {label}, against the lowest other"),
@@ -517,6 +503,16 @@ fn fast_path_targets(reports: &Reports, out: &mut String) {
             );
         }
     }
+}
+
+/// The lowest `field` of the scenario among the servers other than the fast path (and the
+/// prototypes), with the server's name.
+fn lowest_other(reports: &Reports, scenario: &str, field: &str) -> Option<(Stat, &'static str)> {
+    SERVERS
+        .iter()
+        .filter(|(server, _)| *server != "tern-xdp" && !server.starts_with("raw-c"))
+        .filter_map(|(server, name)| reports.get(scenario, server, field).map(|s| (s, *name)))
+        .min_by(|a, b| a.0.median.total_cmp(&b.0.median))
 }
 
 /// Saturated rows of every server that ran them (packets/s, server and machine CPU, RTT).
